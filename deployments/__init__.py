@@ -1,0 +1,1 @@
+"""Prefect deployments of the backstop flows (schedules, parameters, work pools)."""

@@ -1,0 +1,61 @@
+"""Technology drivers: plain Python, no Prefect. See contract.py and registry.py."""
+
+from backstop.drivers.contract import (
+    Capabilities,
+    Consistency,
+    ConsistencyKind,
+    Driver,
+    FileSink,
+    FileSource,
+    FileWriter,
+    RestoreMode,
+    RestoreResult,
+    StoredFile,
+    StoredUnit,
+    TargetCheck,
+    Unit,
+    UnitResult,
+)
+from backstop.drivers.errors import (
+    BackstopError,
+    BadInputError,
+    ErrorKind,
+    IntegrityError,
+    PermanentError,
+    TransientError,
+    UnknownTechnologyError,
+)
+from backstop.drivers.registry import (
+    available_technologies,
+    get_driver,
+    get_driver_class,
+    register_driver,
+)
+
+__all__ = [
+    "BackstopError",
+    "BadInputError",
+    "Capabilities",
+    "Consistency",
+    "ConsistencyKind",
+    "Driver",
+    "ErrorKind",
+    "FileSink",
+    "FileSource",
+    "FileWriter",
+    "IntegrityError",
+    "PermanentError",
+    "RestoreMode",
+    "RestoreResult",
+    "StoredFile",
+    "StoredUnit",
+    "TargetCheck",
+    "TransientError",
+    "Unit",
+    "UnitResult",
+    "UnknownTechnologyError",
+    "available_technologies",
+    "get_driver",
+    "get_driver_class",
+    "register_driver",
+]

@@ -1,0 +1,217 @@
+"""The driver contract: what a technology driver declares and implements.
+
+A driver is plain Python (no Prefect). The tasks layer calls it in this order:
+
+    backup:  check_urls -> plan_backup -> quiesce -> backup_unit (per unit, in
+             parallel) -> release (always) -> consistency
+    restore: check_urls -> prepare_restore (all targets, before any write) ->
+             restore_unit (per unit) -> verify_unit (per unit)
+
+Data never passes through the driver as a whole: `backup_unit` pushes serialized
+records into a `FileSink` (which compresses, hashes and writes them as they come),
+and `restore_unit` pulls them from a `FileSource` stream.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, BinaryIO, ClassVar, Protocol
+
+from pydantic import BaseModel, Field
+
+from backstop.drivers.errors import ErrorKind
+
+
+class RestoreMode(str, Enum):
+    FAIL_IF_EXISTS = "fail-if-exists"  # refuse a target that holds data; touch nothing
+    OVERWRITE = "overwrite"  # replace what the target holds with the backup
+    MERGE = "merge"  # add what the target lacks; keep what it has
+
+
+class ConsistencyKind(str, Enum):
+    SNAPSHOT = "snapshot"  # one point in time, read inside one snapshot/transaction
+    OPLOG = "oplog"  # a fuzzy copy made consistent by replaying a log slice to one point
+    QUIESCED = "quiesced"  # writes were blocked while the copy was taken
+    CONVERGED = "converged"  # re-read until nothing changed between two passes
+    NONE = "none"  # fuzzy: writes may have happened during the copy
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    consistency: tuple[ConsistencyKind, ...]
+    modes: tuple[str, ...] = ("logical",)
+    incremental: bool = False
+    selective_restore: bool = False
+    point_in_time: bool = False
+    restore_modes: tuple[RestoreMode, ...] = tuple(RestoreMode)
+
+
+class StoredFile(BaseModel):
+    """One data file of a backup, as the manifest records it."""
+
+    name: str  # path relative to the backup folder
+    format: str  # the driver's serialization, e.g. "schemaless-cells/1"
+    compression: str = "zstd"
+    records: int
+    bytes: int  # stored (compressed) size
+    sha256: str  # of the stored bytes
+    raw_bytes: int  # uncompressed size
+    raw_sha256: str  # of the uncompressed content
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class StoredUnit(BaseModel):
+    """One independently backed-up part (a shard, a collection, a tree)."""
+
+    name: str
+    source: str  # redacted URL
+    records: int
+    point: dict[str, Any] = Field(default_factory=dict)  # this unit's consistency point
+    meta: dict[str, Any] = Field(default_factory=dict)
+    files: list[StoredFile] = Field(default_factory=list)
+
+
+@dataclass
+class Unit:
+    """A unit of backup work, as planned by the driver."""
+
+    name: str
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UnitResult:
+    """What `backup_unit` reports besides its files."""
+
+    records: int
+    point: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Consistency:
+    kind: ConsistencyKind
+    point: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RestoreResult:
+    records_written: int
+    records_skipped: int = 0
+
+
+@dataclass
+class TargetCheck:
+    """The verdict of comparing a restored target with the backup."""
+
+    unit: str
+    ok: bool
+    records: int
+    problems: list[str] = field(default_factory=list)
+
+
+class FileWriter(Protocol):
+    def write(self, data: bytes, records: int = 0) -> None:
+        """Append serialized bytes holding `records` whole records."""
+
+
+class FileSink(Protocol):
+    def open(
+        self, name: str, *, format: str, meta: Mapping[str, Any] | None = None
+    ) -> AbstractContextManager[FileWriter]:
+        """A new data file of the backup; closing it seals size, count and checksums."""
+
+
+class FileSource(Protocol):
+    def open(self, file: StoredFile) -> AbstractContextManager[BinaryIO]:
+        """The file's decompressed content; reading past its end checks its checksums."""
+
+
+class Driver(ABC):
+    """One technology. Subclasses set the class attributes and the abstract methods."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    url_schemes: ClassVar[tuple[str, ...]]
+
+    # -- errors -------------------------------------------------------------------
+    @abstractmethod
+    def classify(self, exc: BaseException) -> ErrorKind:
+        """Transient (retry) or permanent (fail now), for an exception of the client."""
+
+    # -- input --------------------------------------------------------------------
+    def check_urls(self, urls: Sequence[str], role: str) -> None:
+        """Raise BadInputError for a URL this driver cannot use (`role`: source/target)."""
+        from backstop.drivers.errors import BadInputError
+        from backstop.drivers.redact import redact_url
+
+        if not urls:
+            raise BadInputError(f"{self.name} needs at least one --{role}")
+        for url in urls:
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            if not scheme.startswith(self.url_schemes):
+                raise BadInputError(
+                    f"{self.name} {role} {redact_url(url)!r} is not a URL this driver "
+                    f"understands (expected {' or '.join(s + '://' for s in self.url_schemes)})"
+                )
+
+    # -- backup -------------------------------------------------------------------
+    @abstractmethod
+    def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
+        """Split the backup into units that can run in parallel."""
+
+    def quiesce(self, sources: Sequence[str]) -> dict[str, Any] | None:
+        """Stop writes if the technology needs it; return a handle for `release`."""
+        return None
+
+    def release(self, handle: dict[str, Any] | None) -> None:
+        """Undo `quiesce`. Called on every path, failure included."""
+
+    @abstractmethod
+    def backup_unit(self, unit: Unit, sink: FileSink) -> UnitResult:
+        """Stream one unit's records into files of `sink`."""
+
+    @abstractmethod
+    def consistency(
+        self, quiesce_handle: dict[str, Any] | None, units: Sequence[StoredUnit]
+    ) -> Consistency:
+        """What the finished backup can honestly claim."""
+
+    # -- restore ------------------------------------------------------------------
+    @abstractmethod
+    def prepare_restore(
+        self, units: Sequence[StoredUnit], targets: Sequence[str], mode: RestoreMode
+    ) -> None:
+        """Check every target before anything is written; refuse with BadInputError."""
+
+    @abstractmethod
+    def restore_unit(
+        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+    ) -> RestoreResult:
+        """Load one unit into its target."""
+
+    @abstractmethod
+    def verify_unit(
+        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+    ) -> TargetCheck:
+        """Compare the target with the backup: counts and digests."""
+
+    def describe(self) -> dict[str, Any]:
+        caps = self.capabilities
+        return {
+            "name": self.name,
+            "version": self.version,
+            "consistency": [k.value for k in caps.consistency],
+            "modes": list(caps.modes),
+            "incremental": caps.incremental,
+            "selective_restore": caps.selective_restore,
+            "point_in_time": caps.point_in_time,
+        }
+

@@ -1,0 +1,312 @@
+"""The Schemaless driver: cell tables in one or more SQL shards.
+
+Consistency comes from immutability: a shard's snapshot is every cell with
+`added_id <= watermark`, the watermark read in the same transaction as the cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import bindparam, inspect, text
+from sqlalchemy.engine import Connection, make_url
+
+from backstop.drivers.contract import (
+    Capabilities,
+    Consistency,
+    ConsistencyKind,
+    Driver,
+    FileSink,
+    FileSource,
+    RestoreMode,
+    RestoreResult,
+    StoredFile,
+    StoredUnit,
+    TargetCheck,
+    Unit,
+    UnitResult,
+)
+from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
+from backstop.drivers.redact import redact_url
+from backstop.drivers.schemaless import engines
+from backstop.drivers.schemaless.cells import (
+    CELL_COLUMNS,
+    FORMAT,
+    pack_cells,
+    read_cells,
+    to_micros,
+)
+from backstop.drivers.schemaless.errors import classify
+
+BATCH_CELLS = 10_000
+_SELECT = ", ".join(CELL_COLUMNS)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:03d}"
+
+
+def _quote(conn: Connection, table: str) -> str:
+    return conn.dialect.identifier_preparer.quote(table)
+
+
+def _cell_tables(conn: Connection) -> tuple[list[str], list[str]]:
+    """(tables with every cell column, other tables) in the shard."""
+    inspector = inspect(conn)
+    cells, others = [], []
+    for table in sorted(inspector.get_table_names()):
+        columns = {c["name"].lower() for c in inspector.get_columns(table)}
+        (cells if columns.issuperset(CELL_COLUMNS) else others).append(table)
+    return cells, others
+
+
+def _table_columns(conn: Connection, table: str) -> set[str] | None:
+    inspector = inspect(conn)
+    if not inspector.has_table(table):
+        return None
+    return {c["name"].lower() for c in inspector.get_columns(table)}
+
+
+def _count(conn: Connection, table: str, watermark: int | None = None) -> int:
+    sql = f"SELECT COUNT(*) FROM {_quote(conn, table)}"
+    if watermark is None:
+        return conn.execute(text(sql)).scalar_one()
+    return conn.execute(text(sql + " WHERE added_id <= :wm"), {"wm": watermark}).scalar_one()
+
+
+def _stream_cells(conn: Connection, table: str, watermark: int):
+    """Batches of cells with added_id <= watermark, in added_id order, server-side."""
+    sql = text(
+        f"SELECT {_SELECT} FROM {_quote(conn, table)} "
+        "WHERE added_id <= :wm ORDER BY added_id"
+    )
+    result = conn.execution_options(stream_results=True, yield_per=BATCH_CELLS).execute(
+        sql, {"wm": watermark}
+    )
+    yield from result.partitions()
+
+
+class SchemalessDriver(Driver):
+    name = "schemaless"
+    version = "1.0.0"
+    capabilities = Capabilities(consistency=(ConsistencyKind.SNAPSHOT,))
+    url_schemes = ("sqlite", "postgresql", "mysql", "mariadb")
+
+    def classify(self, exc: BaseException) -> ErrorKind:
+        return classify(exc)
+
+    def check_urls(self, urls: Sequence[str], role: str) -> None:
+        super().check_urls(urls, role)
+        for url in urls:
+            try:
+                make_url(url)
+            except (sa_exc.ArgumentError, ValueError) as exc:
+                raise BadInputError(f"{role} {redact_url(url)!r} is not a valid URL: {exc}") from exc
+        if len(set(urls)) != len(urls):
+            raise BadInputError(f"the same {role} is given twice; each shard is one database")
+
+    # -- backup ---------------------------------------------------------------------
+    def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
+        tables = list(options.get("tables") or [])
+        return [
+            Unit(name=shard_name(i), source=url, options={"tables": tables})
+            for i, url in enumerate(sources)
+        ]
+
+    def backup_unit(self, unit: Unit, sink: FileSink) -> UnitResult:
+        engine = engines.source_engine(unit.source)
+        watermarks: dict[str, int] = {}
+        tables_meta: dict[str, dict[str, int]] = {}
+        total = 0
+        with engines.connection(engine) as conn:
+            tables, others = _cell_tables(conn)
+            wanted = unit.options.get("tables") or tables
+            missing = sorted(set(wanted) - set(tables))
+            if missing:
+                raise PermanentError(
+                    f"{unit.name}: no cell table named {', '.join(missing)} "
+                    f"(cell tables here: {', '.join(tables) or 'none'})"
+                )
+            if not wanted:
+                raise PermanentError(
+                    f"{unit.name}: no cell table (a table with columns {', '.join(CELL_COLUMNS)});"
+                    f" tables present: {', '.join(others) or 'none'}"
+                )
+            for table in wanted:
+                watermark = conn.execute(
+                    text(f"SELECT COALESCE(MAX(added_id), 0) FROM {_quote(conn, table)}")
+                ).scalar_one()
+                records = 0
+                meta = {"table": table, "watermark": watermark}
+                with sink.open(f"{unit.name}/{table}.cells", format=FORMAT, meta=meta) as out:
+                    for rows in _stream_cells(conn, table, watermark):
+                        data, n = pack_cells(rows)
+                        out.write(data, n)
+                        records += n
+                watermarks[table] = watermark
+                tables_meta[table] = {"watermark": watermark, "records": records}
+                total += records
+        return UnitResult(
+            records=total,
+            point={"watermarks": watermarks},
+            meta={"tables": tables_meta, "backend": make_url(unit.source).get_backend_name()},
+        )
+
+    def consistency(
+        self, quiesce_handle: dict[str, Any] | None, units: Sequence[StoredUnit]
+    ) -> Consistency:
+        return Consistency(
+            kind=ConsistencyKind.SNAPSHOT,
+            point={u.name: u.point.get("watermarks", {}) for u in units},
+        )
+
+    # -- restore --------------------------------------------------------------------
+    def prepare_restore(
+        self, units: Sequence[StoredUnit], targets: Sequence[str], mode: RestoreMode
+    ) -> None:
+        self.check_urls(targets, "target")
+        if len(targets) != len(units):
+            shards = ", ".join(f"{u.name} from {u.source}" for u in units)
+            raise BadInputError(
+                f"the backup has {len(units)} shard(s) ({shards}) but {len(targets)} --target "
+                "were given; give one --target per shard, in the same order"
+            )
+        problems: list[str] = []
+        for unit, target in zip(units, targets, strict=True):
+            engine = engines.target_engine(target)
+            if engine.dialect.name == "sqlite" and not engines.sqlite_file_exists(target):
+                engine.dispose()
+                continue  # a new file: empty by definition, and nothing is created yet
+            with engines.connection(engine) as conn:
+                for table in unit.meta.get("tables", {}):
+                    columns = _table_columns(conn, table)
+                    if columns is None:
+                        continue
+                    if not columns.issuperset(CELL_COLUMNS):
+                        problems.append(
+                            f"{unit.name} -> {redact_url(target)}: table {table!r} exists but is "
+                            f"not a cell table (lacks {', '.join(sorted(set(CELL_COLUMNS) - columns))})"
+                        )
+                        continue
+                    held = _count(conn, table)
+                    if held and mode is RestoreMode.FAIL_IF_EXISTS:
+                        problems.append(
+                            f"{unit.name} -> {redact_url(target)}: table {table!r} already holds "
+                            f"{held} cells"
+                        )
+        if problems:
+            hint = ""
+            if mode is RestoreMode.FAIL_IF_EXISTS:
+                hint = (
+                    "\nrestore refuses to write into a non-empty target and left it untouched; "
+                    "choose --mode overwrite or --mode merge to proceed"
+                )
+            raise BadInputError("target check failed:\n  " + "\n  ".join(problems) + hint)
+
+    def restore_unit(
+        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+    ) -> RestoreResult:
+        written = skipped = 0
+        engine = engines.target_engine(target)
+        # One transaction per shard: a failure leaves the shard as it was.
+        with engines.connection(engine) as conn:
+            for file in unit.files:
+                table = file.meta["table"]
+                engines.cell_table(table).create(conn, checkfirst=True)
+                if mode is RestoreMode.FAIL_IF_EXISTS and _count(conn, table):
+                    raise BadInputError(f"{unit.name}: table {table!r} filled up during restore")
+                if mode is RestoreMode.OVERWRITE:
+                    conn.execute(text(f"DELETE FROM {_quote(conn, table)}"))
+                statement = engines.insert_statement(
+                    conn, table, skip_existing=mode is RestoreMode.MERGE
+                )
+                stamp = engines.timestamp_converter(conn)
+                with source.open(file) as stream:
+                    for batch in read_cells(stream, BATCH_CELLS):
+                        params = [
+                            (added_id, rk, col, ref, body, stamp(micros))
+                            for added_id, rk, col, ref, body, micros in batch
+                        ]
+                        result = conn.exec_driver_sql(statement, params)
+                        inserted = result.rowcount if result.rowcount >= 0 else len(batch)
+                        written += inserted
+                        skipped += len(batch) - inserted
+                engines.advance_counter(conn, table)
+        return RestoreResult(records_written=written, records_skipped=skipped)
+
+    def verify_unit(
+        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+    ) -> TargetCheck:
+        problems: list[str] = []
+        records = 0
+        engine = engines.source_engine(target)
+        with engines.connection(engine) as conn:
+            for file in unit.files:
+                table = file.meta["table"]
+                if _table_columns(conn, table) is None:
+                    problems.append(f"{unit.name}: table {table!r} is missing from the target")
+                    continue
+                if mode is RestoreMode.MERGE:
+                    found, bad = _compare_by_key(conn, table, file, source)
+                    records += found
+                    problems.extend(bad)
+                else:
+                    records += _compare_digest(conn, table, file, problems, unit.name)
+        return TargetCheck(unit=unit.name, ok=not problems, records=records, problems=problems)
+
+
+def _compare_digest(
+    conn: Connection, table: str, file: StoredFile, problems: list[str], unit: str
+) -> int:
+    """Re-serialize the target's cells as the backup did and compare the SHA-256."""
+    watermark = file.meta["watermark"]
+    digest = hashlib.sha256()
+    count = 0
+    for rows in _stream_cells(conn, table, watermark):
+        data, n = pack_cells(rows)
+        digest.update(data)
+        count += n
+    total = _count(conn, table)
+    if count != file.records:
+        problems.append(f"{unit}/{table}: {count} cells in the target, {file.records} in the backup")
+    elif digest.hexdigest() != file.raw_sha256:
+        problems.append(f"{unit}/{table}: cell digest differs from the backup's")
+    if total != count:
+        problems.append(f"{unit}/{table}: {total - count} cells above the backup's watermark")
+    return count
+
+
+def _compare_by_key(
+    conn: Connection, table: str, file: StoredFile, source: FileSource
+) -> tuple[int, list[str]]:
+    """Merge mode: every backed-up cell must be present, by key, with equal content."""
+    lookup = text(
+        f"SELECT row_key, column_name, ref_key, body, created_at FROM {_quote(conn, table)} "
+        "WHERE row_key IN :keys"
+    ).bindparams(bindparam("keys", expanding=True))
+    found = missing = differing = 0
+    with source.open(file) as stream:
+        for batch in read_cells(stream, 500):
+            keys = sorted({cell[1] for cell in batch})
+            present = {
+                (rk, col, ref): (bytes(body), created)
+                for rk, col, ref, body, created in conn.execute(lookup, {"keys": keys})
+            }
+            for _added_id, rk, col, ref, body, micros in batch:
+                got = present.get((rk, col, ref))
+                if got is None:
+                    missing += 1
+                elif got[0] != body or to_micros(got[1]) != micros:
+                    differing += 1
+                else:
+                    found += 1
+    problems = []
+    if missing:
+        problems.append(f"{table}: {missing} backed-up cells are missing from the target")
+    if differing:
+        problems.append(f"{table}: {differing} cells differ from the backup (same key, other content)")
+    return found, problems
+

@@ -1,0 +1,181 @@
+"""What differs between the SQL engines a Schemaless shard can live in.
+
+Everything else in the driver is dialect-neutral SQLAlchemy; the differences are
+how to open a consistent read transaction, how to skip existing rows, and how to
+keep an auto-increment counter ahead of explicitly inserted ids.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from sqlalchemy import (
+    CHAR,
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects.mysql import LONGBLOB
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.pool import NullPool
+
+from backstop.drivers.errors import BadInputError, PermanentError
+from backstop.drivers.redact import redact_url
+from backstop.drivers.schemaless.cells import from_micros
+
+
+def cell_table(name: str, metadata: MetaData | None = None) -> Table:
+    """The cell table of DESIGN.md, portable across SQLite, PostgreSQL and MariaDB."""
+    return Table(
+        name,
+        metadata or MetaData(),
+        # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias).
+        Column(
+            "added_id",
+            BigInteger().with_variant(Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        Column("row_key", CHAR(36), nullable=False),
+        Column("column_name", String(64), nullable=False),
+        Column("ref_key", BigInteger, nullable=False),
+        Column("body", LargeBinary().with_variant(LONGBLOB, "mysql", "mariadb"), nullable=False),
+        Column("created_at", DateTime, nullable=False),
+        UniqueConstraint("row_key", "column_name", "ref_key"),
+    )
+
+
+def _sqlite_path(url: str) -> Path:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        raise BadInputError(f"{redact_url(url)!r}: a shard must be a SQLite file, not in-memory")
+    return Path(database)
+
+
+def _sqlite_engine(path: Path, *, read_only: bool) -> Engine:
+    mode = "ro" if read_only else "rwc"
+
+    def connect() -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN ourselves so that the watermark and the
+        # cells are read in one transaction (pysqlite would otherwise not BEGIN for
+        # SELECTs at all).
+        return sqlite3.connect(
+            f"file:{quote(str(path.resolve()))}?mode={mode}",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=30,
+        )
+
+    # "sqlite://" alone would pick SingletonThreadPool; shards are read from worker threads.
+    engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
+    begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+def source_engine(url: str) -> Engine:
+    """An engine for reading a shard; never creates anything."""
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        path = _sqlite_path(url)
+        if not path.is_file():
+            raise PermanentError(f"SQLite database file {str(path)!r} does not exist")
+        return _sqlite_engine(path, read_only=True)
+    if backend == "postgresql":
+        return create_engine(
+            url,
+            isolation_level="REPEATABLE READ",
+            execution_options={"postgresql_readonly": True},
+            pool_pre_ping=True,
+        )
+    if backend in ("mysql", "mariadb"):
+        engine = create_engine(url, isolation_level="REPEATABLE READ", pool_pre_ping=True)
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+
+        return engine
+    raise BadInputError(f"{redact_url(url)!r}: unsupported SQL backend {backend!r}")
+
+
+def target_engine(url: str) -> Engine:
+    """An engine for writing a shard; a SQLite file is created if its folder exists."""
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        path = _sqlite_path(url)
+        if not path.parent.is_dir():
+            raise BadInputError(f"target folder {str(path.parent)!r} does not exist")
+        return _sqlite_engine(path, read_only=False)
+    if backend in ("postgresql", "mysql", "mariadb"):
+        return create_engine(url, pool_pre_ping=True)
+    raise BadInputError(f"{redact_url(url)!r}: unsupported SQL backend {backend!r}")
+
+
+@contextmanager
+def connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction, rolled back unless committed; the engine disposed."""
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                yield conn
+    finally:
+        engine.dispose()
+
+
+def placeholder(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def insert_statement(conn: Connection, table: str, *, skip_existing: bool) -> str:
+    quoted = conn.dialect.identifier_preparer.quote(table)
+    columns = "added_id, row_key, column_name, ref_key, body, created_at"
+    values = ", ".join([placeholder(conn)] * 6)
+    backend = conn.dialect.name
+    if not skip_existing:
+        return f"INSERT INTO {quoted} ({columns}) VALUES ({values})"
+    if backend == "sqlite":
+        return f"INSERT OR IGNORE INTO {quoted} ({columns}) VALUES ({values})"
+    if backend == "postgresql":
+        return f"INSERT INTO {quoted} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING"
+    return f"INSERT IGNORE INTO {quoted} ({columns}) VALUES ({values})"
+
+
+def advance_counter(conn: Connection, table: str) -> None:
+    """Keep the auto-increment ahead of the ids we inserted explicitly."""
+    if conn.dialect.name == "postgresql":
+        quoted = conn.dialect.identifier_preparer.quote(table)
+        conn.exec_driver_sql(
+            f"SELECT setval(pg_get_serial_sequence('{quoted}', 'added_id'), "
+            f"(SELECT COALESCE(MAX(added_id), 0) + 1 FROM {quoted}), false)"
+        )
+    # SQLite and MariaDB move their counters past explicit ids by themselves.
+
+
+def timestamp_converter(conn: Connection) -> Callable[[int], object]:
+    """Microseconds -> the created_at parameter the engine's driver stores exactly."""
+    if conn.dialect.name == "sqlite":
+        # SQLAlchemy's own SQLite DateTime storage format, so typed reads agree.
+        return lambda micros: from_micros(micros).isoformat(sep=" ", timespec="microseconds")
+    return from_micros
+
+
+def sqlite_file_exists(url: str) -> bool:
+    return _sqlite_path(url).is_file()

@@ -1,0 +1,1 @@
+"""Prefect flows (backup, restore, verify) and the `backstop` command line."""

@@ -1,0 +1,325 @@
+"""The `backstop` command: ad hoc runs of the same flows deployments run.
+
+Exit codes: 0 done; 1 the operation failed (unreachable after retries, verification
+failed); 2 bad usage or bad input. With --json, exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from backstop.drivers.errors import BackstopError, BadInputError
+from backstop.drivers.redact import mask_secrets, strip_url_password
+
+TECH_HELP = "zookeeper, docstore or schemaless"
+
+
+# -- parsing -------------------------------------------------------------------------
+def _key_values(pairs: list[str], flag: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInputError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        options[key] = value
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backstop",
+        description="Backup and restore of ZooKeeper, Docstore and Schemaless as Prefect flows.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's INFO logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        return sub
+
+    def store_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--store", required=True, help="store URL or path (file://, s3://, ...)")
+        sub.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="fsspec filesystem option, e.g. endpoint_url=http://127.0.0.1:9000")
+
+    sub = command("backup", "back up a source into a store")
+    sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
+    sub.add_argument("--source", action="append", required=True, metavar="URL",
+                     help="source URL; one per shard")
+    store_args(sub)
+    sub.add_argument("--incremental", action="store_true")
+    sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="driver option, e.g. tables=cells")
+
+    sub = command("restore", "restore a backup into targets, then verify them")
+    sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
+    store_args(sub)
+    sub.add_argument("--target", action="append", required=True, metavar="URL",
+                     help="target URL; one per shard, in the backup's order")
+    sub.add_argument("--backup", default="latest", metavar="ID", help="backup id or latest")
+    sub.add_argument("--mode", default="fail-if-exists",
+                     choices=["fail-if-exists", "overwrite", "merge"])
+    sub.add_argument("--include", action="append", default=[], metavar="PATTERN")
+    sub.add_argument("--until", metavar="POINT")
+    sub.add_argument("--dry-run", action="store_true",
+                     help="verify the backup and check the targets; write nothing")
+
+    sub = command("verify", "recompute every checksum of backups in a store")
+    store_args(sub)
+    sub.add_argument("--technology", metavar="TECH")
+    sub.add_argument("--backup", metavar="ID", help="backup id or latest (default: all)")
+
+    sub = command("list", "list the complete backups in a store")
+    store_args(sub)
+    sub.add_argument("--technology", metavar="TECH")
+
+    sub = command("demo", "back up, restore and compare a generated Schemaless datastore")
+    sub.add_argument("--cells", type=int, default=100_000, help="cells in total (default 100000)")
+    sub.add_argument("--shards", type=int, default=2)
+    sub.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir)")
+    return parser
+
+
+# -- running ---------------------------------------------------------------------------
+def _configure_prefect(verbose: bool) -> None:
+    """Before Prefect is imported: the CLI prints its own summary, Prefect only warnings."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # This machine may have no route out; the ephemeral server should not try.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _hide_passwords(urls: list[str], role: str) -> list[str]:
+    """Inline passwords move to this process's environment; parameters get placeholders."""
+    return [strip_url_password(url, f"BACKSTOP_{role.upper()}_{i}_PASSWORD")
+            for i, url in enumerate(urls)]
+
+
+def _store(args: argparse.Namespace):
+    from backstop.tasks.store import StoreSpec
+
+    return StoreSpec(url=args.store, options=_key_values(args.store_option, "--store-option"))
+
+
+def _progress(args: argparse.Namespace):
+    if args.json or not sys.stderr.isatty():
+        return nullcontext()
+    from backstop.tasks.progress import RichProgress, reporting
+
+    return reporting(RichProgress().__enter__())
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n} B"
+
+
+def cmd_backup(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows.backup import backup
+    from backstop.flows.params import BackupRequest
+
+    request = BackupRequest(
+        technology=args.technology,
+        sources=_hide_passwords(args.source, "source"),
+        store=_store(args),
+        incremental=args.incremental,
+        options=_key_values(args.option, "--option"),
+    )
+    with _progress(args):
+        outcome = backup(request=request)
+    data = outcome.model_dump(mode="json")
+    text = (f"backup {outcome.technology}/{outcome.backup_id} completed: {outcome.records:,} records, "
+            f"{_human_size(outcome.raw_bytes)} -> {_human_size(outcome.bytes)} stored in "
+            f"{outcome.files} files, {outcome.duration_s:.1f} s, consistency {outcome.consistency}")
+    return data, text
+
+
+def cmd_restore(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows.params import RestoreRequest
+    from backstop.flows.restore import restore
+
+    request = RestoreRequest(
+        technology=args.technology,
+        store=_store(args),
+        targets=_hide_passwords(args.target, "target"),
+        backup=args.backup,
+        mode=args.mode,
+        include=args.include,
+        until=args.until,
+        dry_run=args.dry_run,
+    )
+    with _progress(args):
+        outcome = restore(request=request)
+    data = outcome.model_dump(mode="json")
+    if outcome.status == "dry-run":
+        text = (f"dry run: backup {outcome.technology}/{outcome.backup_id} verified "
+                f"({outcome.records:,} records); targets accepted for mode {outcome.mode.value}; "
+                "nothing written")
+    else:
+        text = (f"restored {outcome.technology}/{outcome.backup_id}: {outcome.records:,} records "
+                f"written, {outcome.records_skipped:,} skipped, into {len(outcome.targets)} "
+                f"target(s) in {outcome.duration_s:.1f} s; verified equal to the backup")
+    return data, text
+
+
+def cmd_verify(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows.params import VerifyRequest
+    from backstop.flows.verify import VerificationFailed, verify
+
+    request = VerifyRequest(store=_store(args), technology=args.technology, backup=args.backup)
+    try:
+        outcome = verify(request=request)
+    except VerificationFailed as failed:
+        raise _Reported(failed.outcome.model_dump(mode="json"), str(failed), 1) from None
+    text = (f"ok: {len(outcome.backups)} backup(s), {outcome.files} files, "
+            f"{_human_size(outcome.bytes)} checked in {outcome.duration_s:.1f} s")
+    return outcome.model_dump(mode="json"), text
+
+
+def cmd_list(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    store = _store(args).open()
+    backups = [
+        {
+            "backup_id": m.backup_id,
+            "technology": m.technology,
+            "finished_at": m.finished_at.isoformat(),
+            "records": m.totals.records,
+            "bytes": m.totals.bytes,
+            "files": m.totals.files,
+            "consistency": m.consistency.kind,
+            "parent": m.parent,
+            "sources": m.sources,
+        }
+        for m in store.list_backups(args.technology)
+    ]
+    lines = [f"{'BACKUP':<22} {'TECHNOLOGY':<11} {'RECORDS':>12} {'SIZE':>10}  CONSISTENCY"]
+    lines += [f"{b['backup_id']:<22} {b['technology']:<11} {b['records']:>12,} "
+              f"{_human_size(b['bytes']):>10}  {b['consistency']}" for b in backups]
+    if not backups:
+        lines = ["no complete backups"]
+    return {"backups": backups}, "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows.backup import backup
+    from backstop.flows.demo import compare_shards, make_schemaless_datastore
+    from backstop.flows.params import BackupRequest, RestoreRequest
+    from backstop.flows.restore import restore
+    from backstop.tasks.store import StoreSpec
+
+    if args.cells < 1 or args.shards < 1:
+        raise BadInputError("--cells and --shards must be at least 1")
+    wall = time.perf_counter()
+    workdir = (nullcontext(args.keep) if args.keep
+               else tempfile.TemporaryDirectory(prefix="backstop-demo-"))
+    with workdir as folder:
+        root = Path(folder).resolve()
+        started = time.perf_counter()
+        sources = make_schemaless_datastore(root / "source", args.shards, args.cells)
+        generate_s = time.perf_counter() - started
+        store = StoreSpec(url=(root / "store").as_uri())
+        targets = [f"sqlite:///{root / 'restored' / f'shard{i}.db'}" for i in range(args.shards)]
+        (root / "restored").mkdir(exist_ok=True)
+        with _progress(args):
+            backed_up = backup(request=BackupRequest(technology="schemaless", sources=sources,
+                                                     store=store))
+            restored = restore(request=RestoreRequest(technology="schemaless", store=store,
+                                                      targets=targets))
+        comparison = compare_shards(sources, targets)
+    wall_s = round(time.perf_counter() - wall, 3)
+    data = {
+        "status": "passed" if comparison.equal else "failed",
+        "shards": args.shards,
+        "cells": comparison.cells,
+        "equal": comparison.equal,
+        "differences": comparison.differences,
+        "backup_id": backed_up.backup_id,
+        "raw_bytes": backed_up.raw_bytes,
+        "stored_bytes": backed_up.bytes,
+        "generate_s": round(generate_s, 3),
+        "backup_s": backed_up.duration_s,
+        "restore_s": restored.duration_s,
+        "wall_time_s": wall_s,
+    }
+    text = "\n".join([
+        f"demo {'PASSED' if comparison.equal else 'FAILED'}: {comparison.cells:,} cells in "
+        f"{args.shards} SQLite shards",
+        f"  generated in {generate_s:.1f} s ({_human_size(backed_up.raw_bytes)} of cells)",
+        f"  backup {backed_up.backup_id}: {backed_up.duration_s:.1f} s, "
+        f"{_human_size(backed_up.bytes)} stored (zstd), consistency {backed_up.consistency} "
+        f"at watermarks {backed_up.consistency_point}",
+        f"  restore into fresh shards + verify: {restored.duration_s:.1f} s",
+        f"  cell-by-cell comparison: {'every column of every cell equal' if comparison.equal else comparison.differences}",
+        f"  wall time {wall_s:.1f} s",
+    ])
+    if not comparison.equal:
+        raise _Reported(data, text, 1)
+    return data, text
+
+
+class _Reported(Exception):
+    """A failure whose JSON and text are already composed."""
+
+    def __init__(self, data: dict[str, Any], text: str, exit_code: int) -> None:
+        super().__init__(text)
+        self.data, self.text, self.exit_code = data, text, exit_code
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] = {
+    "backup": cmd_backup,
+    "restore": cmd_restore,
+    "verify": cmd_verify,
+    "list": cmd_list,
+    "demo": cmd_demo,
+}
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str, error: bool = False) -> None:
+    if args.json:
+        print(mask_secrets(json.dumps(data, default=str)))
+    else:
+        print(mask_secrets(text), file=sys.stderr if error else sys.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_prefect(args.verbose)
+    try:
+        data, text = COMMANDS[args.command](args)
+    except _Reported as reported:
+        _emit(args, reported.data, reported.text, error=True)
+        return reported.exit_code
+    except BackstopError as exc:
+        message = f"backstop {args.command}: {exc}"
+        _emit(args, {"status": "failed", "error": str(exc), "exit_code": exc.exit_code},
+              message, error=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _emit(args, {"status": "interrupted", "exit_code": 130}, "interrupted", error=True)
+        return 130
+    except Exception as exc:  # a bug or an unclassified failure: exit 1, say what it was
+        message = f"{type(exc).__name__}: {exc}"
+        _emit(args, {"status": "failed", "error": mask_secrets(message), "exit_code": 1},
+              f"backstop {args.command}: unexpected error: {message}", error=True)
+        return 1
+    _emit(args, data, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Flow parameters and results as pydantic models, so the Prefect UI renders forms.
+
+URLs here may carry ${env:NAME} or ${secret:BLOCK} in place of a password; never
+put a password itself in a parameter, since Prefect stores parameters with the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from backstop.drivers.contract import RestoreMode
+from backstop.tasks.store import StoreSpec
+
+
+class BackupRequest(BaseModel):
+    technology: str = Field(description="zookeeper, docstore or schemaless")
+    sources: list[str] = Field(min_length=1, description="one URL per shard/cluster")
+    store: StoreSpec
+    incremental: bool = False
+    options: dict[str, Any] = Field(default_factory=dict, description="driver options")
+
+
+class RestoreRequest(BaseModel):
+    technology: str
+    store: StoreSpec
+    targets: list[str] = Field(min_length=1)
+    backup: str = Field("latest", description="a backup id, or latest")
+    mode: RestoreMode = RestoreMode.FAIL_IF_EXISTS
+    include: list[str] = Field(default_factory=list)
+    until: str | None = None
+    dry_run: bool = False
+
+
+class VerifyRequest(BaseModel):
+    store: StoreSpec
+    technology: str | None = None
+    backup: str | None = Field(None, description="a backup id or latest; all when empty")
+
+
+class BackupOutcome(BaseModel):
+    backup_id: str
+    technology: str
+    status: str
+    records: int
+    bytes: int
+    raw_bytes: int
+    files: int
+    duration_s: float
+    consistency: str
+    consistency_point: dict[str, Any]
+    store: str
+
+
+class RestoreOutcome(BaseModel):
+    backup_id: str
+    technology: str
+    status: str  # "restored" | "dry-run"
+    mode: RestoreMode
+    records: int
+    records_skipped: int
+    bytes: int
+    duration_s: float
+    targets: list[str]
+    verified: bool
+
+
+class VerifyOutcome(BaseModel):
+    ok: bool
+    problems: list[str]
+    backups: list[str]
+    files: int
+    bytes: int
+    duration_s: float

@@ -1,0 +1,103 @@
+"""The restore flow: manifest -> verify checksums -> check targets -> restore -> verify target."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+
+from backstop.drivers.errors import BadInputError, IntegrityError, PermanentError
+from backstop.drivers.redact import redact_url
+from backstop.drivers.registry import get_driver
+from backstop.flows.params import RestoreOutcome, RestoreRequest
+from backstop.flows.runtime import Stopwatch, gather, task_runner
+from backstop.tasks.artifacts import publish_table
+from backstop.tasks.logs import install_log_masking
+from backstop.tasks.restore import load_manifest, prepare_targets, restore_unit
+from backstop.tasks.verify import verify_backup_files, verify_target
+
+
+@flow(name="backstop-restore", task_runner=task_runner(), flow_run_name="restore-{request.technology}")
+def restore(request: RestoreRequest) -> RestoreOutcome:
+    install_log_masking()
+    logger = get_run_logger()
+    clock = Stopwatch()
+    driver = get_driver(request.technology)
+    driver.check_urls(request.targets, "target")
+    caps = driver.capabilities
+    if request.include and not caps.selective_restore:
+        raise BadInputError(f"{driver.name} does not support --include (selective restore)")
+    if request.until and not caps.point_in_time:
+        raise BadInputError(f"{driver.name} does not support --until (point-in-time restore)")
+    technology, spec, mode = driver.name, request.store, request.mode
+
+    manifest = load_manifest(spec, technology, request.backup)
+    backup_id = manifest.backup_id
+    problems = verify_backup_files(spec, manifest)
+    if problems:
+        raise IntegrityError(
+            f"backup {technology}/{backup_id} failed verification; nothing was restored:\n  "
+            + "\n  ".join(problems)
+        )
+    if manifest.quality.status != "passed":
+        raise IntegrityError(f"backup {technology}/{backup_id} failed its quality checks at backup time")
+
+    targets = [redact_url(t) for t in request.targets]
+    outcome = RestoreOutcome(
+        backup_id=backup_id,
+        technology=technology,
+        status="dry-run",
+        mode=mode,
+        records=manifest.totals.records,
+        records_skipped=0,
+        bytes=manifest.totals.raw_bytes,
+        duration_s=0.0,
+        targets=targets,
+        verified=False,
+    )
+    prepare_targets(technology, manifest.units, request.targets, mode)
+    if request.dry_run:
+        logger.info("dry run: backup %s verified and targets accepted; nothing written", backup_id)
+        outcome.duration_s = clock.seconds
+        return outcome
+
+    logger.info("restoring %s/%s into %s (mode %s)", technology, backup_id, targets, mode.value)
+    results = gather(
+        restore_unit.map(
+            technology, unmapped(spec), unmapped(backup_id), manifest.units, request.targets,
+            unmapped(mode),
+        )
+    )
+    checks = gather(
+        verify_target.map(
+            technology, unmapped(spec), unmapped(backup_id), manifest.units, request.targets,
+            unmapped(mode),
+        )
+    )
+    rows = [
+        {
+            "unit": unit.name,
+            "target": target,
+            "written": result.records_written,
+            "skipped": result.records_skipped,
+            "verified records": check.records,
+            "verified": "yes" if check.ok else "NO: " + "; ".join(check.problems),
+        }
+        for unit, target, result, check in zip(manifest.units, targets, results, checks, strict=True)
+    ]
+    failed = [p for check in checks for p in check.problems]
+    publish_table(
+        "restore",
+        technology,
+        rows,
+        f"Restore of {backup_id} ({mode.value}) into {len(targets)} target(s): "
+        + ("verified equal to the backup" if not failed else "VERIFICATION FAILED"),
+    )
+    if failed:
+        raise PermanentError("the restored target differs from the backup:\n  " + "\n  ".join(failed))
+
+    outcome.status = "restored"
+    outcome.records = sum(r.records_written for r in results)
+    outcome.records_skipped = sum(r.records_skipped for r in results)
+    outcome.verified = True
+    outcome.duration_s = clock.seconds
+    logger.info("restore of %s verified: %s records written", backup_id, outcome.records)
+    return outcome

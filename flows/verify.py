@@ -1,0 +1,61 @@
+"""The verify flow: recompute every checksum of one or all backups in a store."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+
+from backstop.drivers.errors import BadInputError, PermanentError
+from backstop.flows.params import VerifyOutcome, VerifyRequest
+from backstop.flows.runtime import Stopwatch, gather, task_runner
+from backstop.tasks.artifacts import publish_table
+from backstop.tasks.logs import install_log_masking
+from backstop.tasks.restore import load_manifest
+from backstop.tasks.verify import verify_backup_files
+
+
+class VerificationFailed(PermanentError):
+    def __init__(self, outcome: VerifyOutcome) -> None:
+        super().__init__("verification failed:\n  " + "\n  ".join(outcome.problems))
+        self.outcome = outcome
+
+
+@flow(name="backstop-verify", task_runner=task_runner())
+def verify(request: VerifyRequest) -> VerifyOutcome:
+    install_log_masking()
+    logger = get_run_logger()
+    clock = Stopwatch()
+    spec = request.store
+    if request.backup:
+        if not request.technology:
+            raise BadInputError("--backup needs --technology")
+        manifests = [load_manifest(spec, request.technology, request.backup)]
+    else:
+        manifests = spec.open().list_backups(request.technology)
+
+    results = gather(verify_backup_files.map(unmapped(spec), manifests)) if manifests else []
+    problems = [p for found in results for p in found]
+    if not manifests:
+        problems.append(f"no complete backup found in {spec.display()}")
+    outcome = VerifyOutcome(
+        ok=not problems,
+        problems=problems,
+        backups=[f"{m.technology}/{m.backup_id}" for m in manifests],
+        files=sum(m.totals.files for m in manifests),
+        bytes=sum(m.totals.bytes for m in manifests),
+        duration_s=clock.seconds,
+    )
+    publish_table(
+        "verify",
+        request.technology or "all",
+        [
+            {"backup": f"{m.technology}/{m.backup_id}", "files": m.totals.files,
+             "bytes": m.totals.bytes, "problems": len(found) or "none"}
+            for m, found in zip(manifests, results, strict=True)
+        ],
+        f"Verified {len(manifests)} backup(s): " + ("all checksums match" if outcome.ok else
+                                                    f"{len(problems)} problem(s)"),
+    )
+    if not outcome.ok:
+        raise VerificationFailed(outcome)
+    logger.info("verified %s backups, %s files", len(manifests), outcome.files)
+    return outcome

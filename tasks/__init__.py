@@ -1,0 +1,1 @@
+"""Prefect tasks around the drivers, and the artifact store they write to."""

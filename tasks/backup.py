@@ -1,0 +1,99 @@
+"""Backup tasks: quiesce, snapshot (stream -> package -> upload), validate, commit."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from backstop.drivers.contract import StoredUnit, Unit
+from backstop.drivers.errors import IntegrityError
+from backstop.drivers.redact import redact_url
+from backstop.drivers.registry import get_driver
+from backstop.tasks.manifest import Manifest, QualityResult
+from backstop.tasks.packaging import StoreSink, StoreSource, check_file
+from backstop.tasks.progress import reporter
+from backstop.tasks.retry import RETRYING, classified
+from backstop.tasks.secrets import resolve_url
+from backstop.tasks.store import StoreSpec
+
+
+@task(name="plan-backup", **RETRYING)
+def plan_backup(technology: str, sources: Sequence[str], options: dict[str, Any]) -> list[Unit]:
+    driver = get_driver(technology)
+    with classified(driver, "planning the backup"):
+        return driver.plan_backup(sources, options)
+
+
+@task(name="quiesce", **RETRYING)
+def quiesce(technology: str, sources: Sequence[str]) -> dict[str, Any] | None:
+    driver = get_driver(technology)
+    with classified(driver, "quiescing the source"):
+        return driver.quiesce([resolve_url(s) for s in sources])
+
+
+@task(name="release-quiesce", **RETRYING)
+def release_quiesce(technology: str, handle: dict[str, Any] | None) -> None:
+    driver = get_driver(technology)
+    with classified(driver, "releasing the quiesce"):
+        driver.release(handle)
+
+
+@task(name="snapshot-unit", task_run_name="snapshot-{unit.name}", **RETRYING)
+def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit) -> StoredUnit:
+    """Snapshot one unit and package it into the store as it streams."""
+    driver = get_driver(technology)
+    progress = reporter()
+    label = f"{technology} {unit.name}"
+    sink = StoreSink(store.open(), technology, backup_id, progress=progress.start(label))
+    resolved = dataclasses.replace(unit, source=resolve_url(unit.source))
+    try:
+        with classified(driver, f"{unit.name} ({redact_url(unit.source)})"):
+            result = driver.backup_unit(resolved, sink)
+    finally:
+        progress.finish(label)
+    return StoredUnit(
+        name=unit.name,
+        source=redact_url(unit.source),
+        records=result.records,
+        point=result.point,
+        meta=result.meta,
+        files=sink.files,
+    )
+
+
+@task(name="validate-backup", **RETRYING)
+def validate_backup(
+    technology: str, store: StoreSpec, backup_id: str, units: Sequence[StoredUnit]
+) -> QualityResult:
+    """Read back every uploaded file: it must decompress to what was hashed on the way in."""
+    source = StoreSource(store.open(), technology, backup_id)
+    checks: list[dict[str, Any]] = []
+    for unit in units:
+        counted = sum(f.records for f in unit.files)
+        checks.append(
+            {"check": "unit-record-count", "unit": unit.name, "passed": counted == unit.records}
+        )
+        for file in unit.files:
+            try:
+                check_file(source, file)
+                checks.append({"check": "read-back", "file": file.name, "passed": True})
+            except IntegrityError as exc:
+                checks.append({"check": "read-back", "file": file.name, "passed": False,
+                               "problem": str(exc)})
+    status = "passed" if all(c["passed"] for c in checks) else "failed"
+    return QualityResult(status=status, checks=checks)
+
+
+@task(name="commit-manifest", **RETRYING)
+def commit_manifest(store: StoreSpec, manifest: Manifest) -> str:
+    return store.open().write_manifest(manifest)
+
+
+@task(name="discard-partial-backup", cache_policy=NO_CACHE)
+def discard_partial(store: StoreSpec, technology: str, backup_id: str) -> None:
+    """Best effort: remove a failed backup's files (it has no manifest either way)."""
+    store.open().delete_backup(technology, backup_id)

@@ -1,0 +1,81 @@
+"""The manifest: the last file written, the proof that a backup is complete."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from backstop.drivers.contract import StoredFile, StoredUnit
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{4}$")
+TECHNOLOGY_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+
+
+def new_backup_id(now: datetime | None = None) -> str:
+    """A time-sortable id: UTC second + 4 random hex digits, e.g. 20261126T120501Z-3fa2."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+
+
+class DriverInfo(BaseModel):
+    name: str
+    version: str
+
+
+class ConsistencyInfo(BaseModel):
+    kind: str
+    point: dict[str, Any] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+
+
+class Totals(BaseModel):
+    files: int
+    records: int
+    bytes: int
+    raw_bytes: int
+
+
+class QualityResult(BaseModel):
+    status: str  # "passed" | "failed"
+    checks: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Manifest(BaseModel):
+    format_version: int = FORMAT_VERSION
+    technology: str
+    backup_id: str
+    backstop_version: str
+    driver: DriverInfo
+    sources: list[str]  # redacted
+    started_at: datetime
+    finished_at: datetime
+    consistency: ConsistencyInfo
+    parent: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    units: list[StoredUnit]
+    totals: Totals
+    quality: QualityResult
+
+    @property
+    def files(self) -> list[StoredFile]:
+        return [f for unit in self.units for f in unit.files]
+
+    @property
+    def duration_s(self) -> float:
+        return round((self.finished_at - self.started_at).total_seconds(), 3)
+
+
+def totals_of(units: list[StoredUnit]) -> Totals:
+    files = [f for unit in units for f in unit.files]
+    return Totals(
+        files=len(files),
+        records=sum(u.records for u in units),
+        bytes=sum(f.bytes for f in files),
+        raw_bytes=sum(f.raw_bytes for f in files),
+    )

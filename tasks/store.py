@@ -1,0 +1,199 @@
+"""The artifact store: backups as folders in any fsspec filesystem.
+
+    <store>/<technology>/<backup_id>/manifest.json   written last
+    <store>/<technology>/<backup_id>/<data files>
+
+A folder without a manifest is an incomplete backup: invisible to list and restore.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, Field, ValidationError
+
+from backstop.drivers.errors import BadInputError, IntegrityError, TransientError
+from backstop.drivers.redact import redact_url
+from backstop.tasks.manifest import BACKUP_ID, MANIFEST_NAME, TECHNOLOGY_NAME, Manifest
+
+
+class StoreSpec(BaseModel):
+    """Where backups live: an fsspec URL or a local path, plus filesystem options.
+
+    Credentials belong in the environment (AWS_ACCESS_KEY_ID, ...) or fsspec's
+    FSSPEC_S3_* variables, not here: these options are stored with flow runs.
+    """
+
+    url: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def open(self) -> ArtifactStore:
+        return ArtifactStore(self.url, self.options)
+
+    def display(self) -> str:
+        return redact_url(self.url)
+
+
+@dataclass(frozen=True)
+class BackupFolder:
+    technology: str
+    backup_id: str
+    complete: bool
+
+
+class ArtifactStore:
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        if not url:
+            raise BadInputError("--store is empty")
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+        except (ValueError, ImportError, TypeError) as exc:
+            raise BadInputError(f"store {redact_url(url)!r} cannot be opened: {exc}") from None
+        self.url = url
+        self.root = root.rstrip("/") or "/"
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        if self.is_local:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({redact_url(self.url)!r})"
+
+    # -- paths --------------------------------------------------------------------
+    def backup_dir(self, technology: str, backup_id: str) -> str:
+        _check_name(technology, TECHNOLOGY_NAME, "technology")
+        _check_name(backup_id, BACKUP_ID, "backup id")
+        return posixpath.join(self.root, technology, backup_id)
+
+    def file_path(self, technology: str, backup_id: str, name: str) -> str:
+        parts = name.split("/")
+        if name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in name:
+            raise IntegrityError(f"unsafe file name in backup: {name!r}")
+        return posixpath.join(self.backup_dir(technology, backup_id), name)
+
+    # -- data files ---------------------------------------------------------------
+    @contextmanager
+    def open_write(self, path: str) -> Iterator[IO[bytes]]:
+        if self.is_local:
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with _store_errors(path), self.fs.open(path, "wb") as fh:
+            yield fh
+
+    @contextmanager
+    def open_read(self, path: str) -> Iterator[IO[bytes]]:
+        try:
+            fh = self.fs.open(path, "rb")
+        except FileNotFoundError:
+            raise IntegrityError(f"{self.relative(path)}: file is missing from the store") from None
+        with _store_errors(path), fh:
+            yield fh
+
+    def size(self, path: str) -> int | None:
+        try:
+            return self.fs.size(path)
+        except FileNotFoundError:
+            return None
+
+    # -- manifests ----------------------------------------------------------------
+    def write_manifest(self, manifest: Manifest) -> str:
+        path = posixpath.join(self.backup_dir(manifest.technology, manifest.backup_id), MANIFEST_NAME)
+        data = manifest.model_dump_json(indent=2).encode()
+        with _store_errors(path):
+            if self.is_local:
+                # A rename is atomic on a local disk: the manifest is there whole or not at all.
+                tmp = path + ".tmp"
+                with self.fs.open(tmp, "wb") as fh:
+                    fh.write(data)
+                self.fs.mv(tmp, path)
+            else:
+                # One PUT of a small object is atomic on object stores.
+                self.fs.pipe_file(path, data)
+        return path
+
+    def read_manifest(self, technology: str, backup_id: str) -> Manifest:
+        path = posixpath.join(self.backup_dir(technology, backup_id), MANIFEST_NAME)
+        try:
+            with _store_errors(path):
+                raw = self.fs.cat_file(path)
+        except FileNotFoundError:
+            raise BadInputError(
+                f"no complete backup {technology}/{backup_id} in {redact_url(self.url)}"
+            ) from None
+        try:
+            return Manifest.model_validate(json.loads(raw))
+        except (ValueError, ValidationError) as exc:
+            raise IntegrityError(f"{technology}/{backup_id}/{MANIFEST_NAME} is unreadable: {exc}") from None
+
+    def folders(self, technology: str | None = None) -> list[BackupFolder]:
+        """Every backup folder, complete or not, oldest first."""
+        techs = [technology] if technology else self._children(self.root)
+        found = []
+        for tech in techs:
+            if not TECHNOLOGY_NAME.match(tech):
+                continue
+            for backup_id in self._children(posixpath.join(self.root, tech)):
+                if BACKUP_ID.match(backup_id):
+                    manifest = posixpath.join(self.root, tech, backup_id, MANIFEST_NAME)
+                    found.append(BackupFolder(tech, backup_id, self.fs.exists(manifest)))
+        return sorted(found, key=lambda f: (f.backup_id, f.technology))
+
+    def list_backups(self, technology: str | None = None) -> list[Manifest]:
+        """Complete backups (those with a manifest), oldest first."""
+        return [
+            self.read_manifest(f.technology, f.backup_id)
+            for f in self.folders(technology)
+            if f.complete
+        ]
+
+    def resolve(self, technology: str, ref: str = "latest") -> Manifest:
+        if ref == "latest":
+            complete = [f for f in self.folders(technology) if f.complete]
+            if not complete:
+                raise BadInputError(
+                    f"no complete {technology} backup in {redact_url(self.url)}"
+                )
+            return self.read_manifest(technology, complete[-1].backup_id)
+        if not BACKUP_ID.match(ref):
+            raise BadInputError(f"{ref!r} is not a backup id (like 20261126T120501Z-3fa2) or 'latest'")
+        return self.read_manifest(technology, ref)
+
+    def delete_backup(self, technology: str, backup_id: str) -> None:
+        path = self.backup_dir(technology, backup_id)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    # -- helpers ------------------------------------------------------------------
+    def _children(self, path: str) -> list[str]:
+        try:
+            entries = self.fs.ls(path, detail=True, refresh=True)
+        except FileNotFoundError:
+            return []
+        except TypeError:  # filesystems without `refresh`
+            entries = self.fs.ls(path, detail=True)
+        return sorted(
+            posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory"
+        )
+
+    def relative(self, path: str) -> str:
+        """A store path as shown to people: technology/backup_id/file."""
+        return path[len(self.root) :].lstrip("/")
+
+
+def _check_name(value: str, pattern, what: str) -> None:
+    if not pattern.match(value):
+        raise BadInputError(f"invalid {what}: {value!r}")
+
+
+@contextmanager
+def _store_errors(path: str) -> Iterator[None]:
+    """Network trouble talking to the store is transient; the rest is not ours to hide."""
+    try:
+        yield
+    except (ConnectionError, TimeoutError) as exc:
+        raise TransientError(f"store unreachable while accessing {path}: {exc}") from None

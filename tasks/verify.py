@@ -1,0 +1,43 @@
+"""Verification tasks: the stored files against the manifest, a target against the backup."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from backstop.drivers.contract import RestoreMode, StoredUnit, TargetCheck
+from backstop.drivers.errors import IntegrityError
+from backstop.drivers.redact import redact_url
+from backstop.drivers.registry import get_driver
+from backstop.tasks.manifest import Manifest
+from backstop.tasks.packaging import StoreSource, check_file
+from backstop.tasks.retry import RETRYING, classified
+from backstop.tasks.secrets import resolve_url
+from backstop.tasks.store import StoreSpec
+
+
+@task(name="verify-backup-files", task_run_name="verify-{manifest.backup_id}", **RETRYING)
+def verify_backup_files(store: StoreSpec, manifest: Manifest) -> list[str]:
+    """Recompute every file's size and SHA-256 (stored and decompressed); list problems."""
+    source = StoreSource(store.open(), manifest.technology, manifest.backup_id)
+    problems = []
+    for file in manifest.files:
+        try:
+            check_file(source, file)
+        except IntegrityError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+@task(name="verify-target", task_run_name="verify-target-{unit.name}", **RETRYING)
+def verify_target(
+    technology: str,
+    store: StoreSpec,
+    backup_id: str,
+    unit: StoredUnit,
+    target: str,
+    mode: RestoreMode,
+) -> TargetCheck:
+    driver = get_driver(technology)
+    source = StoreSource(store.open(), technology, backup_id)
+    with classified(driver, f"verifying {unit.name} in {redact_url(target)}"):
+        return driver.verify_unit(unit, resolve_url(target), source, mode)
