@@ -108,6 +108,7 @@ class ArtifactStore:
             if self.is_local:
                 # A rename is atomic on a local disk: the manifest is there whole or not at all.
                 tmp = path + ".tmp"
+                self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
                 with self.fs.open(tmp, "wb") as fh:
                     fh.write(data)
                 self.fs.mv(tmp, path)

@@ -1,0 +1,160 @@
+"""Shared fixtures: one Prefect test harness for the session, servers, CLI runners."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Settings that must be in place before Prefect or backstop is imported.
+PREFECT_HOME = tempfile.mkdtemp(prefix="backstop-test-prefect-")
+os.environ["PREFECT_HOME"] = PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+os.environ["BACKSTOP_RETRY_DELAYS"] = "0.1,0.1,0.1"
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+from backstop.flows.demo import make_schemaless_datastore  # noqa: E402
+from backstop.tasks.store import StoreSpec  # noqa: E402
+
+
+def server_unavailable(reason: str) -> None:
+    """Skip on a developer's machine; fail in CI, which must never pass by skipping."""
+    if os.environ.get("CI"):
+        pytest.fail(f"required server unavailable in CI: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[str]:
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict:
+        import json
+
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        assert len(lines) == 1, f"expected one JSON line on stdout, got: {self.stdout!r}"
+        return json.loads(lines[0])
+
+
+@pytest.fixture
+def cli() -> callable:
+    """Run the backstop CLI in this process (against the session's Prefect harness)."""
+    from backstop.flows.cli import main
+
+    def run(*argv: str) -> CliResult:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    return run
+
+
+@pytest.fixture
+def cli_process(prefect_harness: str) -> callable:
+    """Run the installed `backstop` console script as a separate process."""
+
+    def run(*argv: str, timeout: float = 300) -> CliResult:
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "backstop"), *argv],
+            capture_output=True, text=True, timeout=timeout, env=subprocess_env(prefect_harness),
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def subprocess_env(api_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PREFECT_API_URL"] = api_url
+    return env
+
+
+@pytest.fixture(scope="session")
+def datastore_template(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two SQLite shards with 6,000 cells, generated once and copied per test."""
+    folder = tmp_path_factory.mktemp("template")
+    urls = make_schemaless_datastore(folder, shards=2, cells=6_000)
+    return [Path(u.removeprefix("sqlite:///")) for u in urls]
+
+
+@pytest.fixture
+def shards(datastore_template: list[Path], tmp_path: Path) -> list[str]:
+    """A fresh copy of the template datastore: SQLite URLs, one per shard."""
+    import shutil
+
+    (tmp_path / "source").mkdir()
+    urls = []
+    for path in datastore_template:
+        copy = tmp_path / "source" / path.name
+        shutil.copyfile(path, copy)
+        urls.append(f"sqlite:///{copy}")
+    return urls
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> StoreSpec:
+    return StoreSpec(url=(tmp_path / "store").as_uri())
+
+
+@pytest.fixture
+def target_urls(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "restored"
+    folder.mkdir()
+    return [f"sqlite:///{folder / f'shard{i}.db'}" for i in range(2)]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        server_unavailable(f"moto[server] is not installed: {exc}")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_store(moto_endpoint: str) -> StoreSpec:
+    import s3fs
+
+    bucket = f"backstop-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(endpoint_url=moto_endpoint, skip_instance_cache=True)
+    fs.mkdir(bucket)
+    return StoreSpec(url=f"s3://{bucket}/backups", options={"endpoint_url": moto_endpoint})
