@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, BinaryIO, ClassVar, Protocol
 
 from pydantic import BaseModel, Field
@@ -26,13 +26,13 @@ from pydantic import BaseModel, Field
 from backstop.drivers.errors import ErrorKind
 
 
-class RestoreMode(str, Enum):
+class RestoreMode(StrEnum):
     FAIL_IF_EXISTS = "fail-if-exists"  # refuse a target that holds data; touch nothing
     OVERWRITE = "overwrite"  # replace what the target holds with the backup
     MERGE = "merge"  # add what the target lacks; keep what it has
 
 
-class ConsistencyKind(str, Enum):
+class ConsistencyKind(StrEnum):
     SNAPSHOT = "snapshot"  # one point in time, read inside one snapshot/transaction
     OPLOG = "oplog"  # a fuzzy copy made consistent by replaying a log slice to one point
     QUIESCED = "quiesced"  # writes were blocked while the copy was taken
@@ -173,6 +173,7 @@ class Driver(ABC):
 
     def release(self, handle: dict[str, Any] | None) -> None:
         """Undo `quiesce`. Called on every path, failure included."""
+        return None
 
     @abstractmethod
     def backup_unit(self, unit: Unit, sink: FileSink) -> UnitResult:
@@ -214,4 +215,3 @@ class Driver(ABC):
             "selective_restore": caps.selective_restore,
             "point_in_time": caps.point_in_time,
         }
-

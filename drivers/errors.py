@@ -7,12 +7,12 @@ knowing the technology, and the CLI can map them onto exit codes.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from backstop.drivers.redact import mask_secrets
 
 
-class ErrorKind(str, Enum):
+class ErrorKind(StrEnum):
     TRANSIENT = "transient"  # worth retrying: the same call may succeed later
     PERMANENT = "permanent"  # retrying cannot help: fail now with the reason
     BAD_INPUT = "bad_input"  # the request itself is wrong: exit code 2

@@ -20,7 +20,9 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 
 # user:password@ in any scheme://user:password@host form, including SQLAlchemy's.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@"
+)
 _QUERY_SECRET = re.compile(
     r"(?P<key>[?&](?:password|passwd|pwd|secret|token|access_key|secret_key|authSource_password)=)"
     r"(?P<val>[^&#\s]*)",

@@ -65,7 +65,9 @@ def get_driver_class(name: str) -> type[Driver]:
         try:
             cls = _import_path(path)
         except (ImportError, AttributeError, TypeError) as exc:
-            raise BadInputError(f"technology {name!r} could not be loaded from {path}: {exc}") from exc
+            raise BadInputError(
+                f"technology {name!r} could not be loaded from {path}: {exc}"
+            ) from exc
         _registry[name] = cls
         return cls
 

@@ -34,7 +34,9 @@ from backstop.tasks.manifest import (
 )
 
 
-@flow(name="backstop-backup", task_runner=task_runner(), flow_run_name="backup-{request.technology}")
+@flow(
+    name="backstop-backup", task_runner=task_runner(), flow_run_name="backup-{request.technology}"
+)
 def backup(request: BackupRequest) -> BackupOutcome:
     install_log_masking()
     logger = get_run_logger()
@@ -103,7 +105,9 @@ def backup(request: BackupRequest) -> BackupOutcome:
         f"Backup {backup_id} of {technology}: {outcome.records} records, {outcome.bytes} bytes "
         f"stored, consistency {outcome.consistency}, {outcome.duration_s} s, into {spec.display()}",
     )
-    logger.info("backup %s completed: %s records in %.1f s", backup_id, outcome.records, outcome.duration_s)
+    logger.info(
+        "backup %s completed: %s records in %.1f s", backup_id, outcome.records, outcome.duration_s
+    )
     return outcome
 
 
@@ -113,9 +117,7 @@ def _snapshot(request: BackupRequest, backup_id: str) -> tuple[list[StoredUnit],
     units = plan_backup(technology, request.sources, request.options)
     handle = quiesce(technology, request.sources)
     try:
-        stored = gather(
-            snapshot_unit.map(technology, unmapped(spec), unmapped(backup_id), units)
-        )
+        stored = gather(snapshot_unit.map(technology, unmapped(spec), unmapped(backup_id), units))
     except BaseException:
         try:
             release_quiesce(technology, handle)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -50,30 +49,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     def store_args(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--store", required=True, help="store URL or path (file://, s3://, ...)")
-        sub.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE",
-                         help="fsspec filesystem option, e.g. endpoint_url=http://127.0.0.1:9000")
+        sub.add_argument(
+            "--store-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="fsspec filesystem option, e.g. endpoint_url=http://127.0.0.1:9000",
+        )
 
     sub = command("backup", "back up a source into a store")
     sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
-    sub.add_argument("--source", action="append", required=True, metavar="URL",
-                     help="source URL; one per shard")
+    sub.add_argument(
+        "--source", action="append", required=True, metavar="URL", help="source URL; one per shard"
+    )
     store_args(sub)
     sub.add_argument("--incremental", action="store_true")
-    sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="driver option, e.g. tables=cells")
+    sub.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="driver option, e.g. tables=cells",
+    )
 
     sub = command("restore", "restore a backup into targets, then verify them")
     sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
     store_args(sub)
-    sub.add_argument("--target", action="append", required=True, metavar="URL",
-                     help="target URL; one per shard, in the backup's order")
+    sub.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="target URL; one per shard, in the backup's order",
+    )
     sub.add_argument("--backup", default="latest", metavar="ID", help="backup id or latest")
-    sub.add_argument("--mode", default="fail-if-exists",
-                     choices=["fail-if-exists", "overwrite", "merge"])
+    sub.add_argument(
+        "--mode", default="fail-if-exists", choices=["fail-if-exists", "overwrite", "merge"]
+    )
     sub.add_argument("--include", action="append", default=[], metavar="PATTERN")
     sub.add_argument("--until", metavar="POINT")
-    sub.add_argument("--dry-run", action="store_true",
-                     help="verify the backup and check the targets; write nothing")
+    sub.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="verify the backup and check the targets; write nothing",
+    )
 
     sub = command("verify", "recompute every checksum of backups in a store")
     store_args(sub)
@@ -102,8 +121,10 @@ def _configure_prefect(verbose: bool) -> None:
 
 def _hide_passwords(urls: list[str], role: str) -> list[str]:
     """Inline passwords move to this process's environment; parameters get placeholders."""
-    return [strip_url_password(url, f"BACKSTOP_{role.upper()}_{i}_PASSWORD")
-            for i, url in enumerate(urls)]
+    return [
+        strip_url_password(url, f"BACKSTOP_{role.upper()}_{i}_PASSWORD")
+        for i, url in enumerate(urls)
+    ]
 
 
 def _store(args: argparse.Namespace):
@@ -142,9 +163,11 @@ def cmd_backup(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     with _progress(args):
         outcome = backup(request=request)
     data = outcome.model_dump(mode="json")
-    text = (f"backup {outcome.technology}/{outcome.backup_id} completed: {outcome.records:,} records, "
-            f"{_human_size(outcome.raw_bytes)} -> {_human_size(outcome.bytes)} stored in "
-            f"{outcome.files} files, {outcome.duration_s:.1f} s, consistency {outcome.consistency}")
+    text = (
+        f"backup {outcome.technology}/{outcome.backup_id} completed: {outcome.records:,} records, "
+        f"{_human_size(outcome.raw_bytes)} -> {_human_size(outcome.bytes)} stored in "
+        f"{outcome.files} files, {outcome.duration_s:.1f} s, consistency {outcome.consistency}"
+    )
     return data, text
 
 
@@ -166,13 +189,17 @@ def cmd_restore(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         outcome = restore(request=request)
     data = outcome.model_dump(mode="json")
     if outcome.status == "dry-run":
-        text = (f"dry run: backup {outcome.technology}/{outcome.backup_id} verified "
-                f"({outcome.records:,} records); targets accepted for mode {outcome.mode.value}; "
-                "nothing written")
+        text = (
+            f"dry run: backup {outcome.technology}/{outcome.backup_id} verified "
+            f"({outcome.records:,} records); targets accepted for mode {outcome.mode.value}; "
+            "nothing written"
+        )
     else:
-        text = (f"restored {outcome.technology}/{outcome.backup_id}: {outcome.records:,} records "
-                f"written, {outcome.records_skipped:,} skipped, into {len(outcome.targets)} "
-                f"target(s) in {outcome.duration_s:.1f} s; verified equal to the backup")
+        text = (
+            f"restored {outcome.technology}/{outcome.backup_id}: {outcome.records:,} records "
+            f"written, {outcome.records_skipped:,} skipped, into {len(outcome.targets)} "
+            f"target(s) in {outcome.duration_s:.1f} s; verified equal to the backup"
+        )
     return data, text
 
 
@@ -185,8 +212,10 @@ def cmd_verify(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         outcome = verify(request=request)
     except VerificationFailed as failed:
         raise _Reported(failed.outcome.model_dump(mode="json"), str(failed), 1) from None
-    text = (f"ok: {len(outcome.backups)} backup(s), {outcome.files} files, "
-            f"{_human_size(outcome.bytes)} checked in {outcome.duration_s:.1f} s")
+    text = (
+        f"ok: {len(outcome.backups)} backup(s), {outcome.files} files, "
+        f"{_human_size(outcome.bytes)} checked in {outcome.duration_s:.1f} s"
+    )
     return outcome.model_dump(mode="json"), text
 
 
@@ -207,8 +236,11 @@ def cmd_list(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         for m in store.list_backups(args.technology)
     ]
     lines = [f"{'BACKUP':<22} {'TECHNOLOGY':<11} {'RECORDS':>12} {'SIZE':>10}  CONSISTENCY"]
-    lines += [f"{b['backup_id']:<22} {b['technology']:<11} {b['records']:>12,} "
-              f"{_human_size(b['bytes']):>10}  {b['consistency']}" for b in backups]
+    lines += [
+        f"{b['backup_id']:<22} {b['technology']:<11} {b['records']:>12,} "
+        f"{_human_size(b['bytes']):>10}  {b['consistency']}"
+        for b in backups
+    ]
     if not backups:
         lines = ["no complete backups"]
     return {"backups": backups}, "\n".join(lines)
@@ -224,8 +256,11 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if args.cells < 1 or args.shards < 1:
         raise BadInputError("--cells and --shards must be at least 1")
     wall = time.perf_counter()
-    workdir = (nullcontext(args.keep) if args.keep
-               else tempfile.TemporaryDirectory(prefix="backstop-demo-"))
+    workdir = (
+        nullcontext(args.keep)
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="backstop-demo-")
+    )
     with workdir as folder:
         root = Path(folder).resolve()
         started = time.perf_counter()
@@ -235,10 +270,12 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         targets = [f"sqlite:///{root / 'restored' / f'shard{i}.db'}" for i in range(args.shards)]
         (root / "restored").mkdir(exist_ok=True)
         with _progress(args):
-            backed_up = backup(request=BackupRequest(technology="schemaless", sources=sources,
-                                                     store=store))
-            restored = restore(request=RestoreRequest(technology="schemaless", store=store,
-                                                      targets=targets))
+            backed_up = backup(
+                request=BackupRequest(technology="schemaless", sources=sources, store=store)
+            )
+            restored = restore(
+                request=RestoreRequest(technology="schemaless", store=store, targets=targets)
+            )
         comparison = compare_shards(sources, targets)
     wall_s = round(time.perf_counter() - wall, 3)
     data = {
@@ -255,17 +292,24 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         "restore_s": restored.duration_s,
         "wall_time_s": wall_s,
     }
-    text = "\n".join([
-        f"demo {'PASSED' if comparison.equal else 'FAILED'}: {comparison.cells:,} cells in "
-        f"{args.shards} SQLite shards",
-        f"  generated in {generate_s:.1f} s ({_human_size(backed_up.raw_bytes)} of cells)",
-        f"  backup {backed_up.backup_id}: {backed_up.duration_s:.1f} s, "
-        f"{_human_size(backed_up.bytes)} stored (zstd), consistency {backed_up.consistency} "
-        f"at watermarks {backed_up.consistency_point}",
-        f"  restore into fresh shards + verify: {restored.duration_s:.1f} s",
-        f"  cell-by-cell comparison: {'every column of every cell equal' if comparison.equal else comparison.differences}",
-        f"  wall time {wall_s:.1f} s",
-    ])
+    text = "\n".join(
+        [
+            f"demo {'PASSED' if comparison.equal else 'FAILED'}: {comparison.cells:,} cells in "
+            f"{args.shards} SQLite shards",
+            f"  generated in {generate_s:.1f} s ({_human_size(backed_up.raw_bytes)} of cells)",
+            f"  backup {backed_up.backup_id}: {backed_up.duration_s:.1f} s, "
+            f"{_human_size(backed_up.bytes)} stored (zstd), consistency {backed_up.consistency} "
+            f"at watermarks {backed_up.consistency_point}",
+            f"  restore into fresh shards + verify: {restored.duration_s:.1f} s",
+            "  cell-by-cell comparison: "
+            + (
+                "every column of every cell equal"
+                if comparison.equal
+                else str(comparison.differences)
+            ),
+            f"  wall time {wall_s:.1f} s",
+        ]
+    )
     if not comparison.equal:
         raise _Reported(data, text, 1)
     return data, text
@@ -306,16 +350,24 @@ def main(argv: list[str] | None = None) -> int:
         return reported.exit_code
     except BackstopError as exc:
         message = f"backstop {args.command}: {exc}"
-        _emit(args, {"status": "failed", "error": str(exc), "exit_code": exc.exit_code},
-              message, error=True)
+        _emit(
+            args,
+            {"status": "failed", "error": str(exc), "exit_code": exc.exit_code},
+            message,
+            error=True,
+        )
         return exc.exit_code
     except KeyboardInterrupt:
         _emit(args, {"status": "interrupted", "exit_code": 130}, "interrupted", error=True)
         return 130
     except Exception as exc:  # a bug or an unclassified failure: exit 1, say what it was
         message = f"{type(exc).__name__}: {exc}"
-        _emit(args, {"status": "failed", "error": mask_secrets(message), "exit_code": 1},
-              f"backstop {args.command}: unexpected error: {message}", error=True)
+        _emit(
+            args,
+            {"status": "failed", "error": mask_secrets(message), "exit_code": 1},
+            f"backstop {args.command}: unexpected error: {message}",
+            error=True,
+        )
         return 1
     _emit(args, data, text)
     return 0

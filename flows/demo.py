@@ -13,8 +13,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from itertools import islice
 from datetime import datetime, timedelta
+from itertools import islice
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -40,18 +40,35 @@ def _body(rng: random.Random, column: str, ref_key: int, row_key: str) -> bytes:
     """A few hundred bytes of the JSON a real entity column would hold."""
     doc: dict[str, object] = {"row": row_key, "column": column, "version": ref_key}
     if column == "profile":
-        doc |= {"name": f"{rng.choice(_FIRST)} {rng.choice(_LAST)}", "age": rng.randint(18, 90),
-                "email": f"user{rng.randrange(10**6)}@example.org", "tags": rng.sample(_CITIES, 3)}
+        doc |= {
+            "name": f"{rng.choice(_FIRST)} {rng.choice(_LAST)}",
+            "age": rng.randint(18, 90),
+            "email": f"user{rng.randrange(10**6)}@example.org",
+            "tags": rng.sample(_CITIES, 3),
+        }
     elif column == "address":
-        doc |= {"street": f"{rng.randint(1, 999)} {rng.choice(_LAST)} Street",
-                "city": rng.choice(_CITIES), "zip": f"{rng.randrange(10**5):05d}",
-                "geo": [round(rng.uniform(-90, 90), 6), round(rng.uniform(-180, 180), 6)]}
+        doc |= {
+            "street": f"{rng.randint(1, 999)} {rng.choice(_LAST)} Street",
+            "city": rng.choice(_CITIES),
+            "zip": f"{rng.randrange(10**5):05d}",
+            "geo": [round(rng.uniform(-90, 90), 6), round(rng.uniform(-180, 180), 6)],
+        }
     elif column == "orders":
-        doc |= {"items": [{"sku": f"SKU-{rng.randrange(10**6):06d}", "qty": rng.randint(1, 5),
-                           "price": round(rng.uniform(1, 500), 2)} for _ in range(rng.randint(1, 4))]}
+        doc |= {
+            "items": [
+                {
+                    "sku": f"SKU-{rng.randrange(10**6):06d}",
+                    "qty": rng.randint(1, 5),
+                    "price": round(rng.uniform(1, 500), 2),
+                }
+                for _ in range(rng.randint(1, 4))
+            ]
+        }
     else:
-        doc |= {"flags": {c: rng.random() < 0.5 for c in _CITIES[:5]},
-                "note": "".join(rng.choice("abcdefghij ") for _ in range(rng.randint(40, 160)))}
+        doc |= {
+            "flags": {c: rng.random() < 0.5 for c in _CITIES[:5]},
+            "note": "".join(rng.choice("abcdefghij ") for _ in range(rng.randint(40, 160))),
+        }
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -63,8 +80,13 @@ def _generate_cells(rng: random.Random) -> Iterator[tuple[str, str, int, bytes, 
         for column in rng.sample(COLUMNS, rng.randint(2, 4)):
             for ref_key in range(1, rng.randint(1, 3) + 1):
                 clock += timedelta(microseconds=rng.randint(1, 5000))
-                yield (row_key, column, ref_key, _body(rng, column, ref_key, row_key),
-                       clock.isoformat(sep=" ", timespec="microseconds"))
+                yield (
+                    row_key,
+                    column,
+                    ref_key,
+                    _body(rng, column, ref_key, row_key),
+                    clock.isoformat(sep=" ", timespec="microseconds"),
+                )
 
 
 def make_schemaless_datastore(
@@ -104,8 +126,10 @@ def compare_shards(sources: list[str], targets: list[str], table: str = "cells")
     for source, target in zip(sources, targets, strict=True):
         a = sqlite3.connect(f"file:{make_url(source).database}?mode=ro", uri=True)
         b = sqlite3.connect(f"file:{make_url(target).database}?mode=ro", uri=True)
-        query = (f"SELECT added_id, row_key, column_name, ref_key, body, created_at, "
-                 f"typeof(body), typeof(created_at) FROM {table} ORDER BY added_id")
+        query = (
+            f"SELECT added_id, row_key, column_name, ref_key, body, created_at, "
+            f"typeof(body), typeof(created_at) FROM {table} ORDER BY added_id"
+        )
         left, right = a.execute(query), b.execute(query)
         while True:
             x, y = left.fetchmany(10_000), right.fetchmany(10_000)

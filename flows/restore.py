@@ -15,7 +15,9 @@ from backstop.tasks.restore import load_manifest, prepare_targets, restore_unit
 from backstop.tasks.verify import verify_backup_files, verify_target
 
 
-@flow(name="backstop-restore", task_runner=task_runner(), flow_run_name="restore-{request.technology}")
+@flow(
+    name="backstop-restore", task_runner=task_runner(), flow_run_name="restore-{request.technology}"
+)
 def restore(request: RestoreRequest) -> RestoreOutcome:
     install_log_masking()
     logger = get_run_logger()
@@ -38,7 +40,9 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             + "\n  ".join(problems)
         )
     if manifest.quality.status != "passed":
-        raise IntegrityError(f"backup {technology}/{backup_id} failed its quality checks at backup time")
+        raise IntegrityError(
+            f"backup {technology}/{backup_id} failed its quality checks at backup time"
+        )
 
     targets = [redact_url(t) for t in request.targets]
     outcome = RestoreOutcome(
@@ -62,13 +66,21 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
     logger.info("restoring %s/%s into %s (mode %s)", technology, backup_id, targets, mode.value)
     results = gather(
         restore_unit.map(
-            technology, unmapped(spec), unmapped(backup_id), manifest.units, request.targets,
+            technology,
+            unmapped(spec),
+            unmapped(backup_id),
+            manifest.units,
+            request.targets,
             unmapped(mode),
         )
     )
     checks = gather(
         verify_target.map(
-            technology, unmapped(spec), unmapped(backup_id), manifest.units, request.targets,
+            technology,
+            unmapped(spec),
+            unmapped(backup_id),
+            manifest.units,
+            request.targets,
             unmapped(mode),
         )
     )
@@ -81,7 +93,9 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             "verified records": check.records,
             "verified": "yes" if check.ok else "NO: " + "; ".join(check.problems),
         }
-        for unit, target, result, check in zip(manifest.units, targets, results, checks, strict=True)
+        for unit, target, result, check in zip(
+            manifest.units, targets, results, checks, strict=True
+        )
     ]
     failed = [p for check in checks for p in check.problems]
     publish_table(
@@ -92,7 +106,9 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
         + ("verified equal to the backup" if not failed else "VERIFICATION FAILED"),
     )
     if failed:
-        raise PermanentError("the restored target differs from the backup:\n  " + "\n  ".join(failed))
+        raise PermanentError(
+            "the restored target differs from the backup:\n  " + "\n  ".join(failed)
+        )
 
     outcome.status = "restored"
     outcome.records = sum(r.records_written for r in results)

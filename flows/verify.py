@@ -48,12 +48,16 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
         "verify",
         request.technology or "all",
         [
-            {"backup": f"{m.technology}/{m.backup_id}", "files": m.totals.files,
-             "bytes": m.totals.bytes, "problems": len(found) or "none"}
+            {
+                "backup": f"{m.technology}/{m.backup_id}",
+                "files": m.totals.files,
+                "bytes": m.totals.bytes,
+                "problems": len(found) or "none",
+            }
             for m, found in zip(manifests, results, strict=True)
         ],
-        f"Verified {len(manifests)} backup(s): " + ("all checksums match" if outcome.ok else
-                                                    f"{len(problems)} problem(s)"),
+        f"Verified {len(manifests)} backup(s): "
+        + ("all checksums match" if outcome.ok else f"{len(problems)} problem(s)"),
     )
     if not outcome.ok:
         raise VerificationFailed(outcome)

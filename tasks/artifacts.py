@@ -14,13 +14,10 @@ def _key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
 
 
-def publish_table(
-    kind: str, technology: str, rows: list[dict[str, Any]], description: str
-) -> None:
+def publish_table(kind: str, technology: str, rows: list[dict[str, Any]], description: str) -> None:
     safe_rows = [{k: mask_secrets(str(v)) for k, v in row.items()} for row in rows]
     create_table_artifact(
         key=_key("backstop", kind, technology),
         table=safe_rows,
         description=mask_secrets(description),
     )
-

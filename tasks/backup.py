@@ -82,8 +82,9 @@ def validate_backup(
                 check_file(source, file)
                 checks.append({"check": "read-back", "file": file.name, "passed": True})
             except IntegrityError as exc:
-                checks.append({"check": "read-back", "file": file.name, "passed": False,
-                               "problem": str(exc)})
+                checks.append(
+                    {"check": "read-back", "file": file.name, "passed": False, "problem": str(exc)}
+                )
     status = "passed" if all(c["passed"] for c in checks) else "failed"
     return QualityResult(status=status, checks=checks)
 

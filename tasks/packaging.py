@@ -22,6 +22,9 @@ from backstop.tasks.store import ArtifactStore
 COMPRESSION = "zstd"
 SUFFIX = ".zst"
 DEFAULT_LEVEL = 3
+# One zstd worker thread: compression overlaps with the driver's Python work (measured
+# 25% faster backups on 2 cores) while memory stays bounded by zstd's job size.
+ZSTD_THREADS = 1
 _READ_SIZE = 1 << 20
 
 Progress = Callable[[int, int], None]  # (records, raw bytes) just written or read
@@ -50,7 +53,7 @@ class PackagedWriter:
 
     def __init__(self, fh: IO[bytes], level: int, progress: Progress | None) -> None:
         self._out = _CountingWriter(fh)
-        self._zstd = zstandard.ZstdCompressor(level=level).stream_writer(
+        self._zstd = zstandard.ZstdCompressor(level=level, threads=ZSTD_THREADS).stream_writer(
             self._out, closefd=False, write_return_read=True
         )
         self._raw_sha = hashlib.sha256()
@@ -192,7 +195,11 @@ class StoreSource:
     """The FileSource a driver restores from."""
 
     def __init__(
-        self, store: ArtifactStore, technology: str, backup_id: str, progress: Progress | None = None
+        self,
+        store: ArtifactStore,
+        technology: str,
+        backup_id: str,
+        progress: Progress | None = None,
     ) -> None:
         self._store = store
         self._technology = technology

@@ -102,7 +102,9 @@ class ArtifactStore:
 
     # -- manifests ----------------------------------------------------------------
     def write_manifest(self, manifest: Manifest) -> str:
-        path = posixpath.join(self.backup_dir(manifest.technology, manifest.backup_id), MANIFEST_NAME)
+        path = posixpath.join(
+            self.backup_dir(manifest.technology, manifest.backup_id), MANIFEST_NAME
+        )
         data = manifest.model_dump_json(indent=2).encode()
         with _store_errors(path):
             if self.is_local:
@@ -129,7 +131,9 @@ class ArtifactStore:
         try:
             return Manifest.model_validate(json.loads(raw))
         except (ValueError, ValidationError) as exc:
-            raise IntegrityError(f"{technology}/{backup_id}/{MANIFEST_NAME} is unreadable: {exc}") from None
+            raise IntegrityError(
+                f"{technology}/{backup_id}/{MANIFEST_NAME} is unreadable: {exc}"
+            ) from None
 
     def folders(self, technology: str | None = None) -> list[BackupFolder]:
         """Every backup folder, complete or not, oldest first."""
@@ -156,12 +160,12 @@ class ArtifactStore:
         if ref == "latest":
             complete = [f for f in self.folders(technology) if f.complete]
             if not complete:
-                raise BadInputError(
-                    f"no complete {technology} backup in {redact_url(self.url)}"
-                )
+                raise BadInputError(f"no complete {technology} backup in {redact_url(self.url)}")
             return self.read_manifest(technology, complete[-1].backup_id)
         if not BACKUP_ID.match(ref):
-            raise BadInputError(f"{ref!r} is not a backup id (like 20261126T120501Z-3fa2) or 'latest'")
+            raise BadInputError(
+                f"{ref!r} is not a backup id (like 20261126T120501Z-3fa2) or 'latest'"
+            )
         return self.read_manifest(technology, ref)
 
     def delete_backup(self, technology: str, backup_id: str) -> None:

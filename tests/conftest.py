@@ -88,7 +88,10 @@ def cli_process(prefect_harness: str) -> callable:
     def run(*argv: str, timeout: float = 300) -> CliResult:
         proc = subprocess.run(
             [str(Path(sys.executable).parent / "backstop"), *argv],
-            capture_output=True, text=True, timeout=timeout, env=subprocess_env(prefect_harness),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=subprocess_env(prefect_harness),
         )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 

@@ -18,12 +18,30 @@ from backstop.drivers.schemaless.cells import (
 
 def cells():
     return [
-        (1, "0b8a0c5e-7f41-4b7e-9d57-2f1c3e0a9b11", "profile", 1, b'{"a":1}',
-         "2026-01-01 00:00:00.000001"),
-        (2, "0b8a0c5e-7f41-4b7e-9d57-2f1c3e0a9b11", "colonne-\u00e9\u4e2d", 0, b"",
-         datetime(1999, 12, 31, 23, 59, 59, 999999)),
-        (7, "c3d1e4f5-0000-4000-8000-000000000000", "blob", 2**40, bytes(range(256)) * 9000,
-         datetime(2030, 5, 5, 5, 5, 5, tzinfo=timezone(timedelta(hours=2)))),
+        (
+            1,
+            "0b8a0c5e-7f41-4b7e-9d57-2f1c3e0a9b11",
+            "profile",
+            1,
+            b'{"a":1}',
+            "2026-01-01 00:00:00.000001",
+        ),
+        (
+            2,
+            "0b8a0c5e-7f41-4b7e-9d57-2f1c3e0a9b11",
+            "colonne-\u00e9\u4e2d",
+            0,
+            b"",
+            datetime(1999, 12, 31, 23, 59, 59, 999999),
+        ),
+        (
+            7,
+            "c3d1e4f5-0000-4000-8000-000000000000",
+            "blob",
+            2**40,
+            bytes(range(256)) * 9000,
+            datetime(2030, 5, 5, 5, 5, 5, tzinfo=timezone(timedelta(hours=2))),
+        ),
     ]
 
 

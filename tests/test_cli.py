@@ -41,8 +41,9 @@ def test_done_when_commands_through_the_console_script(cli_process, shards, targ
     assert out["records"] == 6000 and out["bytes"] > 0 and out["consistency"] == "snapshot"
     assert {"backup_id", "duration_s"} <= out.keys()
 
-    restored = cli_process("restore", "schemaless", "--store", store, *targets(target_urls),
-                           "--json")
+    restored = cli_process(
+        "restore", "schemaless", "--store", store, *targets(target_urls), "--json"
+    )
     assert restored.code == 0, restored.stderr
     assert restored.json["backup_id"] == out["backup_id"] and restored.json["verified"]
     comparison = compare_shards(shards, target_urls)
@@ -108,21 +109,32 @@ def test_flipped_byte_fails_verify_naming_the_file_and_restore_refuses(
     assert any(name in p for p in verified.json["problems"]), verified.json
     assert len(verified.json["problems"]) == 1
 
-    restored = cli("restore", "schemaless", "--store", local_store.url, *targets(target_urls),
-                   "--json")
+    restored = cli(
+        "restore", "schemaless", "--store", local_store.url, *targets(target_urls), "--json"
+    )
     assert restored.code == 1
     assert name in restored.json["error"] and "nothing was restored" in restored.json["error"]
     assert not any(db_path(t).exists() for t in target_urls)
 
 
-def test_backup_killed_before_its_manifest_is_invisible(prefect_harness, tmp_path, target_urls,
-                                                        cli):
+def test_backup_killed_before_its_manifest_is_invisible(
+    prefect_harness, tmp_path, target_urls, cli
+):
     big = make_schemaless_datastore(tmp_path / "big", shards=1, cells=150_000)
     store_dir = tmp_path / "store"
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "backstop"), "backup", "schemaless", *sources(big),
-         "--store", store_dir.as_uri(), "--json"],
-        env=subprocess_env(prefect_harness), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            str(Path(sys.executable).parent / "backstop"),
+            "backup",
+            "schemaless",
+            *sources(big),
+            "--store",
+            store_dir.as_uri(),
+            "--json",
+        ],
+        env=subprocess_env(prefect_harness),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     while not data_files(store_dir) and time.monotonic() < deadline and proc.poll() is None:
@@ -135,8 +147,9 @@ def test_backup_killed_before_its_manifest_is_invisible(prefect_harness, tmp_pat
 
     listed = cli("list", "--store", store_dir.as_uri(), "--json")
     assert listed.code == 0 and listed.json["backups"] == []
-    restored = cli("restore", "schemaless", "--store", store_dir.as_uri(),
-                   *targets(target_urls[:1]), "--json")
+    restored = cli(
+        "restore", "schemaless", "--store", store_dir.as_uri(), *targets(target_urls[:1]), "--json"
+    )
     assert restored.code == 2 and "no complete schemaless backup" in restored.json["error"]
     folders = target_urls[:1]
     assert not db_path(folders[0]).exists()
@@ -147,8 +160,9 @@ def test_restore_into_non_empty_target_without_mode_is_refused_untouched(
 ):
     assert cli("backup", "schemaless", *sources(shards), "--store", local_store.url).code == 0
     # A target that already holds other data.
-    other = make_schemaless_datastore(db_path(target_urls[0]).parent / "other", shards=2,
-                                      cells=10, seed=99)
+    other = make_schemaless_datastore(
+        db_path(target_urls[0]).parent / "other", shards=2, cells=10, seed=99
+    )
     for src, dst in zip(other, target_urls, strict=True):
         db_path(dst).write_bytes(db_path(src).read_bytes())
     before = [file_digest(t) for t in target_urls]
@@ -166,11 +180,20 @@ def test_password_in_a_source_url_appears_nowhere(cli, tmp_path, local_store, ta
     secret = "Pa55-w0rd-nobody-sees"
     [plain] = make_schemaless_datastore(tmp_path / "pw", shards=1, cells=200)
     url = f"sqlite://operator:{secret}@/{db_path(plain)}"
-    backed = cli("-v", "backup", "schemaless", "--source", url, "--store", local_store.url,
-                 "--json")
+    backed = cli(
+        "-v", "backup", "schemaless", "--source", url, "--store", local_store.url, "--json"
+    )
     assert backed.code == 0, backed.stderr
-    restored = cli("-v", "restore", "schemaless", "--store", local_store.url,
-                   "--target", f"sqlite://operator:{secret}@/{db_path(target_urls[0])}", "--json")
+    restored = cli(
+        "-v",
+        "restore",
+        "schemaless",
+        "--store",
+        local_store.url,
+        "--target",
+        f"sqlite://operator:{secret}@/{db_path(target_urls[0])}",
+        "--json",
+    )
     assert restored.code == 0, restored.stderr
     listed = cli("list", "--store", local_store.url, "--json")
     assert "operator:***@" in json.dumps(listed.json)
@@ -199,12 +222,21 @@ def test_list_and_verify_report_backups(cli, shards, local_store):
     first = cli("backup", "schemaless", *sources(shards), "--store", local_store.url, "--json")
     second = cli("backup", "schemaless", *sources(shards), "--store", local_store.url, "--json")
     listed = cli("list", "--store", local_store.url, "--json").json["backups"]
-    assert [b["backup_id"] for b in listed] == sorted([first.json["backup_id"],
-                                                       second.json["backup_id"]])
+    assert [b["backup_id"] for b in listed] == sorted(
+        [first.json["backup_id"], second.json["backup_id"]]
+    )
     text = cli("list", "--store", local_store.url)
     assert first.json["backup_id"] in text.stdout and "snapshot" in text.stdout
-    checked = cli("verify", "--store", local_store.url, "--technology", "schemaless",
-                  "--backup", "latest", "--json")
+    checked = cli(
+        "verify",
+        "--store",
+        local_store.url,
+        "--technology",
+        "schemaless",
+        "--backup",
+        "latest",
+        "--json",
+    )
     assert checked.code == 0 and checked.json["ok"]
     assert checked.json["backups"] == [f"schemaless/{second.json['backup_id']}"]
 

@@ -18,18 +18,36 @@ from backstop.tasks.manifest import (
 
 
 def sample_manifest() -> Manifest:
-    file = StoredFile(name="shard-000/cells.cells.zst", format="schemaless-cells/1", records=3,
-                      bytes=120, sha256="a" * 64, raw_bytes=300, raw_sha256="b" * 64,
-                      meta={"table": "cells", "watermark": 3})
-    unit = StoredUnit(name="shard-000", source="sqlite:///x.db", records=3,
-                      point={"watermarks": {"cells": 3}}, files=[file])
+    file = StoredFile(
+        name="shard-000/cells.cells.zst",
+        format="schemaless-cells/1",
+        records=3,
+        bytes=120,
+        sha256="a" * 64,
+        raw_bytes=300,
+        raw_sha256="b" * 64,
+        meta={"table": "cells", "watermark": 3},
+    )
+    unit = StoredUnit(
+        name="shard-000",
+        source="sqlite:///x.db",
+        records=3,
+        point={"watermarks": {"cells": 3}},
+        files=[file],
+    )
     started = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     return Manifest(
-        technology="schemaless", backup_id=new_backup_id(started), backstop_version="0.1.0",
-        driver=DriverInfo(name="schemaless", version="1.0.0"), sources=["sqlite:///x.db"],
-        started_at=started, finished_at=started + timedelta(seconds=2.5),
+        technology="schemaless",
+        backup_id=new_backup_id(started),
+        backstop_version="0.1.0",
+        driver=DriverInfo(name="schemaless", version="1.0.0"),
+        sources=["sqlite:///x.db"],
+        started_at=started,
+        finished_at=started + timedelta(seconds=2.5),
         consistency=ConsistencyInfo(kind="snapshot", point={"shard-000": {"cells": 3}}),
-        units=[unit], totals=totals_of([unit]), quality=QualityResult(status="passed"),
+        units=[unit],
+        totals=totals_of([unit]),
+        quality=QualityResult(status="passed"),
     )
 
 

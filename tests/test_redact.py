@@ -20,9 +20,15 @@ from backstop.drivers.redact import (
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("postgresql+psycopg://bob:hunter2@db:5432/cells", "postgresql+psycopg://bob:***@db:5432/cells"),
+        (
+            "postgresql+psycopg://bob:hunter2@db:5432/cells",
+            "postgresql+psycopg://bob:***@db:5432/cells",
+        ),
         ("mongodb://u:p%40ss@h1,h2/?replicaSet=rs", "mongodb://u:***@h1,h2/?replicaSet=rs"),
-        ("mysql+pymysql://root@127.0.0.1/x?password=abc&x=1", "mysql+pymysql://root@127.0.0.1/x?password=***&x=1"),
+        (
+            "mysql+pymysql://root@127.0.0.1/x?password=abc&x=1",
+            "mysql+pymysql://root@127.0.0.1/x?password=***&x=1",
+        ),
         ("sqlite:///tmp/a.db", "sqlite:///tmp/a.db"),
         ("zk://h:2181/chroot", "zk://h:2181/chroot"),
     ],
@@ -49,8 +55,9 @@ def test_missing_environment_placeholder_is_bad_input():
 
 def test_logging_filter_masks_messages_and_tracebacks():
     strip_url_password("mysql://u:CorrectHorse@h/db", "BACKSTOP_TEST_PW2")
-    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed with %s", ("CorrectHorse",),
-                               None)
+    record = logging.LogRecord(
+        "x", logging.ERROR, __file__, 1, "failed with %s", ("CorrectHorse",), None
+    )
     try:
         raise RuntimeError("CorrectHorse in a traceback")
     except RuntimeError:

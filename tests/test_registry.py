@@ -37,7 +37,8 @@ def toy_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """An installed-looking distribution that declares a driver in backstop.drivers."""
     package = tmp_path / "toytech_pkg"
     package.mkdir()
-    (package / "__init__.py").write_text(textwrap.dedent('''
+    (package / "__init__.py").write_text(
+        textwrap.dedent("""
         from backstop.drivers.contract import Capabilities, ConsistencyKind
         from backstop.drivers.schemaless import SchemalessDriver
 
@@ -45,7 +46,8 @@ def toy_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
             name = "toytech"
             version = "0.0.1"
             capabilities = Capabilities(consistency=(ConsistencyKind.NONE,))
-        '''))
+        """)
+    )
     dist = tmp_path / "toytech-0.0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toytech\nVersion: 0.0.1\n")

@@ -66,6 +66,9 @@ def test_sqlite_lock_is_transient_and_missing_table_permanent(tmp_path):
         except OperationalError:
             raise
     holder.execute("ROLLBACK")
-    with pytest.raises(PermanentError, match="no such table"), classified(driver, "reading"):
-        with engine.connect() as conn:
-            conn.execute(text("SELECT * FROM missing")).all()
+    with (
+        pytest.raises(PermanentError, match="no such table"),
+        classified(driver, "reading"),
+        engine.connect() as conn,
+    ):
+        conn.execute(text("SELECT * FROM missing")).all()

@@ -36,13 +36,15 @@ def cell_count(url: str, table: str = "cells") -> int:
 
 
 def run_backup(shards: list[str], store: StoreSpec, **options):
-    return backup(request=BackupRequest(technology="schemaless", sources=shards, store=store,
-                                        options=options))
+    return backup(
+        request=BackupRequest(technology="schemaless", sources=shards, store=store, options=options)
+    )
 
 
 def run_restore(store: StoreSpec, targets: list[str], **kwargs):
-    return restore(request=RestoreRequest(technology="schemaless", store=store, targets=targets,
-                                          **kwargs))
+    return restore(
+        request=RestoreRequest(technology="schemaless", store=store, targets=targets, **kwargs)
+    )
 
 
 @pytest.mark.parametrize("store_kind", ["local", "s3"])
@@ -83,8 +85,9 @@ def test_every_cell_table_of_a_shard_is_backed_up(tmp_path, local_store, target_
     assert cell_count(target_urls[0], "trips") == 300
 
 
-def test_backup_is_a_snapshot_at_the_watermark_while_writers_run(tmp_path, local_store,
-                                                                 target_urls):
+def test_backup_is_a_snapshot_at_the_watermark_while_writers_run(
+    tmp_path, local_store, target_urls
+):
     source = make_schemaless_datastore(tmp_path / "busy", shards=1, cells=40_000)
     with sqlite3.connect(db_path(source[0])) as db:
         db.execute("PRAGMA journal_mode=WAL")
@@ -117,7 +120,9 @@ def test_backup_is_a_snapshot_at_the_watermark_while_writers_run(tmp_path, local
     run_restore(local_store, target_urls[:1])
     with sqlite3.connect(db_path(source[0])) as a, sqlite3.connect(db_path(target_urls[0])) as b:
         query = "SELECT * FROM cells WHERE added_id <= ? ORDER BY added_id"
-        assert a.execute(query, (watermark,)).fetchall() == b.execute(query, (watermark,)).fetchall()
+        assert (
+            a.execute(query, (watermark,)).fetchall() == b.execute(query, (watermark,)).fetchall()
+        )
         assert b.execute("SELECT MAX(added_id) FROM cells").fetchone()[0] == watermark
 
 
@@ -137,8 +142,10 @@ def test_overwrite_replaces_what_the_target_holds(shards, local_store, target_ur
     run_restore(local_store, target_urls)
     with sqlite3.connect(db_path(target_urls[0])) as db:
         db.execute("UPDATE cells SET body = x'00' WHERE added_id = 5")
-        db.execute("INSERT INTO cells (row_key, column_name, ref_key, body, created_at) VALUES "
-                   "('ffffffff-0000-4000-8000-000000000000', 'x', 1, x'01', '2026-01-01')")
+        db.execute(
+            "INSERT INTO cells (row_key, column_name, ref_key, body, created_at) VALUES "
+            "('ffffffff-0000-4000-8000-000000000000', 'x', 1, x'01', '2026-01-01')"
+        )
     outcome = run_restore(local_store, target_urls, mode=RestoreMode.OVERWRITE)
     assert outcome.verified
     assert compare_shards(shards, target_urls).equal
@@ -170,7 +177,7 @@ def test_merge_detects_a_conflicting_cell(shards, local_store, target_urls):
 
 def test_wrong_number_of_targets_is_bad_input(shards, local_store, target_urls):
     run_backup(shards, local_store)
-    with pytest.raises(BadInputError, match="2 shard.*1 --target"):
+    with pytest.raises(BadInputError, match=r"2 shard.*1 --target"):
         run_restore(local_store, target_urls[:1])
     assert not db_path(target_urls[0]).exists()
 

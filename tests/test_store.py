@@ -6,13 +6,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_manifest import sample_manifest
 
 from backstop.drivers.contract import StoredUnit
 from backstop.drivers.errors import BadInputError, IntegrityError
 from backstop.tasks.manifest import new_backup_id
 from backstop.tasks.packaging import StoreSink, StoreSource, check_file
 from backstop.tasks.store import ArtifactStore
-from test_manifest import sample_manifest
 
 CHUNKS = [bytes([i]) * 100_000 + b"record-%d" % i for i in range(40)]
 

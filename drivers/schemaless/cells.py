@@ -51,18 +51,13 @@ def pack_cells(rows: Iterable[tuple]) -> tuple[bytes, int]:
     """Serialize database rows in CELL_COLUMNS order; return the bytes and the count."""
     pack = _HEADER.pack
     parts: list[bytes] = []
-    count = 0
+    extend = parts.extend
     for added_id, row_key, column_name, ref_key, body, created_at in rows:
-        rk = row_key.encode("ascii") if isinstance(row_key, str) else bytes(row_key)
+        rk = row_key.encode("ascii")
         col = column_name.encode("utf-8")
-        body = bytes(body)
-        micros = created_at if isinstance(created_at, int) else to_micros(created_at)
-        parts.append(pack(added_id, ref_key, micros, len(rk), len(col), len(body)))
-        parts.append(rk)
-        parts.append(col)
-        parts.append(body)
-        count += 1
-    return b"".join(parts), count
+        micros = created_at if type(created_at) is int else to_micros(created_at)
+        extend((pack(added_id, ref_key, micros, len(rk), len(col), len(body)), rk, col, body))
+    return b"".join(parts), len(parts) // 4
 
 
 def read_cells(stream: BinaryIO, batch_size: int) -> Iterator[list[Cell]]:

@@ -10,8 +10,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import bindparam, inspect, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 
 from backstop.drivers.contract import (
@@ -80,13 +80,12 @@ def _count(conn: Connection, table: str, watermark: int | None = None) -> int:
 def _stream_cells(conn: Connection, table: str, watermark: int):
     """Batches of cells with added_id <= watermark, in added_id order, server-side."""
     sql = text(
-        f"SELECT {_SELECT} FROM {_quote(conn, table)} "
-        "WHERE added_id <= :wm ORDER BY added_id"
+        f"SELECT {_SELECT} FROM {_quote(conn, table)} WHERE added_id <= :wm ORDER BY added_id"
     )
     result = conn.execution_options(stream_results=True, yield_per=BATCH_CELLS).execute(
         sql, {"wm": watermark}
     )
-    yield from result.partitions()
+    yield from result.partitions(BATCH_CELLS)
 
 
 class SchemalessDriver(Driver):
@@ -104,7 +103,9 @@ class SchemalessDriver(Driver):
             try:
                 make_url(url)
             except (sa_exc.ArgumentError, ValueError) as exc:
-                raise BadInputError(f"{role} {redact_url(url)!r} is not a valid URL: {exc}") from exc
+                raise BadInputError(
+                    f"{role} {redact_url(url)!r} is not a valid URL: {exc}"
+                ) from exc
         if len(set(urls)) != len(urls):
             raise BadInputError(f"the same {role} is given twice; each shard is one database")
 
@@ -185,10 +186,11 @@ class SchemalessDriver(Driver):
                     columns = _table_columns(conn, table)
                     if columns is None:
                         continue
-                    if not columns.issuperset(CELL_COLUMNS):
+                    lacking = sorted(set(CELL_COLUMNS) - columns)
+                    if lacking:
                         problems.append(
                             f"{unit.name} -> {redact_url(target)}: table {table!r} exists but is "
-                            f"not a cell table (lacks {', '.join(sorted(set(CELL_COLUMNS) - columns))})"
+                            f"not a cell table (lacks {', '.join(lacking)})"
                         )
                         continue
                     held = _count(conn, table)
@@ -271,7 +273,9 @@ def _compare_digest(
         count += n
     total = _count(conn, table)
     if count != file.records:
-        problems.append(f"{unit}/{table}: {count} cells in the target, {file.records} in the backup")
+        problems.append(
+            f"{unit}/{table}: {count} cells in the target, {file.records} in the backup"
+        )
     elif digest.hexdigest() != file.raw_sha256:
         problems.append(f"{unit}/{table}: cell digest differs from the backup's")
     if total != count:
@@ -307,6 +311,7 @@ def _compare_by_key(
     if missing:
         problems.append(f"{table}: {missing} backed-up cells are missing from the target")
     if differing:
-        problems.append(f"{table}: {differing} cells differ from the backup (same key, other content)")
+        problems.append(
+            f"{table}: {differing} cells differ from the backup (same key, other content)"
+        )
     return found, problems
-

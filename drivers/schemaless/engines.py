@@ -133,9 +133,8 @@ def target_engine(url: str) -> Engine:
 def connection(engine: Engine) -> Iterator[Connection]:
     """A connection in a transaction, rolled back unless committed; the engine disposed."""
     try:
-        with engine.connect() as conn:
-            with conn.begin():
-                yield conn
+        with engine.connect() as conn, conn.begin():
+            yield conn
     finally:
         engine.dispose()
 
