@@ -19,10 +19,11 @@ from backstop.tasks.backup import (
     commit_manifest,
     discard_partial,
     plan_backup,
+    quality_of,
     quiesce,
     release_quiesce,
     snapshot_unit,
-    validate_backup,
+    validate_unit,
 )
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import (
@@ -54,7 +55,8 @@ def backup(request: BackupRequest) -> BackupOutcome:
 
     try:
         stored, handle = _snapshot(request, backup_id)
-        quality = validate_backup(technology, spec, backup_id, stored)
+        checks = gather(validate_unit.map(technology, unmapped(spec), unmapped(backup_id), stored))
+        quality = quality_of([c for unit_checks in checks for c in unit_checks])
         if quality.status != "passed":
             failed = [c.get("problem", c) for c in quality.checks if not c["passed"]]
             raise IntegrityError(f"backup {backup_id} failed validation: {failed}")

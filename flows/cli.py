@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,9 @@ def _progress(args: argparse.Namespace):
         return nullcontext()
     from backstop.tasks.progress import RichProgress, reporting
 
-    return reporting(RichProgress().__enter__())
+    stack = ExitStack()
+    stack.enter_context(reporting(stack.enter_context(RichProgress())))
+    return stack
 
 
 def _human_size(n: float) -> str:

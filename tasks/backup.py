@@ -47,7 +47,7 @@ def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit)
     """Snapshot one unit and package it into the store as it streams."""
     driver = get_driver(technology)
     progress = reporter()
-    label = f"{technology} {unit.name}"
+    label = f"backup {unit.name}"
     sink = StoreSink(store.open(), technology, backup_id, progress=progress.start(label))
     resolved = dataclasses.replace(unit, source=resolve_url(unit.source))
     try:
@@ -65,28 +65,30 @@ def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit)
     )
 
 
-@task(name="validate-backup", **RETRYING)
-def validate_backup(
-    technology: str, store: StoreSpec, backup_id: str, units: Sequence[StoredUnit]
-) -> QualityResult:
-    """Read back every uploaded file: it must decompress to what was hashed on the way in."""
+@task(name="validate-unit", task_run_name="validate-{unit.name}", **RETRYING)
+def validate_unit(
+    technology: str, store: StoreSpec, backup_id: str, unit: StoredUnit
+) -> list[dict[str, Any]]:
+    """Read back every file of a unit: it must decompress to what was hashed on the way in."""
     source = StoreSource(store.open(), technology, backup_id)
-    checks: list[dict[str, Any]] = []
-    for unit in units:
-        counted = sum(f.records for f in unit.files)
-        checks.append(
-            {"check": "unit-record-count", "unit": unit.name, "passed": counted == unit.records}
-        )
-        for file in unit.files:
-            try:
-                check_file(source, file)
-                checks.append({"check": "read-back", "file": file.name, "passed": True})
-            except IntegrityError as exc:
-                checks.append(
-                    {"check": "read-back", "file": file.name, "passed": False, "problem": str(exc)}
-                )
-    status = "passed" if all(c["passed"] for c in checks) else "failed"
-    return QualityResult(status=status, checks=checks)
+    counted = sum(f.records for f in unit.files)
+    checks: list[dict[str, Any]] = [
+        {"check": "unit-record-count", "unit": unit.name, "passed": counted == unit.records}
+    ]
+    for file in unit.files:
+        check: dict[str, Any] = {"check": "read-back", "file": file.name, "passed": True}
+        try:
+            check_file(source, file)
+        except IntegrityError as exc:
+            check |= {"passed": False, "problem": str(exc)}
+        checks.append(check)
+    return checks
+
+
+def quality_of(checks: Sequence[dict[str, Any]]) -> QualityResult:
+    return QualityResult(
+        status="passed" if all(c["passed"] for c in checks) else "failed", checks=list(checks)
+    )
 
 
 @task(name="commit-manifest", **RETRYING)

@@ -39,10 +39,10 @@ class RichProgress(ProgressReporter):
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[records]:>12,} records"),
+            BarColumn(bar_width=20),
             DownloadColumn(),
             TransferSpeedColumn(),
+            TextColumn("{task.fields[records]}"),
             TimeElapsedColumn(),
             console=Console(stderr=True),
             transient=False,
@@ -59,13 +59,14 @@ class RichProgress(ProgressReporter):
 
     def start(self, label: str, total_bytes: int | None = None) -> Advance:
         with self._lock:
-            task_id = self._progress.add_task(label, total=total_bytes, records=0)
+            task_id = self._progress.add_task(label, total=total_bytes, records="")
             self._tasks[label] = task_id
         counts = {"records": 0}
 
         def advance(records: int, nbytes: int) -> None:
             counts["records"] += records
-            self._progress.update(task_id, advance=nbytes, records=counts["records"])
+            shown = f"{counts['records']:,} records" if counts["records"] else ""
+            self._progress.update(task_id, advance=nbytes, records=shown)
 
         return advance
 

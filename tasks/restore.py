@@ -37,7 +37,7 @@ def restore_unit(
 ) -> RestoreResult:
     driver = get_driver(technology)
     progress = reporter()
-    label = f"{technology} {unit.name} -> {redact_url(target)}"
+    label = f"restore {unit.name}"
     advance = progress.start(label, total_bytes=sum(f.raw_bytes for f in unit.files))
     source = StoreSource(store.open(), technology, backup_id, progress=advance)
     try:

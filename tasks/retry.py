@@ -51,7 +51,8 @@ def classified(driver: Driver, what: str) -> Iterator[None]:
     """
     try:
         yield
-    except BackstopError:
+    except BackstopError as exc:
+        exc.args = (f"{what}: {exc}",)  # same error, now naming the unit or step
         raise
     except Exception as exc:
         kind = driver.classify(exc)

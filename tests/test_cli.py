@@ -255,3 +255,13 @@ def test_restore_target_rows_keep_bodies_byte_exact(cli, shards, local_store, ta
     with sqlite3.connect(db_path(shards[0])) as a, sqlite3.connect(db_path(target_urls[0])) as b:
         q = "SELECT hex(body), length(body), typeof(body) FROM cells ORDER BY added_id"
         assert a.execute(q).fetchall() == b.execute(q).fetchall()
+
+
+def test_one_failing_shard_fails_the_backup_and_leaves_no_files(cli, shards, tmp_path, local_store):
+    broken = f"sqlite:///{tmp_path / 'missing-shard.db'}"
+    result = cli(
+        "backup", "schemaless", *sources([*shards, broken]), "--store", local_store.url, "--json"
+    )
+    assert result.code == 1 and "shard-002" in result.json["error"]
+    assert local_store.open().folders() == []
+    assert not list((tmp_path / "store").rglob("*.zst"))
