@@ -1,0 +1,89 @@
+"""Connecting to ZooKeeper with kazoo, and what its errors mean."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from kazoo import exceptions as kz
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+
+from backstop.drivers.errors import ErrorKind, PermanentError, TransientError
+from backstop.drivers.redact import redact_url, register_secret
+from backstop.drivers.zookeeper.paths import parse_zk_url
+
+CONNECT_TIMEOUT_S = float(os.environ.get("BACKSTOP_ZK_CONNECT_TIMEOUT", "15"))
+
+_TRANSIENT = (
+    kz.ConnectionLoss,
+    kz.SessionExpiredError,
+    kz.OperationTimeoutError,
+    kz.ConnectionClosedError,
+    KazooTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+_PERMANENT_MESSAGES = {
+    kz.NoAuthError: "not authorized (the node's ACL denies these credentials)",
+    kz.AuthFailedError: "authentication failed (check the digest credentials)",
+    kz.InvalidACLError: "invalid ACL",
+}
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, TransientError):
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, _TRANSIENT):
+        return ErrorKind.TRANSIENT
+    return ErrorKind.PERMANENT
+
+
+def explain(exc: BaseException, path: str | None = None) -> Exception:
+    """A permanent kazoo error as a PermanentError with a message an operator can act on."""
+    for cls, message in _PERMANENT_MESSAGES.items():
+        if isinstance(exc, cls):
+            where = f" at {path}" if path else ""
+            return PermanentError(f"ZooKeeper {message}{where}")
+    return exc  # type: ignore[return-value]
+
+
+@contextmanager
+def connect(url: str, *, chroot_must_exist: bool = True) -> Iterator[KazooClient]:
+    """A started client for a zk:// URL (chroot applied, digest auth added), stopped after."""
+    parsed = parse_zk_url(url)
+    register_secret(parsed.password)
+    client = KazooClient(
+        hosts=parsed.connect_string,
+        timeout=10.0,
+        connection_retry=KazooRetry(max_tries=3, delay=0.2, max_delay=2),
+        command_retry=KazooRetry(max_tries=3, delay=0.2, max_delay=2),
+        logger=logging.getLogger("backstop.zookeeper.kazoo"),
+    )
+    if parsed.username is not None:
+        client.add_auth("digest", f"{parsed.username}:{parsed.password or ''}")
+    try:
+        client.start(timeout=CONNECT_TIMEOUT_S)
+    except KazooTimeoutError:
+        client.close()
+        raise TransientError(f"ZooKeeper at {redact_url(url)} is unreachable") from None
+    except kz.AuthFailedError:
+        client.close()
+        raise PermanentError(f"ZooKeeper at {redact_url(url)}: authentication failed") from None
+    try:
+        if chroot_must_exist and parsed.chroot and client.exists("/") is None:
+            raise PermanentError(f"chroot {parsed.chroot} does not exist on {parsed.hosts}")
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+def current_zxid(client: KazooClient) -> int:
+    """The server's last processed zxid, as seen in the reply to a sync and a read."""
+    client.sync("/")
+    client.exists("/")
+    return client.last_zxid

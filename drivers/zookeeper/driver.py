@@ -1,0 +1,488 @@
+"""The ZooKeeper driver: logical walks (any version), admin-server snapshots (3.9+)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kazoo import exceptions as kz
+from kazoo.security import OPEN_ACL_UNSAFE, ACL, Id
+
+from backstop.drivers.contract import (
+    Capabilities,
+    Consistency,
+    ConsistencyKind,
+    Driver,
+    FileSink,
+    FileSource,
+    RestoreMode,
+    RestoreResult,
+    StoredUnit,
+    TargetCheck,
+    Unit,
+    UnitResult,
+)
+from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
+from backstop.drivers.redact import redact_url
+from backstop.drivers.zookeeper import admin
+from backstop.drivers.zookeeper.client import classify, connect, current_zxid, explain
+from backstop.drivers.zookeeper.paths import Selection, parse_zk_url
+from backstop.drivers.zookeeper.walk import WINDOW, child_path, read_nodes, stat_pass, walk
+from backstop.drivers.zookeeper.znodes import (
+    DELETED,
+    FORMAT,
+    NODE,
+    TreeDigest,
+    Znode,
+    node_hash,
+    pack,
+    read,
+)
+
+MODES = ("logical", "admin-snapshot", "datadir")
+MAX_PASSES = 5
+WRITE_CHUNK = 1 << 20
+# A multi-op transaction stays well under jute.maxbuffer (1 MB by default).
+BATCH_BYTES = 512 * 1024
+BATCH_OPS = 1000
+_OPEN_ACL = tuple((a.perms, a.id.scheme, a.id.id) for a in OPEN_ACL_UNSAFE)
+
+
+class _Chunker:
+    """Groups small records into large writes."""
+
+    def __init__(self, out) -> None:
+        self._out = out
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._records = 0
+
+    def add(self, record: bytes) -> None:
+        self._parts.append(record)
+        self._size += len(record)
+        self._records += 1
+        if self._size >= WRITE_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            self._out.write(b"".join(self._parts), self._records)
+            self._parts, self._size, self._records = [], 0, 0
+
+
+class ZooKeeperDriver(Driver):
+    name = "zookeeper"
+    version = "1.0.0"
+    capabilities = Capabilities(
+        consistency=(ConsistencyKind.SNAPSHOT, ConsistencyKind.CONVERGED, ConsistencyKind.NONE),
+        modes=MODES,
+        selective_restore=True,
+    )
+    url_schemes = ("zk",)
+
+    def classify(self, exc: BaseException) -> ErrorKind:
+        return classify(exc)
+
+    def check_urls(self, urls: Sequence[str], role: str) -> None:
+        super().check_urls(urls, role)
+        if len(urls) != 1:
+            raise BadInputError(
+                f"zookeeper takes one --{role} (an ensemble is host:port,host:port in one URL)"
+            )
+        parse_zk_url(urls[0])
+
+    # -- backup ---------------------------------------------------------------------
+    def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
+        mode = options.get("mode", "logical")
+        if mode not in MODES:
+            raise BadInputError(f"unknown zookeeper mode {mode!r}; choose one of {', '.join(MODES)}")
+        include, exclude = _patterns(options.get("include")), _patterns(options.get("exclude"))
+        Selection(include, exclude)  # reject bad patterns before connecting
+        if mode != "logical" and (include or exclude):
+            raise BadInputError(f"--include/--exclude apply to logical backups, not {mode}")
+        return [
+            Unit(name="tree", source=sources[0],
+                 options={"mode": mode, "include": include, "exclude": exclude,
+                          **{k: v for k, v in options.items() if k not in ("include", "exclude")}})
+        ]
+
+    def backup_unit(self, unit: Unit, sink: FileSink) -> UnitResult:
+        mode = unit.options.get("mode", "logical")
+        if mode == "admin-snapshot":
+            return admin.backup_snapshot(unit, sink)
+        if mode == "datadir":
+            return admin.backup_datadir(unit, sink)
+        return self._backup_logical(unit, sink)
+
+    def _backup_logical(self, unit: Unit, sink: FileSink) -> UnitResult:
+        selection = Selection(unit.options.get("include"), unit.options.get("exclude"))
+        url = parse_zk_url(unit.source)
+        skip_system = not url.chroot
+        index: dict[str, tuple[int, int, int, int]] = {}  # path -> mzxid, pzxid, aversion, hash
+        digest = TreeDigest()
+        ephemeral = 0
+        with connect(unit.source) as zk:
+            version = ".".join(map(str, zk.server_version()))
+            started = current_zxid(zk)
+            with sink.open("tree.znodes", format=FORMAT) as out:
+                chunker = _Chunker(out)
+                for node in walk(zk, ["/"], selection, skip_system):
+                    if node.ephemeral_owner:
+                        ephemeral += 1
+                        continue
+                    _record(node, index, digest, chunker)
+                result = _converge(zk, index, digest, selection, skip_system, chunker)
+                chunker.flush()
+        point = {
+            "zxid": result["zxid"],
+            "zxid_hex": hex(result["zxid"]),
+            "walk_started_zxid": started,
+            "passes": result["passes"],
+            "kind": result["kind"],
+        }
+        if "zxid_end" in result:
+            point["zxid_end"] = result["zxid_end"]
+        return UnitResult(
+            records=digest.count,
+            point=point,
+            meta={
+                "mode": "logical",
+                "digest": digest.hex,
+                "nodes": digest.count,
+                "skipped_ephemeral": ephemeral,
+                "chroot": url.chroot,
+                "include": unit.options.get("include") or [],
+                "exclude": unit.options.get("exclude") or [],
+                "server_version": version,
+            },
+        )
+
+    def consistency(
+        self, quiesce_handle: dict[str, Any] | None, units: Sequence[StoredUnit]
+    ) -> Consistency:
+        [unit] = units
+        point = dict(unit.point)
+        kind = ConsistencyKind(point.pop("kind", "snapshot"))
+        warnings = []
+        if kind is ConsistencyKind.CONVERGED:
+            warnings.append(
+                "ZooKeeper applied other transactions while the copy was checked: every node "
+                "was unchanged between its read and its re-check, but the copy is not proven "
+                f"to be one instant (zxid {point['zxid_hex']}..{hex(point['zxid_end'])})"
+            )
+        elif kind is ConsistencyKind.NONE:
+            warnings.append(
+                f"the tree kept changing: no consistent copy after {point['passes']} passes; "
+                "this backup is fuzzy"
+            )
+        return Consistency(kind=kind, point=point, warnings=warnings)
+
+    # -- restore --------------------------------------------------------------------
+    def prepare_restore(
+        self, units: Sequence[StoredUnit], targets: Sequence[str], mode: RestoreMode
+    ) -> None:
+        self.check_urls(targets, "target")
+        [unit] = units
+        target = parse_zk_url(targets[0])
+        if unit.meta.get("mode") != "logical":
+            admin.check_physical_restore_target(unit, targets[0])
+            return
+        with connect(_without_chroot(targets[0])) as zk:
+            root = target.chroot or "/"
+            if zk.exists(root) is None:
+                return
+            children = [c for c in zk.get_children(root) if target.chroot or c != "zookeeper"]
+            if children and mode is RestoreMode.FAIL_IF_EXISTS:
+                raise BadInputError(
+                    f"target {redact_url(targets[0])} already holds {len(children)} node(s) under "
+                    f"{root} ({', '.join(sorted(children)[:5])}); restore refuses to write into a "
+                    "non-empty target and left it untouched; choose --mode overwrite or --mode merge"
+                )
+
+    def restore_unit(
+        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+    ) -> RestoreResult:
+        if unit.meta.get("mode") != "logical":
+            return admin.restore_snapshot(unit, target, source)
+        chroot = parse_zk_url(target).chroot
+        [file] = unit.files
+        with connect(_without_chroot(target)) as zk:
+            root = chroot or "/"
+            zk.ensure_path(root)
+            if mode is RestoreMode.OVERWRITE:
+                _clear(zk, root, keep_system=not chroot)
+            loader = _Loader(zk, chroot, merge=mode is RestoreMode.MERGE)
+            with source.open(file) as stream:
+                for node in read(stream):
+                    loader.apply(node)
+            loader.finish()
+            # Second pass: the real ACLs, once every node exists (an ACL may deny us CREATE).
+            with source.open(file) as stream:
+                _apply_acls(zk, chroot, read(stream), loader.skipped)
+        return RestoreResult(records_written=loader.created, records_skipped=len(loader.skipped))
+
+    def verify_unit(
+        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+    ) -> TargetCheck:
+        if unit.meta.get("mode") != "logical":
+            return admin.verify_snapshot_restore(unit, target, source)
+        selection = Selection(unit.meta.get("include"), unit.meta.get("exclude"))
+        problems: list[str] = []
+        chroot = parse_zk_url(target).chroot
+        with connect(target) as zk:
+            if mode is RestoreMode.MERGE:
+                [file] = unit.files
+                with source.open(file) as stream:
+                    expected = _final_hashes(read(stream))
+                found, differing, missing = _compare_present(zk, expected)
+                if missing:
+                    problems.append(f"{missing} backed-up node(s) are missing from the target")
+                if differing:
+                    problems.append(f"{differing} node(s) differ from the backup (data or ACL)")
+                return TargetCheck(unit=unit.name, ok=not problems, records=found,
+                                   problems=problems)
+            digest = TreeDigest()
+            for node in walk(zk, ["/"], selection, skip_system=not chroot):
+                if not node.ephemeral_owner:
+                    digest.add(node_hash(node.path, node.data, node.acls))
+        if digest.count != unit.meta["nodes"]:
+            problems.append(f"{digest.count} nodes in the target, {unit.meta['nodes']} in the backup")
+        elif digest.hex != unit.meta["digest"]:
+            problems.append("the digest of (path, data, ACL) differs from the backup's")
+        return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
+
+
+# -- helpers --------------------------------------------------------------------------
+def _patterns(value: Any) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [p for p in value.split(",") if p]
+    return list(value)
+
+
+def _without_chroot(url: str) -> str:
+    parsed = parse_zk_url(url)
+    return url[: len(url) - len(parsed.chroot)] if parsed.chroot else url
+
+
+def _record(node: Znode, index: dict, digest: TreeDigest, chunker: _Chunker) -> None:
+    h = node_hash(node.path, node.data, node.acls)
+    previous = index.get(node.path)
+    if previous is not None:
+        digest.remove(previous[3])
+    index[node.path] = (node.mzxid, node.pzxid, node.aversion, h)
+    digest.add(h)
+    chunker.add(pack(node))
+
+
+def _converge(zk, index, digest, selection, skip_system, chunker) -> dict[str, Any]:
+    """Re-check every node's stat until a whole pass finds nothing changed.
+
+    A node changed since it was read (data, ACL or children) is read again and its
+    new state appended; a vanished node gets a deletion record.
+    """
+    last_clean: dict[str, Any] | None = None
+    for passes in range(1, MAX_PASSES + 1):
+        start = current_zxid(zk)
+        changed, regrown, gone = [], [], []
+        for path, stat in stat_pass(zk, list(index)):
+            if stat is None:
+                gone.append(path)
+                continue
+            mzxid, pzxid, aversion, _ = index[path]
+            if stat[1] != mzxid or stat[6] != aversion:
+                changed.append(path)
+            if stat[8] != pzxid:
+                regrown.append(path)
+        end = current_zxid(zk)
+        if not (changed or regrown or gone):
+            if start == end:
+                return {"kind": "snapshot", "zxid": start, "passes": passes}
+            last_clean = {"kind": "converged", "zxid": start, "zxid_end": end, "passes": passes}
+            continue
+        last_clean = None
+        for path in gone:
+            if path in index:
+                digest.remove(index.pop(path)[3])
+                chunker.add(pack(Znode(DELETED, path)))
+        for node in read_nodes(zk, changed):
+            _record(node, index, digest, chunker)
+        for path in regrown:
+            _rescan_children(zk, path, index, digest, selection, skip_system, chunker)
+    if last_clean:
+        return last_clean
+    return {"kind": "none", "zxid": current_zxid(zk), "passes": MAX_PASSES}
+
+
+def _rescan_children(zk, path, index, digest, selection, skip_system, chunker) -> None:
+    try:
+        names = zk.get_children(path)
+    except kz.NoNodeError:
+        return
+    stat = zk.exists(path)
+    if path in index and stat is not None:
+        mzxid, _, aversion, h = index[path]
+        index[path] = (mzxid, stat.pzxid, aversion, h)
+    new = [child_path(path, n) for n in names]
+    new = [p for p in new if p not in index and not (skip_system and p == "/zookeeper")
+           and selection.descends(p)]
+    for node in walk(zk, new, selection, skip_system):
+        if node.path not in index and not node.ephemeral_owner:
+            _record(node, index, digest, chunker)
+
+
+def _clear(zk, root: str, keep_system: bool) -> None:
+    for child in zk.get_children(root):
+        if keep_system and child == "zookeeper":
+            continue
+        zk.delete(child_path(root, child), recursive=True)
+
+
+class _Loader:
+    """Creates nodes in multi-op transactions (merge: pipelined creates that may exist)."""
+
+    def __init__(self, zk, chroot: str, merge: bool) -> None:
+        self.zk, self.chroot, self.merge = zk, chroot, merge
+        self.created = 0
+        self.skipped: set[str] = set()
+        self._present: set[str] = {"/"}
+        self._txn = None
+        self._txn_ops = 0
+        self._txn_bytes = 0
+        self._pending: list = []
+
+    def target(self, path: str) -> str:
+        if path == "/":
+            return self.chroot or "/"
+        return self.chroot + path
+
+    def apply(self, node: Znode) -> None:
+        if node.kind == DELETED:
+            self._flush()
+            if node.path != "/":
+                try:
+                    self.zk.delete(self.target(node.path), recursive=True)
+                except kz.NoNodeError:
+                    pass
+            self._forget(node.path)
+            return
+        if node.path in self._present:
+            if node.path == "/" and self.merge:
+                return  # merge keeps what the target root holds
+            self._flush()
+            self.zk.set(self.target(node.path), node.data or b"")
+            return
+        self._ensure_parent(node.path)
+        self._present.add(node.path)
+        if self.merge:
+            self._pending.append((node.path, self.zk.create_async(
+                self.target(node.path), node.data or b"", acl=OPEN_ACL_UNSAFE)))
+            if len(self._pending) >= WINDOW:
+                self._drain()
+            return
+        size = len(node.data or b"") + len(node.path) + 64
+        if self._txn is not None and (self._txn_ops >= BATCH_OPS
+                                      or self._txn_bytes + size > BATCH_BYTES):
+            self._flush()
+        if self._txn is None:
+            self._txn = self.zk.transaction()
+        self._txn.create(self.target(node.path), node.data or b"", acl=OPEN_ACL_UNSAFE)
+        self._txn_ops += 1
+        self._txn_bytes += size
+
+    def _ensure_parent(self, path: str) -> None:
+        parent = path.rsplit("/", 1)[0] or "/"
+        if parent not in self._present:
+            self._flush()
+            self.zk.ensure_path(self.target(parent))
+            node = parent
+            while node not in self._present:
+                self._present.add(node)
+                node = node.rsplit("/", 1)[0] or "/"
+
+    def _forget(self, path: str) -> None:
+        prefix = path.rstrip("/") + "/"
+        self._present = {p for p in self._present if p != path and not p.startswith(prefix)}
+        self._present.add("/")
+
+    def _flush(self) -> None:
+        self._drain()
+        if self._txn is None:
+            return
+        results = self._txn.commit()
+        failures = [r for r in results if isinstance(r, Exception)]
+        if failures:
+            first = next(
+                (r for r in failures if not isinstance(r, kz.RolledBackError)), failures[0]
+            )
+            raise explain(first) if not isinstance(first, kz.NodeExistsError) else PermanentError(
+                "a node of the backup already exists in the target (it changed during restore)"
+            )
+        self.created += self._txn_ops
+        self._txn, self._txn_ops, self._txn_bytes = None, 0, 0
+
+    def _drain(self) -> None:
+        for path, result in self._pending:
+            try:
+                result.get()
+                self.created += 1
+            except kz.NodeExistsError:
+                self.skipped.add(path)
+            except kz.ZookeeperError as exc:
+                raise explain(exc, path) from None
+        self._pending = []
+
+    def finish(self) -> None:
+        self._flush()
+
+
+def _apply_acls(zk, chroot: str, nodes, skipped: set[str]) -> None:
+    """Set each node's recorded ACL (the last record of a path wins), pipelined."""
+    final: dict[str, tuple] = {}
+    for node in nodes:
+        if node.kind == DELETED:
+            final.pop(node.path, None)
+        elif node.path not in skipped:
+            final[node.path] = node.acls
+    inflight = []
+    for path, acls in final.items():
+        if acls == _OPEN_ACL:
+            continue
+        target = (chroot or "/") if path == "/" else chroot + path
+        acl_list = [ACL(perms, Id(scheme, ident)) for perms, scheme, ident in acls]
+        inflight.append((path, zk.set_acls_async(target, acl_list)))
+        if len(inflight) >= WINDOW:
+            _wait_all(inflight)
+            inflight = []
+    _wait_all(inflight)
+
+
+def _wait_all(inflight) -> None:
+    for path, result in inflight:
+        try:
+            result.get()
+        except kz.ZookeeperError as exc:
+            raise explain(exc, path) from None
+
+
+def _final_hashes(nodes) -> dict[str, int]:
+    final: dict[str, int] = {}
+    for node in nodes:
+        if node.kind == DELETED:
+            final.pop(node.path, None)
+        else:
+            final[node.path] = node_hash(node.path, node.data, node.acls)
+    return final
+
+
+def _compare_present(zk, expected: dict[str, int]) -> tuple[int, int, int]:
+    found = differing = 0
+    seen = set()
+    for node in read_nodes(zk, list(expected)):
+        seen.add(node.path)
+        if node_hash(node.path, node.data, node.acls) == expected[node.path]:
+            found += 1
+        else:
+            differing += 1
+    return found, differing, len(expected) - len(seen)

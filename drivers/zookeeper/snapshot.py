@@ -1,0 +1,281 @@
+"""Offline validation of ZooKeeper snapshot files (pure Python, streaming).
+
+The layout (FileSnap / SerializeUtils / DataTree, jute big-endian):
+
+    header     int magic "ZKSN", int version, long dbid
+    sessions   int count, count x (long id, int timeout)
+    ACL cache  int count, count x (long ref, int n, n x (int perms, string scheme, string id))
+    nodes      (string path, buffer data, long acl ref, StatPersisted) ... until path "/"
+    seal       long Adler32 of every byte so far, string "/"
+    optional   ZxidDigest (long zxid, int version, long digest) + seal      (3.6+)
+    optional   long lastProcessedZxid + seal                               (3.9+)
+
+The file may be gzip- or snappy-compressed (zookeeper.snapshot.compression.method);
+the Adler32 covers the uncompressed bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from backstop.drivers.zookeeper.znodes import TreeDigest, node_hash
+
+MAGIC = 0x5A4B534E  # "ZKSN"
+GZIP_MAGIC = b"\x1f\x8b"
+SNAPPY_MAGIC = b"\x82SNAPPY\x00"
+MAX_STRING = 1 << 20
+MAX_BUFFER = 256 << 20
+MAX_COUNT = 50_000_000
+_DIGEST_SECTION = 8 + 4 + 8 + 8 + 4 + 1  # ZxidDigest + seal
+_ZXID_SECTION = 8 + 8 + 4 + 1  # lastProcessedZxid + seal
+
+
+class SnapshotError(ValueError):
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"invalid ZooKeeper snapshot at byte {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+
+@dataclass
+class SnapshotSummary:
+    version: int
+    dbid: int
+    compression: str
+    sessions: int
+    acl_entries: int
+    nodes: int  # every node in the file, system nodes included
+    user_nodes: int  # outside /zookeeper and not ephemeral: what a logical backup holds
+    digest: str  # of (path, data, ACL) over user_nodes, as the logical backup computes it
+    max_zxid: int  # the largest czxid/mzxid/pzxid seen
+    last_zxid: int | None  # lastProcessedZxid, when the server wrote it (3.9+)
+    zxid_digest: dict | None = None
+    bytes: int = 0
+    paths_sample: list[str] = field(default_factory=list)
+
+
+class _SnappyStream:
+    """Reads xerial snappy framing (SnappyOutputStream): a header, then length-prefixed blocks."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        import cramjam
+
+        self._raw = raw
+        self._decompress = cramjam.snappy.decompress_raw
+        header = raw.read(16)
+        if len(header) < 16 or not header.startswith(SNAPPY_MAGIC):
+            raise SnapshotError(0, "bad snappy stream header")
+        self._buf = b""
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            size = self._raw.read(4)
+            if len(size) < 4:
+                break
+            (length,) = struct.unpack(">i", size)
+            block = self._raw.read(length)
+            if len(block) < length:
+                raise SnapshotError(-1, "snappy block truncated")
+            self._buf += bytes(self._decompress(block))
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+class _Jute:
+    """Big-endian jute primitives over a stream, keeping the running Adler32 and offset."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.adler = 1
+        self.offset = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        data = self._stream.read(n) if n else b""
+        if len(data) < n:
+            raise SnapshotError(self.offset + len(data), f"file ends inside {what} (truncated)")
+        self.adler = zlib.adler32(data, self.adler)
+        self.offset += n
+        return data
+
+    def remaining(self, limit: int) -> int:
+        """How many bytes follow, counting up to `limit` (the tail sections are small)."""
+        rest = self._stream.read(limit)
+        self._stream = _Prefixed(rest, self._stream)
+        return len(rest)
+
+    def int(self, what: str) -> int:
+        return struct.unpack(">i", self.take(4, what))[0]
+
+    def long(self, what: str) -> int:
+        return struct.unpack(">q", self.take(8, what))[0]
+
+    def count(self, what: str) -> int:
+        at = self.offset
+        value = self.int(what)
+        if not 0 <= value <= MAX_COUNT:
+            raise SnapshotError(at, f"implausible {what} {value}")
+        return value
+
+    def buffer(self, what: str, limit: int = MAX_BUFFER) -> bytes | None:
+        at = self.offset
+        length = self.int(f"length of {what}")
+        if length == -1:
+            return None
+        if not 0 <= length <= limit:
+            raise SnapshotError(at, f"implausible length {length} of {what}")
+        return self.take(length, what)
+
+    def string(self, what: str) -> str | None:
+        at = self.offset
+        data = self.buffer(what, MAX_STRING)
+        if data is None:
+            return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SnapshotError(at, f"{what} is not UTF-8") from None
+
+    def seal(self, what: str) -> None:
+        expected = self.adler
+        at = self.offset
+        value = self.long(f"{what} checksum") & 0xFFFFFFFFFFFFFFFF
+        if value != expected:
+            raise SnapshotError(
+                at, f"{what} Adler32 checksum mismatch (file says {value:#x}, content gives "
+                f"{expected:#x}): the file was altered or corrupted"
+            )
+        path = self.string(f"{what} seal")
+        if path != "/":
+            raise SnapshotError(at + 8, f"{what} is not sealed by '/' (found {path!r})")
+
+
+def _open(stream: BinaryIO) -> tuple[object, str]:
+    head = stream.read(8)
+    rest = _Prefixed(head, stream)
+    if head.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=rest), "gzip"
+    if head.startswith(SNAPPY_MAGIC):
+        return _SnappyStream(rest), "snappy"
+    return rest, "none"
+
+
+class _Prefixed:
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self._head, self._stream = head, stream
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n < 0:
+                out, self._head = self._head + self._stream.read(), b""
+                return out
+            out, self._head = self._head[:n], self._head[n:]
+            if len(out) < n:
+                out += self._stream.read(n - len(out))
+            return out
+        return self._stream.read(n)
+
+
+def validate(
+    stream: BinaryIO, on_node: Callable[[str, bytes | None], None] | None = None
+) -> SnapshotSummary:
+    """Parse and check a whole snapshot; raise SnapshotError naming the offset and reason."""
+    source, compression = _open(stream)
+    try:
+        return _validate(_Jute(source), compression, on_node)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip/snappy decoding failures
+        raise SnapshotError(-1, f"{compression} decompression failed: {exc}") from None
+
+
+def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
+    magic = j.int("magic")
+    if magic != MAGIC:
+        raise SnapshotError(0, f"bad magic {magic:#x}, expected ZKSN ({MAGIC:#x})")
+    version = j.int("version")
+    if version != 2:
+        raise SnapshotError(4, f"unsupported snapshot version {version}")
+    dbid = j.long("dbid")
+
+    sessions = j.count("session count")
+    for _ in range(sessions):
+        j.long("session id")
+        j.int("session timeout")
+
+    acl_cache: dict[int, tuple] = {}
+    for _ in range(j.count("ACL cache size")):
+        ref = j.long("ACL reference")
+        acls = []
+        for _ in range(j.count("ACL list length")):
+            perms = j.int("ACL perms")
+            scheme = j.string("ACL scheme") or ""
+            ident = j.string("ACL id") or ""
+            acls.append((perms, scheme, ident))
+        acl_cache[ref] = tuple(acls)
+
+    digest = TreeDigest()
+    nodes = 0
+    max_zxid = 0
+    seen: set[str] = set()
+    sample: list[str] = []
+    while True:
+        at = j.offset
+        path = j.string("node path")
+        if path == "/":
+            break
+        if path is None:
+            raise SnapshotError(at, "null node path")
+        if nodes == 0 and path != "":
+            raise SnapshotError(at, f"the first node must be the root, found {path!r}")
+        if nodes and (not path.startswith("/") or "\x00" in path or path.endswith("/")):
+            raise SnapshotError(at, f"malformed node path {path!r}")
+        if path in seen:
+            raise SnapshotError(at, f"node {path!r} appears twice")
+        if nodes and (path.rsplit("/", 1)[0] or "") not in seen:
+            raise SnapshotError(at, f"node {path!r} comes before its parent")
+        data = j.buffer(f"data of {path or '/'}")
+        ref = j.long(f"ACL reference of {path or '/'}")
+        if ref != -1 and ref not in acl_cache:
+            raise SnapshotError(at, f"node {path!r} refers to unknown ACL {ref}")
+        stat = struct.unpack(">qqqqiiiqq", j.take(60, f"stat of {path or '/'}"))
+        seen.add(path)
+        nodes += 1
+        max_zxid = max(max_zxid, stat[0], stat[1], stat[8])
+        shown = path or "/"
+        if len(sample) < 20:
+            sample.append(shown)
+        if on_node:
+            on_node(shown, data)
+        if not (shown == "/zookeeper" or shown.startswith("/zookeeper/")) and not stat[7]:
+            digest.add(node_hash(shown, data, acl_cache.get(ref, ())))
+    if nodes == 0:
+        raise SnapshotError(j.offset, "no nodes (not even the root)")
+    j.seal("snapshot")
+
+    zxid_digest = None
+    last_zxid = None
+    remaining = j.remaining(_DIGEST_SECTION + _ZXID_SECTION + 1)
+    if remaining in (_DIGEST_SECTION, _DIGEST_SECTION + _ZXID_SECTION):
+        zxid_digest = {
+            "zxid": j.long("digest zxid"),
+            "version": j.int("digest version"),
+            "value": j.long("digest value"),
+        }
+        j.seal("digest section")
+        remaining -= _DIGEST_SECTION
+    if remaining == _ZXID_SECTION:
+        last_zxid = j.long("last processed zxid")
+        j.seal("last-zxid section")
+        remaining = 0
+    if remaining:
+        raise SnapshotError(j.offset, f"{remaining} unexpected bytes after the sealed snapshot")
+    return SnapshotSummary(
+        version=version, dbid=dbid, compression=compression, sessions=sessions,
+        acl_entries=len(acl_cache), nodes=nodes, user_nodes=digest.count, digest=digest.hex,
+        max_zxid=max_zxid, last_zxid=last_zxid, zxid_digest=zxid_digest, bytes=j.offset,
+        paths_sample=sample,
+    )
+

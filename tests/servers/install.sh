@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the servers the integration tests run, idempotently. Downloads are cached
+# under $BACKSTOP_CACHE (default /var/cache/backstop when root, ~/.cache/backstop
+# otherwise), outside the clone. Without root, missing Debian packages are reported
+# and the tests that need them skip (or fail, when CI is set).
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+if [ "$(id -u)" = 0 ]; then cache="${BACKSTOP_CACHE:-/var/cache/backstop}"; else cache="${BACKSTOP_CACHE:-$HOME/.cache/backstop}"; fi
+mkdir -p "$cache"
+status=0
+
+apt_install() {  # apt_install CHECK_PATH PACKAGE...
+  local check="$1"; shift
+  [ -e "$check" ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: not root; cannot install $* (tests needing it will skip)" >&2
+    return 0
+  fi
+  if [ ! -f "$cache/.apt-updated" ] || [ -n "$(find "$cache/.apt-updated" -mmin +720)" ]; then
+    apt-get update -qq && touch "$cache/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || { echo "install.sh: apt-get install $* failed" >&2; status=1; }
+}
+
+# ZooKeeper 3.8: Debian's package (its jar's manifest names its dependencies).
+apt_install /usr/share/java/zookeeper.jar zookeeper
+
+# ZooKeeper 3.9: Apache's jars from Maven Central.
+zk39="$cache/zookeeper-3.9.5/lib"
+if [ ! -f "$zk39/zookeeper-3.9.5.jar" ]; then
+  mvn -q -B -f "$here/zookeeper-3.9/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$zk39.partial" && mv "$zk39.partial" "$zk39" \
+    || { echo "install.sh: fetching ZooKeeper 3.9.5 failed" >&2; status=1; }
+fi
+
+exit $status
