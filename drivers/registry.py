@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "backstop.drivers"
 
 known_implementations: dict[str, str] = {
     "schemaless": "backstop.drivers.schemaless:SchemalessDriver",
+    "zookeeper": "backstop.drivers.zookeeper:ZooKeeperDriver",
 }
 
 _registry: dict[str, type[Driver]] = {}

@@ -71,10 +71,7 @@ def validate_unit(
 ) -> list[dict[str, Any]]:
     """Read back every file of a unit: it must decompress to what was hashed on the way in."""
     source = StoreSource(store.open(), technology, backup_id)
-    counted = sum(f.records for f in unit.files)
-    checks: list[dict[str, Any]] = [
-        {"check": "unit-record-count", "unit": unit.name, "passed": counted == unit.records}
-    ]
+    checks: list[dict[str, Any]] = []
     for file in unit.files:
         check: dict[str, Any] = {"check": "read-back", "file": file.name, "passed": True}
         try:

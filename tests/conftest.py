@@ -22,6 +22,7 @@ os.environ["PREFECT_HOME"] = PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ["BACKSTOP_RETRY_DELAYS"] = "0.1,0.1,0.1"
+os.environ["BACKSTOP_ZK_CONNECT_TIMEOUT"] = "3"
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -161,3 +162,40 @@ def s3_store(moto_endpoint: str) -> StoreSpec:
     fs = s3fs.S3FileSystem(endpoint_url=moto_endpoint, skip_instance_cache=True)
     fs.mkdir(bucket)
     return StoreSpec(url=f"s3://{bucket}/backups", options={"endpoint_url": moto_endpoint})
+
+
+@pytest.fixture(scope="session", params=["3.8", "3.9"])
+def zk_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A running ZooKeeper of each version (3.9 with its admin server), for the session."""
+    from servers.zookeeper import ZooKeeperServer, classpath
+
+    version = request.param
+    if classpath(version) is None:
+        server_unavailable(f"ZooKeeper {version} is not installed (run tests/servers/install.sh)")
+    server = ZooKeeperServer(version, tmp_path_factory.mktemp(f"zk{version}"),
+                             admin=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def zk_client(zk_server):
+    from kazoo.client import KazooClient
+
+    from zk_trees import DIGEST_PASSWORD, DIGEST_USER
+
+    client = KazooClient(hosts=zk_server.hosts,
+                         auth_data=[("digest", f"{DIGEST_USER}:{DIGEST_PASSWORD}")])
+    client.start(timeout=30)
+    yield client
+    client.stop()
+    client.close()
+
+
+@pytest.fixture
+def zk_root(zk_client) -> str:
+    """A fresh chroot for one test, so tests share a server without seeing each other."""
+    root = f"/t-{uuid.uuid4().hex[:10]}"
+    zk_client.ensure_path(root)
+    return root

@@ -56,15 +56,17 @@ def connect(url: str, *, chroot_must_exist: bool = True) -> Iterator[KazooClient
     """A started client for a zk:// URL (chroot applied, digest auth added), stopped after."""
     parsed = parse_zk_url(url)
     register_secret(parsed.password)
+    auth = []
+    if parsed.username is not None:
+        auth.append(("digest", f"{parsed.username}:{parsed.password or ''}"))
     client = KazooClient(
         hosts=parsed.connect_string,
+        auth_data=auth,
         timeout=10.0,
         connection_retry=KazooRetry(max_tries=3, delay=0.2, max_delay=2),
         command_retry=KazooRetry(max_tries=3, delay=0.2, max_delay=2),
         logger=logging.getLogger("backstop.zookeeper.kazoo"),
     )
-    if parsed.username is not None:
-        client.add_auth("digest", f"{parsed.username}:{parsed.password or ''}")
     try:
         client.start(timeout=CONNECT_TIMEOUT_S)
     except KazooTimeoutError:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kazoo import exceptions as kz
-from kazoo.security import OPEN_ACL_UNSAFE, ACL, Id
+from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id
 
 from backstop.drivers.contract import (
     Capabilities,
@@ -31,7 +31,6 @@ from backstop.drivers.zookeeper.walk import WINDOW, child_path, read_nodes, stat
 from backstop.drivers.zookeeper.znodes import (
     DELETED,
     FORMAT,
-    NODE,
     TreeDigest,
     Znode,
     node_hash,
@@ -95,15 +94,24 @@ class ZooKeeperDriver(Driver):
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
         mode = options.get("mode", "logical")
         if mode not in MODES:
-            raise BadInputError(f"unknown zookeeper mode {mode!r}; choose one of {', '.join(MODES)}")
+            raise BadInputError(
+                f"unknown zookeeper mode {mode!r}; choose one of {', '.join(MODES)}"
+            )
         include, exclude = _patterns(options.get("include")), _patterns(options.get("exclude"))
         Selection(include, exclude)  # reject bad patterns before connecting
         if mode != "logical" and (include or exclude):
             raise BadInputError(f"--include/--exclude apply to logical backups, not {mode}")
         return [
-            Unit(name="tree", source=sources[0],
-                 options={"mode": mode, "include": include, "exclude": exclude,
-                          **{k: v for k, v in options.items() if k not in ("include", "exclude")}})
+            Unit(
+                name="tree",
+                source=sources[0],
+                options={
+                    "mode": mode,
+                    "include": include,
+                    "exclude": exclude,
+                    **{k: v for k, v in options.items() if k not in ("include", "exclude")},
+                },
+            )
         ]
 
     def backup_unit(self, unit: Unit, sink: FileSink) -> UnitResult:
@@ -239,14 +247,17 @@ class ZooKeeperDriver(Driver):
                     problems.append(f"{missing} backed-up node(s) are missing from the target")
                 if differing:
                     problems.append(f"{differing} node(s) differ from the backup (data or ACL)")
-                return TargetCheck(unit=unit.name, ok=not problems, records=found,
-                                   problems=problems)
+                return TargetCheck(
+                    unit=unit.name, ok=not problems, records=found, problems=problems
+                )
             digest = TreeDigest()
             for node in walk(zk, ["/"], selection, skip_system=not chroot):
                 if not node.ephemeral_owner:
                     digest.add(node_hash(node.path, node.data, node.acls))
         if digest.count != unit.meta["nodes"]:
-            problems.append(f"{digest.count} nodes in the target, {unit.meta['nodes']} in the backup")
+            problems.append(
+                f"{digest.count} nodes in the target, {unit.meta['nodes']} in the backup"
+            )
         elif digest.hex != unit.meta["digest"]:
             problems.append("the digest of (path, data, ACL) differs from the backup's")
         return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
@@ -263,7 +274,10 @@ def _patterns(value: Any) -> list[str]:
 
 def _without_chroot(url: str) -> str:
     parsed = parse_zk_url(url)
-    return url[: len(url) - len(parsed.chroot)] if parsed.chroot else url
+    if not parsed.chroot:
+        return url
+    base, sep, query = url.partition("?")
+    return base[: len(base) - len(parsed.chroot)] + sep + query
 
 
 def _record(node: Znode, index: dict, digest: TreeDigest, chunker: _Chunker) -> None:
@@ -325,8 +339,11 @@ def _rescan_children(zk, path, index, digest, selection, skip_system, chunker) -
         mzxid, _, aversion, h = index[path]
         index[path] = (mzxid, stat.pzxid, aversion, h)
     new = [child_path(path, n) for n in names]
-    new = [p for p in new if p not in index and not (skip_system and p == "/zookeeper")
-           and selection.descends(p)]
+    new = [
+        p
+        for p in new
+        if p not in index and not (skip_system and p == "/zookeeper") and selection.descends(p)
+    ]
     for node in walk(zk, new, selection, skip_system):
         if node.path not in index and not node.ephemeral_owner:
             _record(node, index, digest, chunker)
@@ -372,18 +389,27 @@ class _Loader:
                 return  # merge keeps what the target root holds
             self._flush()
             self.zk.set(self.target(node.path), node.data or b"")
+            if node.path == "/":
+                self.created += 1  # the root exists already; its content is restored
             return
         self._ensure_parent(node.path)
         self._present.add(node.path)
         if self.merge:
-            self._pending.append((node.path, self.zk.create_async(
-                self.target(node.path), node.data or b"", acl=OPEN_ACL_UNSAFE)))
+            self._pending.append(
+                (
+                    node.path,
+                    self.zk.create_async(
+                        self.target(node.path), node.data or b"", acl=OPEN_ACL_UNSAFE
+                    ),
+                )
+            )
             if len(self._pending) >= WINDOW:
                 self._drain()
             return
         size = len(node.data or b"") + len(node.path) + 64
-        if self._txn is not None and (self._txn_ops >= BATCH_OPS
-                                      or self._txn_bytes + size > BATCH_BYTES):
+        if self._txn is not None and (
+            self._txn_ops >= BATCH_OPS or self._txn_bytes + size > BATCH_BYTES
+        ):
             self._flush()
         if self._txn is None:
             self._txn = self.zk.transaction()
@@ -416,8 +442,12 @@ class _Loader:
             first = next(
                 (r for r in failures if not isinstance(r, kz.RolledBackError)), failures[0]
             )
-            raise explain(first) if not isinstance(first, kz.NodeExistsError) else PermanentError(
-                "a node of the backup already exists in the target (it changed during restore)"
+            raise (
+                explain(first)
+                if not isinstance(first, kz.NodeExistsError)
+                else PermanentError(
+                    "a node of the backup already exists in the target (it changed during restore)"
+                )
             )
         self.created += self._txn_ops
         self._txn, self._txn_ops, self._txn_bytes = None, 0, 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from urllib.parse import unquote
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote
 
 from backstop.drivers.errors import BadInputError
 from backstop.drivers.redact import redact_url
@@ -16,6 +16,7 @@ class ZkUrl:
     chroot: str  # "" or "/path"
     username: str | None = None
     password: str | None = None
+    params: dict[str, str] = field(default_factory=dict)  # e.g. admin_port
 
     @property
     def connect_string(self) -> str:
@@ -26,7 +27,13 @@ def parse_zk_url(url: str) -> ZkUrl:
     """zk://[user:password@]host:port[,host:port...][/chroot]"""
     if not url.startswith("zk://"):
         raise BadInputError(f"{redact_url(url)!r} is not a zk:// URL")
-    rest = url[len("zk://") :]
+    rest, _, query = url[len("zk://") :].partition("?")
+    params = dict(parse_qsl(query))
+    unknown = set(params) - {"admin_port", "admin_url"}
+    if unknown:
+        raise BadInputError(
+            f"{redact_url(url)!r}: unknown parameter(s) {', '.join(sorted(unknown))}"
+        )
     userinfo, _, rest = rest.rpartition("@")
     hosts, slash, chroot = rest.partition("/")
     chroot = (slash + chroot).rstrip("/") if slash else ""
@@ -42,7 +49,7 @@ def parse_zk_url(url: str) -> ZkUrl:
     if userinfo:
         user, _, secret = userinfo.partition(":")
         username, password = unquote(user), unquote(secret)
-    return ZkUrl(hosts=hosts, chroot=chroot, username=username, password=password)
+    return ZkUrl(hosts=hosts, chroot=chroot, username=username, password=password, params=params)
 
 
 def check_pattern_free(chroot: str, url: str) -> None:
@@ -81,7 +88,6 @@ class SubtreePattern:
         self._subtree = re.compile("^" + "".join(parts) + "(?:/.*)?$")
         # Prefixes of the pattern: a path matching one may have matching descendants.
         self._prefixes = [re.compile("^" + "".join(parts[:i]) + "$") for i in range(1, len(parts))]
-        self._deep = "**" in segments
 
     @staticmethod
     def _segment(segment: str) -> str:
@@ -95,7 +101,7 @@ class SubtreePattern:
     def may_select_below(self, path: str) -> bool:
         if path == "/":
             return True
-        return self._deep or any(p.match(path) for p in self._prefixes)
+        return any(p.match(path) for p in self._prefixes)
 
 
 class Selection:

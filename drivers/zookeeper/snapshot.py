@@ -146,8 +146,9 @@ class _Jute:
         value = self.long(f"{what} checksum") & 0xFFFFFFFFFFFFFFFF
         if value != expected:
             raise SnapshotError(
-                at, f"{what} Adler32 checksum mismatch (file says {value:#x}, content gives "
-                f"{expected:#x}): the file was altered or corrupted"
+                at,
+                f"{what} Adler32 checksum mismatch (file says {value:#x}, content gives "
+                f"{expected:#x}): the file was altered or corrupted",
             )
         path = self.string(f"{what} seal")
         if path != "/":
@@ -273,9 +274,17 @@ def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
     if remaining:
         raise SnapshotError(j.offset, f"{remaining} unexpected bytes after the sealed snapshot")
     return SnapshotSummary(
-        version=version, dbid=dbid, compression=compression, sessions=sessions,
-        acl_entries=len(acl_cache), nodes=nodes, user_nodes=digest.count, digest=digest.hex,
-        max_zxid=max_zxid, last_zxid=last_zxid, zxid_digest=zxid_digest, bytes=j.offset,
+        version=version,
+        dbid=dbid,
+        compression=compression,
+        sessions=sessions,
+        acl_entries=len(acl_cache),
+        nodes=nodes,
+        user_nodes=digest.count,
+        digest=digest.hex,
+        max_zxid=max_zxid,
+        last_zxid=last_zxid,
+        zxid_digest=zxid_digest,
+        bytes=j.offset,
         paths_sample=sample,
     )
-

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from kazoo import exceptions as kz
 from kazoo.client import KazooClient
 
+from backstop.drivers.errors import PermanentError
 from backstop.drivers.zookeeper.client import explain
 from backstop.drivers.zookeeper.paths import Selection
 from backstop.drivers.zookeeper.znodes import NODE, Znode
@@ -26,13 +27,30 @@ def child_path(parent: str, name: str) -> str:
 
 def _stat_tuple(stat) -> tuple[int, ...]:
     return (
-        stat.czxid, stat.mzxid, stat.ctime, stat.mtime, stat.version, stat.cversion,
-        stat.aversion, stat.ephemeralOwner, stat.pzxid,
+        stat.czxid,
+        stat.mzxid,
+        stat.ctime,
+        stat.mtime,
+        stat.version,
+        stat.cversion,
+        stat.aversion,
+        stat.ephemeralOwner,
+        stat.pzxid,
     )
 
 
-def _acls(acls) -> tuple[tuple[int, str, str], ...]:
-    return tuple((a.perms, a.id.scheme, a.id.id) for a in acls)
+def _acls(acls, path: str = "") -> tuple[tuple[int, str, str], ...]:
+    out = tuple((a.perms, a.id.scheme, a.id.id) for a in acls)
+    for _, scheme, ident in out:
+        # Servers redact digest ACLs (user:x) for clients without ADMIN permission on the
+        # node; such a backup could not restore the ACL, so it must not pretend to.
+        if scheme == "digest" and ident.endswith(":x"):
+            raise PermanentError(
+                f"the server redacted the digest ACL of {path} (the credentials lack ADMIN "
+                "permission there); back up with credentials that have it (the node's digest "
+                "user, or the super user) in the zk:// URL"
+            )
+    return out
 
 
 def walk(
@@ -49,8 +67,12 @@ def walk(
         while pending and len(inflight) < WINDOW:
             path = pending.popleft()
             inflight.append(
-                (path, client.get_async(path), client.get_children_async(path),
-                 client.get_acls_async(path))
+                (
+                    path,
+                    client.get_async(path),
+                    client.get_children_async(path),
+                    client.get_acls_async(path),
+                )
             )
         path, got, children, acls = inflight.popleft()
         try:
@@ -62,7 +84,7 @@ def walk(
         except kz.ZookeeperError as exc:
             raise explain(exc, path) from None
         if selection.wants(path):
-            yield Znode(NODE, path, data, _acls(acl_list), _stat_tuple(stat))
+            yield Znode(NODE, path, data, _acls(acl_list, path), _stat_tuple(stat))
         for name in sorted(names):
             child = child_path(path, name)
             if skip_system and child == "/zookeeper":
@@ -114,4 +136,4 @@ def read_nodes(client: KazooClient, paths: Iterable[str]) -> Iterator[Znode]:
             continue
         except kz.ZookeeperError as exc:
             raise explain(exc, path) from None
-        yield Znode(NODE, path, data, _acls(acl_list), _stat_tuple(stat))
+        yield Znode(NODE, path, data, _acls(acl_list, path), _stat_tuple(stat))

@@ -67,7 +67,9 @@ def check_path(path: str) -> None:
     """Refuse paths that could escape the restore root or that ZooKeeper would reject."""
     if not path.startswith("/") or "\x00" in path:
         raise ZnodeFormatError(f"unsafe znode path {path!r}")
-    if path != "/" and (path.endswith("/") or any(p in ("", ".", "..") for p in path[1:].split("/"))):
+    if path != "/" and (
+        path.endswith("/") or any(p in ("", ".", "..") for p in path[1:].split("/"))
+    ):
         raise ZnodeFormatError(f"unsafe znode path {path!r}")
 
 

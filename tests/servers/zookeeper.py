@@ -61,8 +61,14 @@ class ZooKeeperServer:
     def data_dir(self) -> Path:
         return self.folder / "data"
 
-    def url(self, chroot: str = "") -> str:
-        return f"zk://{self.hosts}{chroot}"
+    def url(self, chroot: str = "", credentials: str | None = None) -> str:
+        """A zk:// URL; with the tests' digest credentials unless `credentials` is ""."""
+        if credentials is None:
+            from zk_trees import DIGEST_PASSWORD, DIGEST_USER
+
+            credentials = f"{DIGEST_USER}:{DIGEST_PASSWORD}"
+        userinfo = f"{credentials}@" if credentials else ""
+        return f"zk://{userinfo}{self.hosts}{chroot}"
 
     def start(self, timeout: float = 60) -> ZooKeeperServer:
         cp = classpath(self.version)

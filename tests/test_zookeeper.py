@@ -1,0 +1,179 @@
+"""ZooKeeper through the real flows, against real ZooKeeper 3.8 and 3.9 servers."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from zk_trees import build_tree, read_tree
+
+from backstop.drivers.contract import RestoreMode
+from backstop.drivers.errors import BadInputError
+from backstop.flows.backup import backup
+from backstop.flows.params import BackupRequest, RestoreRequest
+from backstop.flows.restore import restore
+
+pytestmark = pytest.mark.integration
+
+
+def zk_backup(source: str, store, **options):
+    return backup(request=BackupRequest(technology="zookeeper", sources=[source], store=store,
+                                        options=options))
+
+
+def zk_restore(store, target: str, **kwargs):
+    return restore(request=RestoreRequest(technology="zookeeper", store=store, targets=[target],
+                                          **kwargs))
+
+
+def test_logical_round_trip_into_another_chroot(zk_server, zk_client, zk_root, local_store):
+    build_tree(zk_client, zk_root, nodes=10_000)
+    source_tree = read_tree(zk_client, zk_root)
+    assert len(source_tree) >= 10_000
+
+    outcome = zk_backup(zk_server.url(zk_root), local_store)
+    assert outcome.consistency == "snapshot"
+    assert outcome.records == len(source_tree)
+    manifest = local_store.open().resolve("zookeeper")
+    [unit] = manifest.units
+    assert unit.meta["skipped_ephemeral"] == 1
+    assert unit.meta["server_version"].startswith(zk_server.version)
+    assert manifest.consistency.point["zxid"] > 0
+
+    target_root = f"{zk_root}-restored"
+    restored = zk_restore(local_store, zk_server.url(target_root))
+    assert restored.verified and restored.records == len(source_tree)
+    assert read_tree(zk_client, target_root) == source_tree
+    assert "/session-lock" not in read_tree(zk_client, target_root)
+    assert sorted(zk_client.get_children(f"{target_root}/queue")) == sorted(
+        zk_client.get_children(f"{zk_root}/queue")
+    )
+
+
+def test_restore_refuses_non_empty_target_then_overwrite_and_merge(
+    zk_server, zk_client, zk_root, local_store
+):
+    build_tree(zk_client, zk_root, nodes=300)
+    zk_backup(zk_server.url(zk_root), local_store)
+    target = f"{zk_root}-t"
+    zk_client.ensure_path(f"{target}/existing")
+    zk_client.set(f"{target}/existing", b"keep me")
+    with pytest.raises(BadInputError, match="already holds 1 node"):
+        zk_restore(local_store, zk_server.url(target))
+    assert zk_client.get_children(target) == ["existing"]
+    assert zk_client.get(f"{target}/existing")[0] == b"keep me"
+
+    merged = zk_restore(local_store, zk_server.url(target), mode=RestoreMode.MERGE)
+    assert merged.verified
+    assert zk_client.get(f"{target}/existing")[0] == b"keep me"
+    tree = read_tree(zk_client, target)
+    del tree["/existing"]
+    assert tree == read_tree(zk_client, zk_root)
+
+    zk_restore(local_store, zk_server.url(target), mode=RestoreMode.OVERWRITE)
+    assert read_tree(zk_client, target) == read_tree(zk_client, zk_root)
+
+
+def test_include_restores_only_the_selected_subtrees(zk_server, zk_client, zk_root, local_store):
+    zk_client.ensure_path(f"{zk_root}/app/config/db")
+    zk_client.ensure_path(f"{zk_root}/app/cache/x")
+    zk_client.ensure_path(f"{zk_root}/other/y")
+    zk_client.set(f"{zk_root}/app/config/db", b"dsn")
+    outcome = zk_backup(zk_server.url(zk_root), local_store, include=["/app/config"],
+                        exclude=["/other"])
+    assert outcome.records == 3  # the root, /app/config and /app/config/db
+    target = f"{zk_root}-inc"
+    zk_restore(local_store, zk_server.url(target))
+    assert zk_client.get(f"{target}/app/config/db")[0] == b"dsn"
+    assert zk_client.exists(f"{target}/app/cache") is None
+    assert zk_client.exists(f"{target}/other") is None
+
+
+@pytest.mark.parametrize("pattern", ["app/config", "/app/[a-z]+", "/a**b", "/x/../y"])
+def test_unknown_include_pattern_syntax_is_bad_input(cli, zk_server, zk_root, local_store,
+                                                     pattern):
+    result = cli("backup", "zookeeper", "--source", zk_server.url(zk_root), "--store",
+                 local_store.url, "--option", f"include={pattern}", "--json")
+    assert result.code == 2, result.stdout
+    assert "subtree pattern" in result.json["error"]
+    assert local_store.open().folders() == []
+
+
+def test_server_down_exits_1_after_retries_without_manifest(cli, local_store):
+    from conftest import free_port
+
+    result = cli("backup", "zookeeper", "--source", f"zk://127.0.0.1:{free_port()}/x",
+                 "--store", local_store.url, "--json")
+    assert result.code == 1
+    assert "unreachable" in result.json["error"]
+    assert local_store.open().folders() == []
+
+
+def test_writes_during_backup_converge_or_are_reported(zk_server, zk_client, zk_root,
+                                                      local_store):
+    build_tree(zk_client, zk_root, nodes=3000)
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        deadline = time.monotonic() + 1.5
+        while not stop.is_set() and time.monotonic() < deadline:
+            zk_client.create(f"{zk_root}/live-{i}", str(i).encode())
+            zk_client.set(f"{zk_root}/n00000", str(i).encode())
+            if i and i % 10 == 0:
+                zk_client.delete(f"{zk_root}/live-{i - 5}")
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        outcome = zk_backup(zk_server.url(zk_root), local_store)
+    finally:
+        stop.set()
+        thread.join()
+    manifest = local_store.open().resolve("zookeeper")
+    if outcome.consistency == "none":
+        assert manifest.consistency.warnings  # the backup says it could not converge
+        return
+    # Converged: the copy equals the tree as it stands (the writer has stopped).
+    target = f"{zk_root}-w"
+    zk_restore(local_store, zk_server.url(target))
+    assert read_tree(zk_client, target) == read_tree(zk_client, zk_root)
+
+
+def test_unit_patterns_and_urls():
+    from backstop.drivers.zookeeper.paths import Selection, parse_zk_url
+
+    url = parse_zk_url("zk://u:p%40ss@h1:2181,h2:2182/app/x?admin_port=8081")
+    assert (url.hosts, url.chroot, url.username, url.password) == ("h1:2181,h2:2182", "/app/x",
+                                                                   "u", "p@ss")
+    assert url.params == {"admin_port": "8081"}
+    for bad in ("zk://", "zk://host/x", "zk://h:99999", "zk://h:1/a/../b", "zk://h:1?x=1"):
+        with pytest.raises(BadInputError):
+            parse_zk_url(bad)
+    sel = Selection(["/svc/*/leader", "/cfg/**/db"], ["/svc/old"])
+    assert sel.wants("/svc/a/leader") and sel.wants("/svc/a/leader/child")
+    assert not sel.wants("/svc/a/other") and sel.descends("/svc/a")
+    assert not sel.descends("/svc/old") and not sel.wants("/svc/old/leader")
+    assert sel.wants("/cfg/x/y/db") and sel.descends("/cfg/x/y")
+    assert not sel.descends("/elsewhere")
+
+
+def test_znode_stream_rejects_unsafe_paths_and_truncation():
+    import io
+
+    from backstop.drivers.zookeeper.znodes import NODE, Znode, ZnodeFormatError, pack, read
+
+    good = pack(Znode(NODE, "/a", b"x", ((31, "world", "anyone"),), (1,) * 9))
+    assert [n.path for n in read(io.BytesIO(good))] == ["/a"]
+    for path in ("/a/../b", "/a\x00b", "relative", "/a//b", "/a/"):
+        with pytest.raises(ZnodeFormatError, match="unsafe znode path"):
+            list(read(io.BytesIO(pack(Znode(NODE, path, b"", (), (0,) * 9)))))
+    with pytest.raises(ZnodeFormatError, match="truncated"):
+        list(read(io.BytesIO(good[:-3])))
+
+
+def unique() -> str:
+    return uuid.uuid4().hex[:8]
