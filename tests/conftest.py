@@ -172,8 +172,7 @@ def zk_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     version = request.param
     if classpath(version) is None:
         server_unavailable(f"ZooKeeper {version} is not installed (run tests/servers/install.sh)")
-    server = ZooKeeperServer(version, tmp_path_factory.mktemp(f"zk{version}"),
-                             admin=True)
+    server = ZooKeeperServer(version, tmp_path_factory.mktemp(f"zk{version}"), admin=True)
     server.start()
     yield server
     server.stop()
@@ -182,11 +181,11 @@ def zk_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 @pytest.fixture
 def zk_client(zk_server):
     from kazoo.client import KazooClient
-
     from zk_trees import DIGEST_PASSWORD, DIGEST_USER
 
-    client = KazooClient(hosts=zk_server.hosts,
-                         auth_data=[("digest", f"{DIGEST_USER}:{DIGEST_PASSWORD}")])
+    client = KazooClient(
+        hosts=zk_server.hosts, auth_data=[("digest", f"{DIGEST_USER}:{DIGEST_PASSWORD}")]
+    )
     client.start(timeout=30)
     yield client
     client.stop()

@@ -19,13 +19,17 @@ pytestmark = pytest.mark.integration
 
 
 def zk_backup(source: str, store, **options):
-    return backup(request=BackupRequest(technology="zookeeper", sources=[source], store=store,
-                                        options=options))
+    return backup(
+        request=BackupRequest(
+            technology="zookeeper", sources=[source], store=store, options=options
+        )
+    )
 
 
 def zk_restore(store, target: str, **kwargs):
-    return restore(request=RestoreRequest(technology="zookeeper", store=store, targets=[target],
-                                          **kwargs))
+    return restore(
+        request=RestoreRequest(technology="zookeeper", store=store, targets=[target], **kwargs)
+    )
 
 
 def test_logical_round_trip_into_another_chroot(zk_server, zk_client, zk_root, local_store):
@@ -81,8 +85,9 @@ def test_include_restores_only_the_selected_subtrees(zk_server, zk_client, zk_ro
     zk_client.ensure_path(f"{zk_root}/app/cache/x")
     zk_client.ensure_path(f"{zk_root}/other/y")
     zk_client.set(f"{zk_root}/app/config/db", b"dsn")
-    outcome = zk_backup(zk_server.url(zk_root), local_store, include=["/app/config"],
-                        exclude=["/other"])
+    outcome = zk_backup(
+        zk_server.url(zk_root), local_store, include=["/app/config"], exclude=["/other"]
+    )
     assert outcome.records == 3  # the root, /app/config and /app/config/db
     target = f"{zk_root}-inc"
     zk_restore(local_store, zk_server.url(target))
@@ -92,10 +97,18 @@ def test_include_restores_only_the_selected_subtrees(zk_server, zk_client, zk_ro
 
 
 @pytest.mark.parametrize("pattern", ["app/config", "/app/[a-z]+", "/a**b", "/x/../y"])
-def test_unknown_include_pattern_syntax_is_bad_input(cli, zk_server, zk_root, local_store,
-                                                     pattern):
-    result = cli("backup", "zookeeper", "--source", zk_server.url(zk_root), "--store",
-                 local_store.url, "--option", f"include={pattern}", "--json")
+def test_unknown_include_pattern_syntax_is_bad_input(cli, zk_server, zk_root, local_store, pattern):
+    result = cli(
+        "backup",
+        "zookeeper",
+        "--source",
+        zk_server.url(zk_root),
+        "--store",
+        local_store.url,
+        "--option",
+        f"include={pattern}",
+        "--json",
+    )
     assert result.code == 2, result.stdout
     assert "subtree pattern" in result.json["error"]
     assert local_store.open().folders() == []
@@ -104,15 +117,21 @@ def test_unknown_include_pattern_syntax_is_bad_input(cli, zk_server, zk_root, lo
 def test_server_down_exits_1_after_retries_without_manifest(cli, local_store):
     from conftest import free_port
 
-    result = cli("backup", "zookeeper", "--source", f"zk://127.0.0.1:{free_port()}/x",
-                 "--store", local_store.url, "--json")
+    result = cli(
+        "backup",
+        "zookeeper",
+        "--source",
+        f"zk://127.0.0.1:{free_port()}/x",
+        "--store",
+        local_store.url,
+        "--json",
+    )
     assert result.code == 1
     assert "unreachable" in result.json["error"]
     assert local_store.open().folders() == []
 
 
-def test_writes_during_backup_converge_or_are_reported(zk_server, zk_client, zk_root,
-                                                      local_store):
+def test_writes_during_backup_converge_or_are_reported(zk_server, zk_client, zk_root, local_store):
     build_tree(zk_client, zk_root, nodes=3000)
     stop = threading.Event()
 
@@ -147,8 +166,12 @@ def test_unit_patterns_and_urls():
     from backstop.drivers.zookeeper.paths import Selection, parse_zk_url
 
     url = parse_zk_url("zk://u:p%40ss@h1:2181,h2:2182/app/x?admin_port=8081")
-    assert (url.hosts, url.chroot, url.username, url.password) == ("h1:2181,h2:2182", "/app/x",
-                                                                   "u", "p@ss")
+    assert (url.hosts, url.chroot, url.username, url.password) == (
+        "h1:2181,h2:2182",
+        "/app/x",
+        "u",
+        "p@ss",
+    )
     assert url.params == {"admin_port": "8081"}
     for bad in ("zk://", "zk://host/x", "zk://h:99999", "zk://h:1/a/../b", "zk://h:1?x=1"):
         with pytest.raises(BadInputError):

@@ -8,7 +8,10 @@ from kazoo.client import KazooClient
 from kazoo.security import ACL, OPEN_ACL_UNSAFE, Id, make_digest_acl
 
 DIGEST_USER, DIGEST_PASSWORD = "backstop", "zk-Secret-9"
-CUSTOM_ACL = [make_digest_acl(DIGEST_USER, DIGEST_PASSWORD, all=True), ACL(1, Id("world", "anyone"))]
+CUSTOM_ACL = [
+    make_digest_acl(DIGEST_USER, DIGEST_PASSWORD, all=True),
+    ACL(1, Id("world", "anyone")),
+]
 
 
 def build_tree(client: KazooClient, root: str, nodes: int = 10_000, seed: int = 3) -> None:
@@ -58,7 +61,7 @@ def read_tree(client: KazooClient, root: str) -> dict[str, tuple[bytes, list]]:
         if stat.ephemeralOwner:
             continue
         acls, _ = client.get_acls(path)
-        relative = path[len(root):] or "/"
+        relative = path[len(root) :] or "/"
         out[relative] = (data, sorted((a.perms, a.id.scheme, a.id.id) for a in acls))
         stack.extend(f"{path}/{c}" if path != "/" else f"/{c}" for c in client.get_children(path))
     return out

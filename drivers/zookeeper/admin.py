@@ -4,6 +4,7 @@ copies of a local dataDir (the newest snapshot.* plus the log.* files after it).
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.error
 import urllib.request
@@ -56,41 +57,59 @@ def admin_endpoint(unit_source: str, options: dict[str, Any]) -> tuple[str, dict
     return base.rstrip("/"), headers
 
 
-def _request(url: str, headers: dict[str, str], data=None, method: str = "GET"):
+def _request(
+    url: str, headers: dict[str, str], data=None, method: str = "GET", *, stream: bool = False
+):
+    """Call an admin command. A JSON body with an "error" is a failure even under 200 OK
+    (that is how 3.8 answers an unknown command). With `stream`, a binary response is
+    returned open for reading; otherwise the parsed JSON body."""
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    command = url.rsplit("/", 1)[-1].split("?")[0]
     try:
-        return urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
+        response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
     except urllib.error.HTTPError as exc:
-        body = exc.read(2000).decode("utf-8", "replace")
-        command = url.rsplit("/", 1)[-1].split("?")[0]
-        if exc.code == 404 or "Unknown command" in body:
-            raise PermanentError(
-                f"the ZooKeeper admin server at {redact_url(url)} has no {command!r} command "
-                "(it needs ZooKeeper 3.9 or later); use the logical mode instead"
-            ) from None
-        if exc.code in (401, 403):
-            raise PermanentError(
-                f"the admin server refused {command!r} ({exc.code}): it needs digest, x509 or IP "
-                "authentication with ALL permission on /; give credentials in the zk:// URL"
-            ) from None
-        if exc.code == 429 or "rate" in body.lower():
-            raise PermanentError(
-                f"the admin server rate-limited {command!r} (zookeeper.admin.rateLimiterIntervalInMS,"
-                " 5 minutes by default); try again later"
-            ) from None
-        if "not enabled" in body.lower() or "disabled" in body.lower():
-            raise PermanentError(
-                f"the {command!r} admin command is disabled on the server "
-                f"(zookeeper.admin.{command}.enabled=false)"
-            ) from None
-        raise PermanentError(
-            f"admin command {command!r} failed ({exc.code}): {body[:300]}"
-        ) from None
+        raise _failure(command, url, exc.code, exc.read(4000).decode("utf-8", "replace")) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
         raise TransientError(
             f"the ZooKeeper admin server at {redact_url(url)} is unreachable ({exc}); is "
             "admin.enableServer=true and admin_port right?"
         ) from None
+    if stream and "json" not in (response.headers.get("Content-Type") or ""):
+        return response
+    with response:
+        body = response.read(1 << 16).decode("utf-8", "replace")
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = {}
+    if stream or not isinstance(parsed, dict) or parsed.get("error"):
+        raise _failure(command, url, response.status, body)
+    return parsed
+
+
+def _failure(command: str, url: str, code: int, body: str) -> Exception:
+    lowered = body.lower()
+    if code == 404 or "unknown command" in lowered:
+        return PermanentError(
+            f"the ZooKeeper admin server at {redact_url(url)} has no {command!r} command "
+            "(it needs ZooKeeper 3.9 or later); use the logical mode instead"
+        )
+    if code in (401, 403) or "auth" in lowered:
+        return PermanentError(
+            f"the admin server refused {command!r} ({code}): it needs digest, x509 or IP "
+            "authentication with ALL permission on /; give credentials in the zk:// URL"
+        )
+    if code == 429 or "rate" in lowered:
+        return PermanentError(
+            f"the admin server rate-limited {command!r} (zookeeper.admin.rateLimiterIntervalInMS, "
+            "5 minutes by default); try again later"
+        )
+    if "not enabled" in lowered or "disabled" in lowered:
+        return PermanentError(
+            f"the {command!r} admin command is disabled on the server "
+            f"(zookeeper.admin.{command}.enabled=false)"
+        )
+    return PermanentError(f"admin command {command!r} failed ({code}): {body[:300]}")
 
 
 class _Tee:
@@ -110,7 +129,7 @@ class _Tee:
 
 def backup_snapshot(unit: Unit, sink: FileSink) -> UnitResult:
     base, headers = admin_endpoint(unit.source, unit.options)
-    response = _request(f"{base}/commands/snapshot?streaming=true", headers)
+    response = _request(f"{base}/commands/snapshot?streaming=true", headers, stream=True)
     with response:
         last_zxid = response.headers.get("last_zxid")
         with sink.open("snapshot.zksn", format=SNAPSHOT_FORMAT) as out:
@@ -204,8 +223,9 @@ def _copy(path: Path, name: str, fmt: str, sink: FileSink) -> None:
 def check_physical_restore_target(unit: StoredUnit, target: str) -> None:
     if unit.meta.get("mode") == "datadir":
         raise BadInputError(
-            "a dataDir backup is restored by hand (see docs/zookeeper.md): stop the server, "
-            "move its dataDir aside, copy the files from `backstop export`, start it"
+            "a dataDir backup is restored by hand (docs/zookeeper.md): stop the server, move its "
+            "dataDir/version-2 aside, decompress the backup's version-2/*.zst files into it "
+            "(zstd -d), start the server"
         )
     if parse_zk_url(target).chroot:
         raise BadInputError("a snapshot restore replaces the whole database: no chroot allowed")
@@ -219,8 +239,7 @@ def restore_snapshot(unit: StoredUnit, target: str, source: FileSource) -> Resto
     with source.open(file) as stream:
         body = _Iterable(stream)
         request_headers = headers | {"Content-Length": str(file.raw_bytes)}
-        with _request(f"{base}/commands/restore", request_headers, data=body, method="POST") as r:
-            r.read()
+        _request(f"{base}/commands/restore", request_headers, data=body, method="POST")
     return RestoreResult(records_written=unit.records)
 
 

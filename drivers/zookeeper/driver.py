@@ -178,6 +178,12 @@ class ZooKeeperDriver(Driver):
                 "was unchanged between its read and its re-check, but the copy is not proven "
                 f"to be one instant (zxid {point['zxid_hex']}..{hex(point['zxid_end'])})"
             )
+        elif kind is ConsistencyKind.NONE and unit.meta.get("mode") == "admin-snapshot":
+            warnings.append(
+                "a ZooKeeper snapshot of a live server is fuzzy: it is serialized while writes "
+                f"continue, up to last_zxid {point['zxid_hex']}; nodes changed during it may be "
+                "at different points (use the logical mode for a checked point in time)"
+            )
         elif kind is ConsistencyKind.NONE:
             warnings.append(
                 f"the tree kept changing: no consistent copy after {point['passes']} passes; "

@@ -33,6 +33,7 @@ MAX_BUFFER = 256 << 20
 MAX_COUNT = 50_000_000
 _DIGEST_SECTION = 8 + 4 + 8 + 8 + 4 + 1  # ZxidDigest + seal
 _ZXID_SECTION = 8 + 8 + 4 + 1  # lastProcessedZxid + seal
+_OPEN_ACL = ((31, "world", "anyone"),)
 
 
 class SnapshotError(ValueError):
@@ -251,7 +252,9 @@ def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
         if on_node:
             on_node(shown, data)
         if not (shown == "/zookeeper" or shown.startswith("/zookeeper/")) and not stat[7]:
-            digest.add(node_hash(shown, data, acl_cache.get(ref, ())))
+            # Reference -1 is ZooKeeper's shorthand for world:anyone with every permission.
+            acls = _OPEN_ACL if ref == -1 else acl_cache[ref]
+            digest.add(node_hash(shown, data, acls))
     if nodes == 0:
         raise SnapshotError(j.offset, "no nodes (not even the root)")
     j.seal("snapshot")
@@ -259,6 +262,14 @@ def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
     zxid_digest = None
     last_zxid = None
     remaining = j.remaining(_DIGEST_SECTION + _ZXID_SECTION + 1)
+    valid = (0, _ZXID_SECTION, _DIGEST_SECTION, _DIGEST_SECTION + _ZXID_SECTION)
+    if remaining not in valid:
+        if remaining < valid[-1]:
+            raise SnapshotError(
+                j.offset + remaining,
+                f"file ends inside its trailing digest/zxid sections ({remaining} bytes: truncated)",
+            )
+        raise SnapshotError(j.offset, "unexpected bytes after the sealed snapshot")
     if remaining in (_DIGEST_SECTION, _DIGEST_SECTION + _ZXID_SECTION):
         zxid_digest = {
             "zxid": j.long("digest zxid"),
@@ -271,8 +282,6 @@ def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
         last_zxid = j.long("last processed zxid")
         j.seal("last-zxid section")
         remaining = 0
-    if remaining:
-        raise SnapshotError(j.offset, f"{remaining} unexpected bytes after the sealed snapshot")
     return SnapshotSummary(
         version=version,
         dbid=dbid,

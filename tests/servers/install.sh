@@ -25,6 +25,7 @@ apt_install() {  # apt_install CHECK_PATH PACKAGE...
 
 # ZooKeeper 3.8: Debian's package (its jar's manifest names its dependencies).
 apt_install /usr/share/java/zookeeper.jar zookeeper
+apt_install /usr/share/java/servlet-api.jar libservlet-api-java  # its admin server needs it
 
 # ZooKeeper 3.9: Apache's jars from Maven Central.
 zk39="$cache/zookeeper-3.9.5/lib"

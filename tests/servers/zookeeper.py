@@ -21,13 +21,16 @@ CACHE = Path(
     )
 )
 DEBIAN_JAR = Path("/usr/share/java/zookeeper.jar")
+# Debian's jar names its dependencies in its manifest, all but the servlet API that its
+# admin server (Jetty) needs.
+DEBIAN_SERVLET = Path("/usr/share/java/servlet-api.jar")
 MAVEN_LIB = CACHE / "zookeeper-3.9.5" / "lib"
 
 
 def classpath(version: str) -> str | None:
     """The server's classpath, or None when that version is not installed."""
     if version == "3.8":
-        return str(DEBIAN_JAR) if DEBIAN_JAR.is_file() else None
+        return f"{DEBIAN_JAR}:{DEBIAN_SERVLET}" if DEBIAN_JAR.is_file() else None
     if version == "3.9":
         return f"{MAVEN_LIB}/*" if (MAVEN_LIB / "zookeeper-3.9.5.jar").is_file() else None
     raise ValueError(version)
@@ -73,7 +76,9 @@ class ZooKeeperServer:
     def start(self, timeout: float = 60) -> ZooKeeperServer:
         cp = classpath(self.version)
         if cp is None:
-            raise RuntimeError(f"ZooKeeper {self.version} is not installed (tests/servers/install.sh)")
+            raise RuntimeError(
+                f"ZooKeeper {self.version} is not installed (tests/servers/install.sh)"
+            )
         self.port = self.port or _free_port()
         self.admin_port = self.admin_port or _free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
