@@ -100,6 +100,15 @@ class Consistency:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RestorePlan:
+    """What a restore was asked to do, beyond which backup and where."""
+
+    mode: RestoreMode = RestoreMode.FAIL_IF_EXISTS
+    include: tuple[str, ...] = ()  # only these parts (driver-specific patterns)
+    until: str | None = None  # a point in time within the backup chain
+
+
 @dataclass
 class RestoreResult:
     records_written: int
@@ -188,19 +197,19 @@ class Driver(ABC):
     # -- restore ------------------------------------------------------------------
     @abstractmethod
     def prepare_restore(
-        self, units: Sequence[StoredUnit], targets: Sequence[str], mode: RestoreMode
+        self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
     ) -> None:
         """Check every target before anything is written; refuse with BadInputError."""
 
     @abstractmethod
     def restore_unit(
-        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> RestoreResult:
         """Load one unit into its target."""
 
     @abstractmethod
     def verify_unit(
-        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> TargetCheck:
         """Compare the target with the backup: counts and digests."""
 

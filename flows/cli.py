@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     store_args(sub)
     sub.add_argument("--incremental", action="store_true")
     sub.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="back up only these parts (zookeeper: subtree patterns like /app/*)",
+    )
+    sub.add_argument(
+        "--exclude", action="append", default=[], metavar="PATTERN", help="leave these parts out"
+    )
+    sub.add_argument(
         "--option",
         action="append",
         default=[],
@@ -160,7 +170,9 @@ def cmd_backup(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         sources=_hide_passwords(args.source, "source"),
         store=_store(args),
         incremental=args.incremental,
-        options=_key_values(args.option, "--option"),
+        options=_key_values(args.option, "--option")
+        | ({"include": args.include} if args.include else {})
+        | ({"exclude": args.exclude} if args.exclude else {}),
     )
     with _progress(args):
         outcome = backup(request=request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
+from backstop.drivers.contract import RestorePlan
 from backstop.drivers.errors import BadInputError, IntegrityError, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
@@ -30,6 +31,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
     if request.until and not caps.point_in_time:
         raise BadInputError(f"{driver.name} does not support --until (point-in-time restore)")
     technology, spec, mode = driver.name, request.store, request.mode
+    plan = RestorePlan(mode=mode, include=tuple(request.include), until=request.until)
 
     manifest = load_manifest(spec, technology, request.backup)
     backup_id = manifest.backup_id
@@ -57,7 +59,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
         targets=targets,
         verified=False,
     )
-    prepare_targets(technology, manifest.units, request.targets, mode)
+    prepare_targets(technology, manifest.units, request.targets, plan)
     if request.dry_run:
         logger.info("dry run: backup %s verified and targets accepted; nothing written", backup_id)
         outcome.duration_s = clock.seconds
@@ -71,7 +73,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             unmapped(backup_id),
             manifest.units,
             request.targets,
-            unmapped(mode),
+            unmapped(plan),
         )
     )
     checks = gather(
@@ -81,7 +83,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             unmapped(backup_id),
             manifest.units,
             request.targets,
-            unmapped(mode),
+            unmapped(plan),
         )
     )
     rows = [

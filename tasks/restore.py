@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from prefect import task
 
-from backstop.drivers.contract import RestoreMode, RestoreResult, StoredUnit
+from backstop.drivers.contract import RestorePlan, RestoreResult, StoredUnit
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.tasks.manifest import Manifest
@@ -19,11 +19,11 @@ from backstop.tasks.store import StoreSpec
 
 @task(name="prepare-targets", **RETRYING)
 def prepare_targets(
-    technology: str, units: Sequence[StoredUnit], targets: Sequence[str], mode: RestoreMode
+    technology: str, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
 ) -> None:
     driver = get_driver(technology)
     with classified(driver, "checking the restore targets"):
-        driver.prepare_restore(units, [resolve_url(t) for t in targets], mode)
+        driver.prepare_restore(units, [resolve_url(t) for t in targets], plan)
 
 
 @task(name="restore-unit", task_run_name="restore-{unit.name}", **RETRYING)
@@ -33,7 +33,7 @@ def restore_unit(
     backup_id: str,
     unit: StoredUnit,
     target: str,
-    mode: RestoreMode,
+    plan: RestorePlan,
 ) -> RestoreResult:
     driver = get_driver(technology)
     progress = reporter()
@@ -42,7 +42,7 @@ def restore_unit(
     source = StoreSource(store.open(), technology, backup_id, progress=advance)
     try:
         with classified(driver, f"restoring {unit.name} into {redact_url(target)}"):
-            return driver.restore_unit(unit, resolve_url(target), source, mode)
+            return driver.restore_unit(unit, resolve_url(target), source, plan)
     finally:
         progress.finish(label)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from backstop.drivers.contract import RestoreMode, StoredUnit, TargetCheck
+from backstop.drivers.contract import RestorePlan, StoredUnit, TargetCheck
 from backstop.drivers.errors import IntegrityError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
@@ -35,9 +35,9 @@ def verify_target(
     backup_id: str,
     unit: StoredUnit,
     target: str,
-    mode: RestoreMode,
+    plan: RestorePlan,
 ) -> TargetCheck:
     driver = get_driver(technology)
     source = StoreSource(store.open(), technology, backup_id)
     with classified(driver, f"verifying {unit.name} in {redact_url(target)}"):
-        return driver.verify_unit(unit, resolve_url(target), source, mode)
+        return driver.verify_unit(unit, resolve_url(target), source, plan)

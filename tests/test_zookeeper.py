@@ -200,3 +200,52 @@ def test_znode_stream_rejects_unsafe_paths_and_truncation():
 
 def unique() -> str:
     return uuid.uuid4().hex[:8]
+
+
+def test_selective_restore_of_one_subtree_through_the_cli(
+    cli, zk_server, zk_client, zk_root, local_store
+):
+    zk_client.ensure_path(f"{zk_root}/svc/a/leader")
+    zk_client.ensure_path(f"{zk_root}/svc/b/leader")
+    zk_client.ensure_path(f"{zk_root}/cfg/db")
+    zk_client.set(f"{zk_root}/svc/a/leader", b"host-a")
+    backed = cli(
+        "backup",
+        "zookeeper",
+        "--source",
+        zk_server.url(zk_root),
+        "--store",
+        local_store.url,
+        "--exclude",
+        "/cfg",
+        "--json",
+    )
+    assert backed.code == 0, backed.stderr
+    target = f"{zk_root}-sel"
+    restored = cli(
+        "restore",
+        "zookeeper",
+        "--store",
+        local_store.url,
+        "--target",
+        zk_server.url(target),
+        "--include",
+        "/svc/a",
+        "--json",
+    )
+    assert restored.code == 0, restored.stdout + restored.stderr
+    assert zk_client.get(f"{target}/svc/a/leader")[0] == b"host-a"
+    assert zk_client.exists(f"{target}/svc/b") is None
+    assert zk_client.exists(f"{target}/cfg") is None
+    bad = cli(
+        "restore",
+        "zookeeper",
+        "--store",
+        local_store.url,
+        "--target",
+        zk_server.url(f"{target}2"),
+        "--include",
+        "svc/a",
+        "--json",
+    )
+    assert bad.code == 2 and "subtree pattern" in bad.json["error"]

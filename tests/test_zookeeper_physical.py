@@ -112,7 +112,7 @@ def test_corrupted_and_truncated_snapshots_are_rejected_with_offset(zk_server, t
     with pytest.raises(snapshot.SnapshotError) as info:
         snapshot.validate(io.BytesIO(bytes(flipped)))
     assert info.value.offset >= 0 and "byte" in str(info.value)
-    with pytest.raises(snapshot.SnapshotError, match="truncated|ends inside"):
+    with pytest.raises(snapshot.SnapshotError, match=r"truncated|ends inside"):
         snapshot.validate(io.BytesIO(data[: len(data) - 7]))
     with pytest.raises(snapshot.SnapshotError, match="bad magic"):
         snapshot.validate(io.BytesIO(b"ZKSX" + data[4:]))

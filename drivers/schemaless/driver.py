@@ -22,6 +22,7 @@ from backstop.drivers.contract import (
     FileSink,
     FileSource,
     RestoreMode,
+    RestorePlan,
     RestoreResult,
     StoredFile,
     StoredUnit,
@@ -166,8 +167,9 @@ class SchemalessDriver(Driver):
 
     # -- restore --------------------------------------------------------------------
     def prepare_restore(
-        self, units: Sequence[StoredUnit], targets: Sequence[str], mode: RestoreMode
+        self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
     ) -> None:
+        mode = plan.mode
         self.check_urls(targets, "target")
         if len(targets) != len(units):
             shards = ", ".join(f"{u.name} from {u.source}" for u in units)
@@ -209,8 +211,9 @@ class SchemalessDriver(Driver):
             raise BadInputError("target check failed:\n  " + "\n  ".join(problems) + hint)
 
     def restore_unit(
-        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> RestoreResult:
+        mode = plan.mode
         written = skipped = 0
         engine = engines.target_engine(target)
         # One transaction per shard: a failure leaves the shard as it was.
@@ -240,8 +243,9 @@ class SchemalessDriver(Driver):
         return RestoreResult(records_written=written, records_skipped=skipped)
 
     def verify_unit(
-        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> TargetCheck:
+        mode = plan.mode
         problems: list[str] = []
         records = 0
         engine = engines.source_engine(target)

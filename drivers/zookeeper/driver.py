@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from backstop.drivers.contract import (
     FileSink,
     FileSource,
     RestoreMode,
+    RestorePlan,
     RestoreResult,
     StoredUnit,
     TargetCheck,
@@ -193,9 +195,11 @@ class ZooKeeperDriver(Driver):
 
     # -- restore --------------------------------------------------------------------
     def prepare_restore(
-        self, units: Sequence[StoredUnit], targets: Sequence[str], mode: RestoreMode
+        self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
     ) -> None:
+        mode = plan.mode
         self.check_urls(targets, "target")
+        Selection(list(plan.include))  # reject bad patterns before touching the target
         [unit] = units
         target = parse_zk_url(targets[0])
         if unit.meta.get("mode") != "logical":
@@ -214,8 +218,9 @@ class ZooKeeperDriver(Driver):
                 )
 
     def restore_unit(
-        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> RestoreResult:
+        mode = plan.mode
         if unit.meta.get("mode") != "logical":
             return admin.restore_snapshot(unit, target, source)
         chroot = parse_zk_url(target).chroot
@@ -227,27 +232,28 @@ class ZooKeeperDriver(Driver):
                 _clear(zk, root, keep_system=not chroot)
             loader = _Loader(zk, chroot, merge=mode is RestoreMode.MERGE)
             with source.open(file) as stream:
-                for node in read(stream):
+                for node in _selected(read(stream), plan.include):
                     loader.apply(node)
             loader.finish()
             # Second pass: the real ACLs, once every node exists (an ACL may deny us CREATE).
             with source.open(file) as stream:
-                _apply_acls(zk, chroot, read(stream), loader.skipped)
+                _apply_acls(zk, chroot, _selected(read(stream), plan.include), loader.skipped)
         return RestoreResult(records_written=loader.created, records_skipped=len(loader.skipped))
 
     def verify_unit(
-        self, unit: StoredUnit, target: str, source: FileSource, mode: RestoreMode
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> TargetCheck:
+        mode = plan.mode
         if unit.meta.get("mode") != "logical":
             return admin.verify_snapshot_restore(unit, target, source)
         selection = Selection(unit.meta.get("include"), unit.meta.get("exclude"))
         problems: list[str] = []
         chroot = parse_zk_url(target).chroot
         with connect(target) as zk:
-            if mode is RestoreMode.MERGE:
+            if mode is RestoreMode.MERGE or plan.include:
                 [file] = unit.files
                 with source.open(file) as stream:
-                    expected = _final_hashes(read(stream))
+                    expected = _final_hashes(_selected(read(stream), plan.include))
                 found, differing, missing = _compare_present(zk, expected)
                 if missing:
                     problems.append(f"{missing} backed-up node(s) are missing from the target")
@@ -276,6 +282,17 @@ def _patterns(value: Any) -> list[str]:
     if isinstance(value, str):
         return [p for p in value.split(",") if p]
     return list(value)
+
+
+def _selected(nodes, include: Sequence[str]):
+    """The records of the chosen subtrees (all of them without --include)."""
+    if not include:
+        yield from nodes
+        return
+    patterns = Selection(list(include)).include
+    for node in nodes:
+        if any(p.selects(node.path) for p in patterns):
+            yield node
 
 
 def _without_chroot(url: str) -> str:
@@ -384,10 +401,8 @@ class _Loader:
         if node.kind == DELETED:
             self._flush()
             if node.path != "/":
-                try:
+                with contextlib.suppress(kz.NoNodeError):
                     self.zk.delete(self.target(node.path), recursive=True)
-                except kz.NoNodeError:
-                    pass
             self._forget(node.path)
             return
         if node.path in self._present:
