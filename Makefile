@@ -21,6 +21,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	bash tests/servers/install.sh
 	$(VENV)/bin/pytest
 
 lint: install
