@@ -249,3 +249,78 @@ def test_selective_restore_of_one_subtree_through_the_cli(
         "--json",
     )
     assert bad.code == 2 and "subtree pattern" in bad.json["error"]
+
+
+def test_no_auth_is_a_permanent_error_naming_the_node(
+    cli, zk_server, zk_client, zk_root, local_store
+):
+    from kazoo.security import make_digest_acl
+
+    zk_client.create(
+        f"{zk_root}/private", b"secret", acl=[make_digest_acl("someone-else", "pw", all=True)]
+    )
+    started = time.monotonic()
+    result = cli(
+        "backup",
+        "zookeeper",
+        "--source",
+        zk_server.url(zk_root),
+        "--store",
+        local_store.url,
+        "--json",
+    )
+    assert result.code == 1
+    assert "not authorized" in result.json["error"] and "/private" in result.json["error"]
+    assert time.monotonic() - started < 30  # not retried as if it were transient
+    assert local_store.open().folders() == []
+
+
+def test_password_from_a_prefect_secret_block_is_used_and_never_shown(
+    cli, zk_server, zk_client, zk_root, local_store
+):
+    from prefect.blocks.system import Secret
+    from zk_trees import DIGEST_PASSWORD, DIGEST_USER, build_tree
+
+    build_tree(zk_client, zk_root, nodes=200)  # holds digest ACLs: needs the credentials
+    Secret(value=DIGEST_PASSWORD).save("zk-backup-password", overwrite=True)
+    url = f"zk://{DIGEST_USER}:${{secret:zk-backup-password}}@{zk_server.hosts}{zk_root}"
+    result = cli("-v", "backup", "zookeeper", "--source", url, "--store", local_store.url, "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    assert DIGEST_PASSWORD not in result.stdout + result.stderr
+    store = local_store.open()
+    [manifest_path] = store.fs.glob(f"{store.root}/zookeeper/*/manifest.json")
+    assert DIGEST_PASSWORD not in store.fs.cat_file(manifest_path).decode()
+
+
+def test_archive_with_unsafe_path_is_refused_before_touching_the_target(
+    zk_server, zk_client, zk_root, local_store
+):
+    from backstop.drivers.contract import StoredUnit
+    from backstop.drivers.errors import PermanentError
+    from backstop.drivers.zookeeper.znodes import FORMAT, NODE, Znode, pack
+    from backstop.tasks.manifest import new_backup_id
+    from backstop.tasks.packaging import StoreSink
+
+    zk_client.ensure_path(f"{zk_root}/ok")
+    zk_backup(zk_server.url(zk_root), local_store)
+    store = local_store.open()
+    manifest = store.resolve("zookeeper")
+    # A well-checksummed archive whose content is hostile: a path that climbs out.
+    forged_id = new_backup_id()
+    sink = StoreSink(store, "zookeeper", forged_id)
+    with sink.open("tree.znodes", format=FORMAT) as out:
+        out.write(pack(Znode(NODE, "/", b"", ((31, "world", "anyone"),), (0,) * 9)), 1)
+        out.write(pack(Znode(NODE, "/a", b"x", ((31, "world", "anyone"),), (0,) * 9)), 1)
+        out.write(pack(Znode(NODE, "/a/../../escape", b"x", (), (0,) * 9)), 1)
+    [unit] = manifest.units
+    forged = manifest.model_copy(
+        update={
+            "backup_id": forged_id,
+            "units": [StoredUnit(**(unit.model_dump() | {"files": sink.files}))],
+        }
+    )
+    store.write_manifest(forged)
+    target = f"{zk_root}-forged"
+    with pytest.raises(PermanentError, match="unsafe znode path"):
+        zk_restore(local_store, zk_server.url(target), backup=forged_id)
+    assert zk_client.exists(target) is None

@@ -35,6 +35,7 @@ _PERMANENT_MESSAGES = {
 
 
 def classify(exc: BaseException) -> ErrorKind:
+    """Connection trouble is transient; everything else (auth, ACLs, formats) permanent."""
     if isinstance(exc, TransientError):
         return ErrorKind.TRANSIENT
     if isinstance(exc, _TRANSIENT):

@@ -225,6 +225,11 @@ class ZooKeeperDriver(Driver):
             return admin.restore_snapshot(unit, target, source)
         chroot = parse_zk_url(target).chroot
         [file] = unit.files
+        # Read the whole archive once before writing: a malformed record or an unsafe path
+        # (.., NUL) must refuse the restore while the target is still untouched.
+        with source.open(file) as stream:
+            for _ in read(stream):
+                pass
         with connect(_without_chroot(target)) as zk:
             root = chroot or "/"
             zk.ensure_path(root)
