@@ -256,13 +256,13 @@ class _Iterable:
 
 def verify_snapshot_restore(unit: StoredUnit, target: str, source: FileSource) -> TargetCheck:
     """Walk the restored server logically and compare with the snapshot's digest."""
-    from backstop.drivers.zookeeper.client import connect
+    from backstop.drivers.zookeeper.client import reader
     from backstop.drivers.zookeeper.paths import Selection
     from backstop.drivers.zookeeper.walk import walk
     from backstop.drivers.zookeeper.znodes import TreeDigest, node_hash
 
     digest = TreeDigest()
-    with connect(target) as zk:
+    with reader(target) as zk:
         for node in walk(zk, ["/"], Selection(), skip_system=True):
             if not node.ephemeral_owner:
                 digest.add(node_hash(node.path, node.data, node.acls))

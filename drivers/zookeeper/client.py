@@ -15,6 +15,7 @@ from kazoo.retry import KazooRetry
 from backstop.drivers.errors import ErrorKind, PermanentError, TransientError
 from backstop.drivers.redact import redact_url, register_secret
 from backstop.drivers.zookeeper.paths import parse_zk_url
+from backstop.drivers.zookeeper.wire import ReadSession
 
 CONNECT_TIMEOUT_S = float(os.environ.get("BACKSTOP_ZK_CONNECT_TIMEOUT", "15"))
 
@@ -85,8 +86,35 @@ def connect(url: str, *, chroot_must_exist: bool = True) -> Iterator[KazooClient
         client.close()
 
 
-def current_zxid(client: KazooClient) -> int:
-    """The server's last processed zxid, as seen in the reply to a sync and a read."""
-    client.sync("/")
-    client.exists("/")
-    return client.last_zxid
+@contextmanager
+def reader(url: str) -> Iterator[ReadSession]:
+    """A lean read session for a zk:// URL (chroot applied, digest auth added)."""
+    with readers(url, 1) as [session]:
+        yield session
+
+
+@contextmanager
+def readers(url: str, count: int) -> Iterator[list[ReadSession]]:
+    """`count` lean read sessions for a zk:// URL, closed afterwards."""
+    parsed = parse_zk_url(url)
+    register_secret(parsed.password)
+    auth = []
+    if parsed.username is not None:
+        auth.append(("digest", f"{parsed.username}:{parsed.password or ''}"))
+    sessions: list[ReadSession] = []
+    try:
+        for _ in range(count):
+            session = ReadSession(parsed.hosts, parsed.chroot, auth, timeout_s=CONNECT_TIMEOUT_S)
+            try:
+                session.open()
+            except OSError as exc:
+                raise TransientError(
+                    f"ZooKeeper at {redact_url(url)} is unreachable ({exc})"
+                ) from None
+            sessions.append(session)
+        if parsed.chroot and next(iter(sessions[0].stats(["/"])))[1] is None:
+            raise PermanentError(f"chroot {parsed.chroot} does not exist on {parsed.hosts}")
+        yield sessions
+    finally:
+        for session in sessions:
+            session.close()

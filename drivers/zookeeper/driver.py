@@ -27,9 +27,15 @@ from backstop.drivers.contract import (
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.zookeeper import admin
-from backstop.drivers.zookeeper.client import classify, connect, current_zxid, explain
+from backstop.drivers.zookeeper.client import classify, connect, explain, reader, readers
 from backstop.drivers.zookeeper.paths import Selection, parse_zk_url
-from backstop.drivers.zookeeper.walk import WINDOW, child_path, read_nodes, stat_pass, walk
+from backstop.drivers.zookeeper.walk import (
+    child_path,
+    parallel_walk,
+    read_nodes,
+    stat_pass,
+    walk,
+)
 from backstop.drivers.zookeeper.znodes import (
     DELETED,
     FORMAT,
@@ -41,7 +47,12 @@ from backstop.drivers.zookeeper.znodes import (
 )
 
 MODES = ("logical", "admin-snapshot", "datadir")
+WINDOW = 256  # kazoo requests in flight when restoring
 MAX_PASSES = 5
+# Read sessions walking a tree together: ZooKeeper answers one session's requests in
+# order, so a few sessions keep its worker threads busy (measured on 2 cores: 3 sessions
+# walk about 1.5x faster than one).
+DEFAULT_SESSIONS = 3
 WRITE_CHUNK = 1 << 20
 # A multi-op transaction stays well under jute.maxbuffer (1 MB by default).
 BATCH_BYTES = 512 * 1024
@@ -131,17 +142,22 @@ class ZooKeeperDriver(Driver):
         index: dict[str, tuple[int, int, int, int]] = {}  # path -> mzxid, pzxid, aversion, hash
         digest = TreeDigest()
         ephemeral = 0
-        with connect(unit.source) as zk:
-            version = ".".join(map(str, zk.server_version()))
-            started = current_zxid(zk)
+        with connect(unit.source) as client:
+            version = ".".join(map(str, client.server_version()))
+        sessions = int(unit.options.get("sessions", DEFAULT_SESSIONS))
+        with readers(unit.source, sessions) as pool:
+            zk = pool[0]
+            started = zk.current_zxid()
             with sink.open("tree.znodes", format=FORMAT) as out:
                 chunker = _Chunker(out)
-                for node in walk(zk, ["/"], selection, skip_system):
+                for node in parallel_walk(pool, ["/"], selection, skip_system):
                     if node.ephemeral_owner:
                         ephemeral += 1
                         continue
                     _record(node, index, digest, chunker)
-                result = _converge(zk, index, digest, selection, skip_system, chunker)
+                result = _converge(
+                    zk, index, digest, selection, skip_system, chunker, walk_started=started
+                )
                 chunker.flush()
         point = {
             "zxid": result["zxid"],
@@ -254,7 +270,7 @@ class ZooKeeperDriver(Driver):
         selection = Selection(unit.meta.get("include"), unit.meta.get("exclude"))
         problems: list[str] = []
         chroot = parse_zk_url(target).chroot
-        with connect(target) as zk:
+        with reader(target) as zk:
             if mode is RestoreMode.MERGE or plan.include:
                 [file] = unit.files
                 with source.open(file) as stream:
@@ -318,15 +334,20 @@ def _record(node: Znode, index: dict, digest: TreeDigest, chunker: _Chunker) -> 
     chunker.add(pack(node))
 
 
-def _converge(zk, index, digest, selection, skip_system, chunker) -> dict[str, Any]:
+def _converge(
+    zk, index, digest, selection, skip_system, chunker, walk_started: int
+) -> dict[str, Any]:
     """Re-check every node's stat until a whole pass finds nothing changed.
 
     A node changed since it was read (data, ACL or children) is read again and its
     new state appended; a vanished node gets a deletion record.
     """
+    if zk.current_zxid() == walk_started:
+        # No transaction at all while we walked: the copy is the tree at that zxid.
+        return {"kind": "snapshot", "zxid": walk_started, "passes": 0}
     last_clean: dict[str, Any] | None = None
     for passes in range(1, MAX_PASSES + 1):
-        start = current_zxid(zk)
+        start = zk.current_zxid()
         changed, regrown, gone = [], [], []
         for path, stat in stat_pass(zk, list(index)):
             if stat is None:
@@ -337,7 +358,7 @@ def _converge(zk, index, digest, selection, skip_system, chunker) -> dict[str, A
                 changed.append(path)
             if stat[8] != pzxid:
                 regrown.append(path)
-        end = current_zxid(zk)
+        end = zk.current_zxid()
         if not (changed or regrown or gone):
             if start == end:
                 return {"kind": "snapshot", "zxid": start, "passes": passes}
@@ -354,26 +375,13 @@ def _converge(zk, index, digest, selection, skip_system, chunker) -> dict[str, A
             _rescan_children(zk, path, index, digest, selection, skip_system, chunker)
     if last_clean:
         return last_clean
-    return {"kind": "none", "zxid": current_zxid(zk), "passes": MAX_PASSES}
+    return {"kind": "none", "zxid": zk.current_zxid(), "passes": MAX_PASSES}
 
 
 def _rescan_children(zk, path, index, digest, selection, skip_system, chunker) -> None:
-    try:
-        names = zk.get_children(path)
-    except kz.NoNodeError:
-        return
-    stat = zk.exists(path)
-    if path in index and stat is not None:
-        mzxid, _, aversion, h = index[path]
-        index[path] = (mzxid, stat.pzxid, aversion, h)
-    new = [child_path(path, n) for n in names]
-    new = [
-        p
-        for p in new
-        if p not in index and not (skip_system and p == "/zookeeper") and selection.descends(p)
-    ]
-    for node in walk(zk, new, selection, skip_system):
-        if node.path not in index and not node.ephemeral_owner:
+    """A node's children changed: record its new state and every new descendant."""
+    for node in walk(zk, [path], selection, skip_system, known=index):
+        if node.path == path or (node.path not in index and not node.ephemeral_owner):
             _record(node, index, digest, chunker)
 
 

@@ -1,47 +1,30 @@
-"""Walking a ZooKeeper tree with pipelined asynchronous reads.
+"""Reading ZooKeeper trees through the lean pipelined session (wire.py).
 
-Up to WINDOW nodes are in flight at once (get, get_children and get_acls for each),
-so a walk costs round trips per WINDOW nodes, not per node. Nodes come out in
-breadth-first order: every parent before its children.
+Walks come out breadth-first: every parent before its children.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
-
-from kazoo import exceptions as kz
-from kazoo.client import KazooClient
+from collections.abc import Container, Iterable, Iterator
 
 from backstop.drivers.errors import PermanentError
-from backstop.drivers.zookeeper.client import explain
 from backstop.drivers.zookeeper.paths import Selection
+from backstop.drivers.zookeeper.wire import NO_AUTH, ReadSession, ZkReadError
 from backstop.drivers.zookeeper.znodes import NODE, Znode
 
-WINDOW = 256
+BATCH = 512  # paths a session takes from the shared queue at a time
 
 
 def child_path(parent: str, name: str) -> str:
     return f"/{name}" if parent == "/" else f"{parent}/{name}"
 
 
-def _stat_tuple(stat) -> tuple[int, ...]:
-    return (
-        stat.czxid,
-        stat.mzxid,
-        stat.ctime,
-        stat.mtime,
-        stat.version,
-        stat.cversion,
-        stat.aversion,
-        stat.ephemeralOwner,
-        stat.pzxid,
-    )
-
-
-def _acls(acls, path: str = "") -> tuple[tuple[int, str, str], ...]:
-    out = tuple((a.perms, a.id.scheme, a.id.id) for a in acls)
-    for _, scheme, ident in out:
+def _checked_acls(acls: tuple, path: str) -> tuple:
+    for _, scheme, ident in acls:
         # Servers redact digest ACLs (user:x) for clients without ADMIN permission on the
         # node; such a backup could not restore the ACL, so it must not pretend to.
         if scheme == "digest" and ident.endswith(":x"):
@@ -50,90 +33,139 @@ def _acls(acls, path: str = "") -> tuple[tuple[int, str, str], ...]:
                 "permission there); back up with credentials that have it (the node's digest "
                 "user, or the super user) in the zk:// URL"
             )
-    return out
+    return acls
+
+
+def _explained(exc: ZkReadError) -> PermanentError:
+    if exc.code == NO_AUTH:
+        return PermanentError(
+            f"ZooKeeper not authorized (the node's ACL denies these credentials) at {exc.path}"
+        )
+    return PermanentError(f"ZooKeeper refused to read {exc.path} (error {exc.code})")
 
 
 def walk(
-    client: KazooClient, roots: Iterable[str], selection: Selection, skip_system: bool
+    session: ReadSession,
+    roots: Iterable[str],
+    selection: Selection,
+    skip_system: bool,
+    known: Container[str] = (),
 ) -> Iterator[Znode]:
-    """Every selected node under `roots` (roots included), parents first.
+    """Every selected node under `roots` (roots included), parents first, not descending
+    into `known` paths.
 
     Nodes deleted while the walk runs are silently absent; the caller's convergence
     passes notice them.
     """
-    pending: deque[str] = deque(roots)
-    inflight: deque = deque()
-    while pending or inflight:
-        while pending and len(inflight) < WINDOW:
-            path = pending.popleft()
-            inflight.append(
-                (
-                    path,
-                    client.get_async(path),
-                    client.get_children_async(path),
-                    client.get_acls_async(path),
-                )
-            )
-        path, got, children, acls = inflight.popleft()
+
+    def descend(path: str) -> bool:
+        return (
+            path not in known
+            and not (skip_system and path == "/zookeeper")
+            and selection.descends(path)
+        )
+
+    try:
+        for path, data, stat, acls in session.fetch(roots, descend=descend):
+            if selection.wants(path):
+                yield Znode(NODE, path, data, _checked_acls(acls, path), stat)
+    except ZkReadError as exc:
+        raise _explained(exc) from None
+
+
+def parallel_walk(
+    sessions: list[ReadSession],
+    roots: Iterable[str],
+    selection: Selection,
+    skip_system: bool,
+    known: Container[str] = (),
+) -> Iterator[Znode]:
+    """`walk` over several sessions sharing one queue of paths (the server answers one
+    session's requests one at a time; several sessions use its worker threads).
+
+    A node is handed out before its children are queued, so parents still come first.
+    """
+    if len(sessions) == 1:
+        yield from walk(sessions[0], roots, selection, skip_system, known)
+        return
+
+    def descend(path: str) -> bool:
+        return (
+            path not in known
+            and not (skip_system and path == "/zookeeper")
+            and selection.descends(path)
+        )
+
+    work: deque[str] = deque(roots)
+    outstanding = len(work)  # paths queued or being fetched
+    lock = threading.Condition()
+    results: queue.Queue = queue.Queue(maxsize=64)
+    stop = threading.Event()
+
+    def worker(session: ReadSession) -> None:
+        nonlocal outstanding
         try:
-            data, stat = got.get()
-            names = children.get()
-            acl_list, _ = acls.get()
-        except kz.NoNodeError:
-            continue
-        except kz.ZookeeperError as exc:
-            raise explain(exc, path) from None
-        if selection.wants(path):
-            yield Znode(NODE, path, data, _acls(acl_list, path), _stat_tuple(stat))
-        for name in sorted(names):
-            child = child_path(path, name)
-            if skip_system and child == "/zookeeper":
-                continue
-            if selection.descends(child):
-                pending.append(child)
+            while not stop.is_set():
+                with lock:
+                    while not work and outstanding and not stop.is_set():
+                        lock.wait(0.5)
+                    if not work:
+                        return
+                    batch = [work.popleft() for _ in range(min(BATCH, len(work)))]
+                fetched = session.fetch_batch(batch)
+                results.put(fetched)  # before the children are queued: parents first
+                children = []
+                for path, _, _, names, _ in fetched:
+                    prefix = "/" if path == "/" else path + "/"
+                    children.extend(c for c in map(prefix.__add__, sorted(names)) if descend(c))
+                with lock:
+                    work.extend(children)
+                    outstanding += len(children) - len(batch)
+                    lock.notify_all()
+        except BaseException as exc:  # handed to the consumer, which raises it
+            stop.set()
+            results.put(exc)
+        finally:
+            results.put(None)
+
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in sessions]
+    for thread in threads:
+        thread.start()
+    finished = 0
+    try:
+        while finished < len(threads):
+            item = results.get()
+            if item is None:
+                finished += 1
+            elif isinstance(item, ZkReadError):
+                raise _explained(item)
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                for path, data, stat, _, acls in item:
+                    if selection.wants(path):
+                        yield Znode(NODE, path, data, _checked_acls(acls, path), stat)
+    finally:
+        stop.set()
+        with lock:
+            lock.notify_all()
+        while any(t.is_alive() for t in threads):
+            with contextlib.suppress(queue.Empty):
+                results.get(timeout=0.1)
 
 
-def stat_pass(client: KazooClient, paths: Iterable[str]) -> Iterator[tuple[str, tuple | None]]:
-    """(path, stat tuple or None when gone) for every path, pipelined."""
-    inflight: deque = deque()
-    iterator = iter(paths)
-    exhausted = False
-    while True:
-        while not exhausted and len(inflight) < WINDOW:
-            try:
-                path = next(iterator)
-            except StopIteration:
-                exhausted = True
-                break
-            inflight.append((path, client.exists_async(path)))
-        if not inflight:
-            return
-        path, result = inflight.popleft()
-        stat = result.get()
-        yield path, None if stat is None else _stat_tuple(stat)
+def read_nodes(session: ReadSession, paths: Iterable[str]) -> Iterator[Znode]:
+    """The current state of exactly these nodes; vanished ones are skipped."""
+    try:
+        for path, data, stat, acls in session.fetch(paths):
+            yield Znode(NODE, path, data, _checked_acls(acls, path), stat)
+    except ZkReadError as exc:
+        raise _explained(exc) from None
 
 
-def read_nodes(client: KazooClient, paths: Iterable[str]) -> Iterator[Znode]:
-    """The current state of exactly these nodes, pipelined; vanished ones are skipped."""
-    inflight: deque = deque()
-    iterator = iter(paths)
-    exhausted = False
-    while True:
-        while not exhausted and len(inflight) < WINDOW:
-            try:
-                path = next(iterator)
-            except StopIteration:
-                exhausted = True
-                break
-            inflight.append((path, client.get_async(path), client.get_acls_async(path)))
-        if not inflight:
-            return
-        path, got, acls = inflight.popleft()
-        try:
-            data, stat = got.get()
-            acl_list, _ = acls.get()
-        except kz.NoNodeError:
-            continue
-        except kz.ZookeeperError as exc:
-            raise explain(exc, path) from None
-        yield Znode(NODE, path, data, _acls(acl_list, path), _stat_tuple(stat))
+def stat_pass(session: ReadSession, paths: Iterable[str]) -> Iterator[tuple[str, tuple | None]]:
+    """(path, stat or None when gone) for every path, pipelined."""
+    try:
+        yield from session.stats(paths)
+    except ZkReadError as exc:
+        raise _explained(exc) from None
