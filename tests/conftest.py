@@ -178,6 +178,17 @@ def zk_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def zk_second(zk_server, tmp_path_factory: pytest.TempPathFactory):
+    """A second server of the same version: a restore target on another machine."""
+    from servers.zookeeper import ZooKeeperServer
+
+    server = ZooKeeperServer(zk_server.version, tmp_path_factory.mktemp("zk-second"), admin=True)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def zk_client(zk_server):
     from kazoo.client import KazooClient

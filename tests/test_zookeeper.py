@@ -273,6 +273,7 @@ def test_no_auth_is_a_permanent_error_naming_the_node(
     assert "not authorized" in result.json["error"] and "/private" in result.json["error"]
     assert time.monotonic() - started < 30  # not retried as if it were transient
     assert local_store.open().folders() == []
+    zk_client.delete(f"{zk_root}/private")  # the shared server must stay readable
 
 
 def test_password_from_a_prefect_secret_block_is_used_and_never_shown(
@@ -324,3 +325,54 @@ def test_archive_with_unsafe_path_is_refused_before_touching_the_target(
     with pytest.raises(PermanentError, match="unsafe znode path"):
         zk_restore(local_store, zk_server.url(target), backup=forged_id)
     assert zk_client.exists(target) is None
+
+
+def test_done_when_whole_server_to_another_server_through_the_console_script(
+    cli_process, zk_server, zk_second, zk_client, zk_root, tmp_path
+):
+    from kazoo.client import KazooClient
+    from zk_trees import DIGEST_PASSWORD, DIGEST_USER
+
+    build_tree(zk_client, zk_root, nodes=2000)
+    store = (tmp_path / "S").as_uri()
+    backed = cli_process(
+        "backup", "zookeeper", "--source", zk_server.url(), "--store", store, "--json"
+    )
+    assert backed.code == 0, backed.stderr
+    out = backed.json
+    assert out["status"] == "completed" and out["consistency"] in ("snapshot", "converged")
+    restored = cli_process(
+        "restore", "zookeeper", "--store", store, "--target", zk_second.url("/restored"), "--json"
+    )
+    assert restored.code == 0, restored.stderr + restored.stdout
+    assert restored.json["verified"]
+
+    second = KazooClient(
+        hosts=zk_second.hosts, auth_data=[("digest", f"{DIGEST_USER}:{DIGEST_PASSWORD}")]
+    )
+    second.start(timeout=30)
+    try:
+        source = {
+            p: v for p, v in read_tree(zk_client, "/").items() if not p.startswith("/zookeeper")
+        }
+        assert read_tree(second, "/restored") == source
+    finally:
+        second.stop()
+
+
+def test_error_classification():
+    from kazoo import exceptions as kz
+
+    from backstop.drivers.errors import ErrorKind
+    from backstop.drivers.zookeeper.client import classify
+
+    for exc in (
+        kz.ConnectionLoss(),
+        kz.SessionExpiredError(),
+        kz.OperationTimeoutError(),
+        ConnectionError("reset"),
+        TimeoutError(),
+    ):
+        assert classify(exc) is ErrorKind.TRANSIENT, exc
+    for exc in (kz.NoAuthError(), kz.AuthFailedError(), kz.InvalidACLError(), ValueError()):
+        assert classify(exc) is ErrorKind.PERMANENT, exc

@@ -61,7 +61,7 @@ def read_tree(client: KazooClient, root: str) -> dict[str, tuple[bytes, list]]:
         if stat.ephemeralOwner:
             continue
         acls, _ = client.get_acls(path)
-        relative = path[len(root) :] or "/"
+        relative = path if root == "/" else (path[len(root) :] or "/")
         out[relative] = (data, sorted((a.perms, a.id.scheme, a.id.id) for a in acls))
         stack.extend(f"{path}/{c}" if path != "/" else f"/{c}" for c in client.get_children(path))
     return out

@@ -99,7 +99,7 @@ def parallel_walk(
     work: deque[str] = deque(roots)
     outstanding = len(work)  # paths queued or being fetched
     lock = threading.Condition()
-    results: queue.Queue = queue.Queue(maxsize=64)
+    results: queue.Queue = queue.Queue(maxsize=4)  # bounded: memory stays a few batches
     stop = threading.Event()
 
     def worker(session: ReadSession) -> None:
