@@ -191,13 +191,9 @@ def zk_second(zk_server, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def zk_client(zk_server):
-    from kazoo.client import KazooClient
-    from zk_trees import DIGEST_PASSWORD, DIGEST_USER
+    from zk_trees import authenticated_client
 
-    client = KazooClient(
-        hosts=zk_server.hosts, auth_data=[("digest", f"{DIGEST_USER}:{DIGEST_PASSWORD}")]
-    )
-    client.start(timeout=30)
+    client = authenticated_client(zk_server.hosts)
     yield client
     client.stop()
     client.close()

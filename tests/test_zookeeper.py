@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from zk_trees import build_tree, read_tree
+from zk_trees import authenticated_client, build_tree, read_tree
 
 from backstop.drivers.contract import RestoreMode
 from backstop.drivers.errors import BadInputError
@@ -330,9 +330,6 @@ def test_archive_with_unsafe_path_is_refused_before_touching_the_target(
 def test_done_when_whole_server_to_another_server_through_the_console_script(
     cli_process, zk_server, zk_second, zk_client, zk_root, tmp_path
 ):
-    from kazoo.client import KazooClient
-    from zk_trees import DIGEST_PASSWORD, DIGEST_USER
-
     build_tree(zk_client, zk_root, nodes=2000)
     store = (tmp_path / "S").as_uri()
     backed = cli_process(
@@ -347,10 +344,7 @@ def test_done_when_whole_server_to_another_server_through_the_console_script(
     assert restored.code == 0, restored.stderr + restored.stdout
     assert restored.json["verified"]
 
-    second = KazooClient(
-        hosts=zk_second.hosts, auth_data=[("digest", f"{DIGEST_USER}:{DIGEST_PASSWORD}")]
-    )
-    second.start(timeout=30)
+    second = authenticated_client(zk_second.hosts)
     try:
         source = {
             p: v for p, v in read_tree(zk_client, "/").items() if not p.startswith("/zookeeper")

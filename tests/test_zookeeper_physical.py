@@ -11,7 +11,7 @@ import pytest
 import zstandard
 from conftest import server_unavailable
 from servers.zookeeper import ZooKeeperServer, classpath
-from zk_trees import build_tree, read_tree
+from zk_trees import authenticated_client, build_tree, read_tree
 
 from backstop.drivers.errors import BadInputError, PermanentError
 from backstop.drivers.zookeeper import snapshot
@@ -26,17 +26,6 @@ def start_server(version: str, folder: Path, *options: str, admin: bool = True) 
     if classpath(version) is None:
         server_unavailable(f"ZooKeeper {version} is not installed (run tests/servers/install.sh)")
     return ZooKeeperServer(version, folder, admin=admin, java_options=list(options)).start()
-
-
-def authenticated_client(server: ZooKeeperServer):
-    from kazoo.client import KazooClient
-    from zk_trees import DIGEST_PASSWORD, DIGEST_USER
-
-    client = KazooClient(
-        hosts=server.hosts, auth_data=[("digest", f"{DIGEST_USER}:{DIGEST_PASSWORD}")]
-    )
-    client.start(timeout=30)
-    return client
 
 
 def newest_snapshot(data_dir: Path, after_zxid: int, timeout: float = 30) -> Path:
@@ -80,7 +69,7 @@ def test_validator_agrees_with_snapshot_formatter(version, compression, tmp_path
         options.append(f"-Dzookeeper.snapshot.compression.method={compression}")
     server = start_server(version, tmp_path / "zk", *options, admin=False)
     try:
-        client = authenticated_client(server)
+        client = authenticated_client(server.hosts)
         client.ensure_path("/data")
         build_tree(client, "/data", nodes=3000)
         zxid = client.last_zxid
@@ -118,11 +107,10 @@ def test_corrupted_and_truncated_snapshots_are_rejected_with_offset(zk_server, t
         snapshot.validate(io.BytesIO(b"ZKSX" + data[4:]))
 
 
+@pytest.mark.parametrize("zk_server", ["3.9"], indirect=True)
 def test_admin_snapshot_backup_and_physical_restore_on_39(
     zk_client, zk_server, zk_root, local_store, tmp_path
 ):
-    if zk_server.version != "3.9":
-        pytest.skip("the admin snapshot command exists from 3.9")
     build_tree(zk_client, zk_root, nodes=2000)
     source = f"{zk_server.url()}?admin_port={zk_server.admin_port}"
     outcome = backup(
@@ -146,7 +134,7 @@ def test_admin_snapshot_backup_and_physical_restore_on_39(
             request=RestoreRequest(technology="zookeeper", store=local_store, targets=[target])
         )
         assert restored.verified
-        client = authenticated_client(fresh)
+        client = authenticated_client(fresh.hosts)
         try:
             assert read_tree(client, zk_root) == read_tree(zk_client, zk_root)
         finally:
@@ -155,9 +143,8 @@ def test_admin_snapshot_backup_and_physical_restore_on_39(
         fresh.stop()
 
 
+@pytest.mark.parametrize("zk_server", ["3.8"], indirect=True)
 def test_admin_snapshot_on_38_is_a_clear_error(zk_server, local_store):
-    if zk_server.version != "3.8":
-        pytest.skip("3.8 only")
     source = f"{zk_server.url()}?admin_port={zk_server.admin_port}"
     with pytest.raises(PermanentError, match="no 'snapshot' command"):
         backup(
@@ -204,7 +191,7 @@ def test_datadir_backup_restores_by_the_documented_steps(
         target.write_bytes(zstandard.ZstdDecompressor().decompressobj().decompress(raw))
     server = ZooKeeperServer(zk_server.version, folder).start()
     try:
-        client = authenticated_client(server)
+        client = authenticated_client(server.hosts)
         try:
             assert read_tree(client, zk_root) == expected
         finally:

@@ -14,6 +14,13 @@ CUSTOM_ACL = [
 ]
 
 
+def authenticated_client(hosts: str) -> KazooClient:
+    """A started client carrying the tests' digest credentials."""
+    client = KazooClient(hosts=hosts, auth_data=[("digest", f"{DIGEST_USER}:{DIGEST_PASSWORD}")])
+    client.start(timeout=30)
+    return client
+
+
 def build_tree(client: KazooClient, root: str, nodes: int = 10_000, seed: int = 3) -> None:
     """`nodes` znodes under root: varied depth, empty and binary data up to 1 MB, custom
     ACLs, sequential nodes, and one ephemeral node (which a backup must skip)."""
