@@ -180,7 +180,7 @@ class Driver(ABC):
         """Stop writes if the technology needs it; return a handle for `release`."""
         return None
 
-    def release(self, handle: dict[str, Any] | None) -> None:
+    def release(self, handle: dict[str, Any] | None, sources: Sequence[str]) -> None:
         """Undo `quiesce`. Called on every path, failure included."""
         return None
 

@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "backstop.drivers"
 known_implementations: dict[str, str] = {
     "schemaless": "backstop.drivers.schemaless:SchemalessDriver",
     "zookeeper": "backstop.drivers.zookeeper:ZooKeeperDriver",
+    "docstore": "backstop.drivers.docstore:DocstoreDriver",
 }
 
 _registry: dict[str, type[Driver]] = {}

@@ -122,11 +122,11 @@ def _snapshot(request: BackupRequest, backup_id: str) -> tuple[list[StoredUnit],
         stored = gather(snapshot_unit.map(technology, unmapped(spec), unmapped(backup_id), units))
     except BaseException:
         try:
-            release_quiesce(technology, handle)
+            release_quiesce(technology, request.sources, handle)
         except Exception as exc:  # the original failure matters more; still say it loudly
             get_run_logger().error("releasing the quiesce failed too: %s", exc)
         raise
-    release_quiesce(technology, handle)
+    release_quiesce(technology, request.sources, handle)
     return stored, handle
 
 

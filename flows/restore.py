@@ -65,6 +65,14 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
         outcome.duration_s = clock.seconds
         return outcome
 
+    # One target per unit (Schemaless shards), or one target for every unit (a
+    # deployment's collections); prepare_targets has checked which applies.
+    unit_targets = (
+        request.targets
+        if len(request.targets) == len(manifest.units)
+        else request.targets[:1] * len(manifest.units)
+    )
+    shown_targets = [redact_url(t) for t in unit_targets]
     logger.info("restoring %s/%s into %s (mode %s)", technology, backup_id, targets, mode.value)
     results = gather(
         restore_unit.map(
@@ -72,7 +80,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             unmapped(spec),
             unmapped(backup_id),
             manifest.units,
-            request.targets,
+            unit_targets,
             unmapped(plan),
         )
     )
@@ -82,7 +90,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             unmapped(spec),
             unmapped(backup_id),
             manifest.units,
-            request.targets,
+            unit_targets,
             unmapped(plan),
         )
     )
@@ -96,7 +104,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             "verified": "yes" if check.ok else "NO: " + "; ".join(check.problems),
         }
         for unit, target, result, check in zip(
-            manifest.units, targets, results, checks, strict=True
+            manifest.units, shown_targets, results, checks, strict=True
         )
     ]
     failed = [p for check in checks for p in check.problems]

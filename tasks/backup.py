@@ -36,10 +36,10 @@ def quiesce(technology: str, sources: Sequence[str]) -> dict[str, Any] | None:
 
 
 @task(name="release-quiesce", **RETRYING)
-def release_quiesce(technology: str, handle: dict[str, Any] | None) -> None:
+def release_quiesce(technology: str, sources: Sequence[str], handle: dict[str, Any] | None) -> None:
     driver = get_driver(technology)
     with classified(driver, "releasing the quiesce"):
-        driver.release(handle)
+        driver.release(handle, [resolve_url(s) for s in sources])
 
 
 @task(name="snapshot-unit", task_run_name="snapshot-{unit.name}", **RETRYING)

@@ -23,6 +23,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ["BACKSTOP_RETRY_DELAYS"] = "0.1,0.1,0.1"
 os.environ["BACKSTOP_ZK_CONNECT_TIMEOUT"] = "3"
+os.environ["BACKSTOP_MONGO_TIMEOUT"] = "3"
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -205,3 +206,25 @@ def zk_root(zk_client) -> str:
     root = f"/t-{uuid.uuid4().hex[:10]}"
     zk_client.ensure_path(root)
     return root
+
+
+def _ferretdb(folder):
+    from servers.ferretdb import FerretDB, installed
+
+    if not installed():
+        server_unavailable("FerretDB is not built (run tests/servers/install.sh)")
+    return FerretDB(folder).start()
+
+
+@pytest.fixture(scope="session")
+def ferret_source(tmp_path_factory: pytest.TempPathFactory):
+    server = _ferretdb(tmp_path_factory.mktemp("ferret-source"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ferret_target(tmp_path_factory: pytest.TempPathFactory):
+    server = _ferretdb(tmp_path_factory.mktemp("ferret-target"))
+    yield server
+    server.stop()

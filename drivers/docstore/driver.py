@@ -1,0 +1,323 @@
+"""The Docstore driver: MongoDB-protocol servers, documents as raw BSON end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from bson import json_util
+from bson.raw_bson import RawBSONDocument
+from pymongo import errors as pm
+from pymongo.uri_parser import parse_uri
+
+from backstop.drivers.contract import (
+    Capabilities,
+    Consistency,
+    ConsistencyKind,
+    Driver,
+    FileSink,
+    FileSource,
+    RestoreMode,
+    RestorePlan,
+    RestoreResult,
+    StoredFile,
+    StoredUnit,
+    TargetCheck,
+    Unit,
+    UnitResult,
+)
+from backstop.drivers.docstore.bsonfile import (
+    FORMAT,
+    METADATA_FORMAT,
+    Digest,
+    read_documents,
+)
+from backstop.drivers.docstore.client import classify, connect, explain
+from backstop.drivers.docstore.names import SYSTEM_DATABASES, check_patterns, selected
+from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
+from backstop.drivers.redact import redact_url
+
+WRITE_CHUNK = 1 << 20
+INSERT_BATCH_BYTES = 8 << 20
+INSERT_BATCH_DOCS = 1000
+_JSON = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL)
+
+
+def _file_part(name: str) -> str:
+    """A database or collection name as a safe file name part."""
+    return quote(name, safe="-_.@+=,")
+
+
+class DocstoreDriver(Driver):
+    name = "docstore"
+    version = "1.0.0"
+    capabilities = Capabilities(
+        consistency=(ConsistencyKind.QUIESCED, ConsistencyKind.NONE),
+        selective_restore=True,
+    )
+    url_schemes = ("mongodb",)
+
+    def classify(self, exc: BaseException) -> ErrorKind:
+        return classify(exc)
+
+    def check_urls(self, urls: Sequence[str], role: str) -> None:
+        super().check_urls(urls, role)
+        if len(urls) != 1:
+            raise BadInputError(f"docstore takes one --{role} (a deployment, one URL)")
+        try:
+            parse_uri(urls[0])
+        except (pm.InvalidURI, pm.ConfigurationError, ValueError) as exc:
+            raise BadInputError(f"{role} {redact_url(urls[0])!r}: {exc}") from None
+
+    # -- backup ---------------------------------------------------------------------
+    def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
+        include = check_patterns(_list(options.get("include")))
+        exclude = check_patterns(_list(options.get("exclude")))
+        with_system = str(options.get("include_system", "")).lower() in ("1", "true", "yes")
+        units = []
+        with connect(sources[0]) as client:
+            for db in sorted(client.list_database_names()):
+                if db in SYSTEM_DATABASES and not with_system:
+                    continue
+                for info in client[db].list_collections():
+                    info = (
+                        info if isinstance(info, dict) else json_util.loads(json_util.dumps(info))
+                    )
+                    coll = info["name"]
+                    if info.get("type", "collection") != "collection" or coll.startswith("system."):
+                        continue
+                    namespace = f"{db}.{coll}"
+                    if selected(namespace, include, exclude):
+                        units.append(
+                            Unit(
+                                name=namespace,
+                                source=sources[0],
+                                options={"db": db, "collection": coll},
+                            )
+                        )
+        return units
+
+    def quiesce(self, sources: Sequence[str]) -> dict[str, Any] | None:
+        """Hold fsyncLock where the server has it; otherwise record why the copy is fuzzy."""
+        with connect(sources[0]) as client:
+            hello = client.admin.command("hello")
+            if hello.get("setName"):
+                return {
+                    "kind": "none",
+                    "reason": (
+                        "replica-set snapshot reads are not used yet: documents written during the "
+                        "backup may or may not be in it"
+                    ),
+                }
+            try:
+                client.admin.command("fsyncLock")
+            except pm.OperationFailure as exc:
+                return {
+                    "kind": "none",
+                    "reason": (
+                        f"the server cannot block writes (fsyncLock: {exc.details.get('errmsg', exc)}"
+                        "), and it is no replica set: documents written during the backup may or "
+                        "may not be in it"
+                    ),
+                }
+            return {"kind": "quiesced"}
+
+    def release(self, handle: dict[str, Any] | None, sources: Sequence[str]) -> None:
+        if handle and handle.get("kind") == "quiesced":
+            with connect(sources[0]) as client:
+                client.admin.command("fsyncUnlock")
+
+    def backup_unit(self, unit: Unit, sink: FileSink) -> UnitResult:
+        db, name = unit.options["db"], unit.options["collection"]
+        base = f"{_file_part(db)}/{_file_part(name)}"
+        digest = Digest()
+        with connect(unit.source) as client:
+            collection = client[db][name]
+            infos = list(client[db].list_collections(filter={"name": name}))
+            info = json_util.loads(json_util.dumps(infos[0])) if infos else {}
+            indexes = [json_util.loads(json_util.dumps(i)) for i in collection.list_indexes()]
+            with sink.open(
+                f"{base}.bson", format=FORMAT, meta={"db": db, "collection": name}
+            ) as out:
+                parts: list[bytes] = []
+                size = count = 0
+                for document in collection.find({}, batch_size=1000):
+                    raw = document.raw
+                    digest.add(raw)
+                    parts.append(raw)
+                    size += len(raw)
+                    count += 1
+                    if size >= WRITE_CHUNK:
+                        out.write(b"".join(parts), count)
+                        parts, size, count = [], 0, 0
+                if parts:
+                    out.write(b"".join(parts), count)
+            metadata = {
+                "options": info.get("options", {}),
+                "indexes": indexes,
+                "uuid": _uuid_hex(info),
+                "collectionName": name,
+                "type": "collection",
+            }
+            with sink.open(f"{base}.metadata.json", format=METADATA_FORMAT) as out:
+                out.write(json_util.dumps(metadata, json_options=_JSON).encode(), 0)
+        return UnitResult(
+            records=digest.count,
+            meta={
+                "db": db,
+                "collection": name,
+                "digest": digest.hex,
+                "indexes": _index_specs(indexes),
+            },
+        )
+
+    def consistency(
+        self, quiesce_handle: dict[str, Any] | None, units: Sequence[StoredUnit]
+    ) -> Consistency:
+        handle = quiesce_handle or {"kind": "none", "reason": "not quiesced"}
+        if handle["kind"] == "quiesced":
+            return Consistency(kind=ConsistencyKind.QUIESCED, point={"fsyncLock": True})
+        return Consistency(kind=ConsistencyKind.NONE, point={}, warnings=[handle["reason"]])
+
+    # -- restore --------------------------------------------------------------------
+    def prepare_restore(
+        self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
+    ) -> None:
+        self.check_urls(targets, "target")
+        include = check_patterns(list(plan.include))
+        if plan.mode is not RestoreMode.FAIL_IF_EXISTS:
+            return
+        held = []
+        with connect(targets[0]) as client:
+            for unit in _chosen(units, include):
+                db, name = unit.meta["db"], unit.meta["collection"]
+                if client[db][name].estimated_document_count():
+                    held.append(f"{db}.{name}")
+        if held:
+            raise BadInputError(
+                f"target {redact_url(targets[0])} already holds documents in "
+                f"{', '.join(held[:5])}{' ...' if len(held) > 5 else ''}; restore refuses to "
+                "write into a non-empty target and left it untouched; choose --mode overwrite "
+                "or --mode merge"
+            )
+
+    def restore_unit(
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
+    ) -> RestoreResult:
+        if not list(_chosen([unit], list(plan.include))):
+            return RestoreResult(records_written=0, records_skipped=0)
+        data, metadata_file = _files(unit)
+        db, name = unit.meta["db"], unit.meta["collection"]
+        with source.open(metadata_file) as stream:
+            metadata = json_util.loads(b"".join(iter(lambda: stream.read(1 << 20), b"")))
+        written = skipped = 0
+        with connect(target) as client:
+            database = client[db]
+            if plan.mode is RestoreMode.OVERWRITE:
+                database.drop_collection(name)
+            if name not in database.list_collection_names(filter={"name": name}):
+                options = {k: v for k, v in metadata.get("options", {}).items()}
+                with contextlib.suppress(pm.CollectionInvalid):
+                    database.create_collection(name, **options)
+            collection = database[name]
+            batch: list[RawBSONDocument] = []
+            size = 0
+            with source.open(data) as stream:
+                for raw in read_documents(stream):
+                    batch.append(RawBSONDocument(raw))
+                    size += len(raw)
+                    if len(batch) >= INSERT_BATCH_DOCS or size >= INSERT_BATCH_BYTES:
+                        w, s = _insert(collection, batch, plan.mode, f"{db}.{name}")
+                        written, skipped = written + w, skipped + s
+                        batch, size = [], 0
+            if batch:
+                w, s = _insert(collection, batch, plan.mode, f"{db}.{name}")
+                written, skipped = written + w, skipped + s
+            for index in metadata.get("indexes", []):
+                if index.get("name") == "_id_":
+                    continue
+                keys = list(index["key"].items())
+                extra = {k: v for k, v in index.items() if k not in ("key", "v", "ns")}
+                collection.create_index(keys, **extra)
+        return RestoreResult(records_written=written, records_skipped=skipped)
+
+    def verify_unit(
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
+    ) -> TargetCheck:
+        if not list(_chosen([unit], list(plan.include))):
+            return TargetCheck(unit=unit.name, ok=True, records=0)
+        db, name = unit.meta["db"], unit.meta["collection"]
+        problems = []
+        digest = Digest()
+        with connect(target) as client:
+            collection = client[db][name]
+            for document in collection.find({}, batch_size=1000):
+                digest.add(document.raw)
+            indexes = _index_specs(
+                [json_util.loads(json_util.dumps(i)) for i in collection.list_indexes()]
+            )
+        if plan.mode is RestoreMode.MERGE:
+            if digest.count < unit.records:
+                problems.append(
+                    f"{unit.name}: {digest.count} documents, fewer than the backup's {unit.records}"
+                )
+        elif digest.count != unit.records:
+            problems.append(
+                f"{unit.name}: {digest.count} documents in the target, {unit.records} in the backup"
+            )
+        elif digest.hex != unit.meta["digest"]:
+            problems.append(f"{unit.name}: the digest of (_id, raw document) differs")
+        missing = [i for i in unit.meta.get("indexes", []) if i not in indexes]
+        if missing:
+            problems.append(f"{unit.name}: indexes missing or different: {missing}")
+        return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
+
+
+def _list(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [p for p in value.split(",") if p] if isinstance(value, str) else list(value)
+
+
+def _uuid_hex(info: Mapping[str, Any]) -> str | None:
+    uuid = (info.get("info") or {}).get("uuid")
+    return uuid.hex() if isinstance(uuid, bytes | bytearray) else None
+
+
+def _index_specs(indexes: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Index definitions without server-specific fields, comparable across servers."""
+    specs = []
+    for index in indexes:
+        spec = {k: v for k, v in index.items() if k not in ("v", "ns")}
+        spec["key"] = [[k, v] for k, v in index["key"].items()]
+        specs.append(json.loads(json_util.dumps(spec, json_options=_JSON)))
+    return sorted(specs, key=lambda s: s["name"])
+
+
+def _files(unit: StoredUnit) -> tuple[StoredFile, StoredFile]:
+    data = next(f for f in unit.files if f.format == FORMAT)
+    metadata = next(f for f in unit.files if f.format == METADATA_FORMAT)
+    return data, metadata
+
+
+def _chosen(units, include: list[str]):
+    for unit in units:
+        if not include or selected(unit.name, include, []):
+            yield unit
+
+
+def _insert(collection, batch, mode: RestoreMode, namespace: str) -> tuple[int, int]:
+    try:
+        collection.insert_many(batch, ordered=False)
+        return len(batch), 0  # inserted_ids is not filled in for raw BSON documents
+    except pm.BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        duplicates = [e for e in errors if e.get("code") == 11000]
+        if mode is RestoreMode.MERGE and len(duplicates) == len(errors):
+            return exc.details.get("nInserted", 0), len(duplicates)
+        raise explain(exc, f"restoring {namespace}") from None
+    except pm.DocumentTooLarge as exc:
+        raise PermanentError(f"restoring {namespace}: document too large ({exc})") from None

@@ -1,0 +1,71 @@
+"""FerretDB v1 (MongoDB wire protocol, SQLite backend) for the tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from servers.zookeeper import CACHE, _free_port
+
+BINARY = CACHE / "go-bin" / "ferretdb"
+
+
+def installed() -> bool:
+    return BINARY.is_file()
+
+
+@dataclass
+class FerretDB:
+    folder: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    def start(self, timeout: float = 30) -> FerretDB:
+        self.port = self.port or _free_port()
+        (self.folder / "data").mkdir(parents=True, exist_ok=True)
+        (self.folder / "state").mkdir(exist_ok=True)
+        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - closed by stop()
+        self._log = log
+        self.process = subprocess.Popen(
+            [
+                str(BINARY),
+                f"--listen-addr=127.0.0.1:{self.port}",
+                "--handler=sqlite",
+                f"--sqlite-url=file:{self.folder / 'data'}/",
+                f"--state-dir={self.folder / 'state'}",
+                "--debug-addr=-",
+                "--telemetry=disable",
+                "--log-level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError((self.folder / "server.log").read_text()[-2000:])
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("FerretDB did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "_log", None):
+            self._log.close()

@@ -1,0 +1,206 @@
+"""Docstore through the real flows, against real FerretDB servers."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+import bson
+import pytest
+from bson import Binary, Int64, ObjectId, Regex, Timestamp
+from bson.raw_bson import RawBSONDocument
+from pymongo import ASCENDING, DESCENDING, MongoClient
+
+from backstop.drivers.contract import RestoreMode
+from backstop.drivers.errors import BadInputError
+from backstop.flows.backup import backup
+from backstop.flows.params import BackupRequest, RestoreRequest
+from backstop.flows.restore import restore
+
+pytestmark = pytest.mark.integration
+
+
+def raw_client(url: str) -> MongoClient:
+    return MongoClient(url, document_class=RawBSONDocument, uuidRepresentation="unspecified")
+
+
+def documents_by_id(client: MongoClient, db: str, coll: str) -> dict[bytes, bytes]:
+    """_id (as its BSON bytes) -> the document's raw bytes."""
+    out = {}
+    for doc in client[db][coll].find({}):
+        out[bson.encode({"_id": doc["_id"]})] = doc.raw
+    return out
+
+
+def fidelity_documents() -> list[dict]:
+    """Every BSON type FerretDB v1 stores. It refuses Decimal128, MinKey, MaxKey, Code and
+    dotted field names (it drops the connection or answers "invalid key"); those need a
+    real MongoDB (the testcontainers path, where a Docker engine exists)."""
+    return [
+        {
+            "_id": ObjectId(),
+            "i32": 7,
+            "i64": Int64(2**40),
+            "dbl": 3.25,
+            "neg": -0.0,
+            "dt": datetime.datetime(2026, 11, 26, 12, 0, 0, 123000),
+            "bin": Binary(b"\x00\x01\xff"),
+            "uuid4": Binary(uuid.uuid4().bytes, 4),
+            "uuid3": Binary(uuid.uuid4().bytes, 3),
+            "regex": Regex("^a.*z$", "i"),
+            "ts": Timestamp(1_700_000_000, 5),
+            "nested": {"a": [1, {"b": [2, 3, {"c": None}]}], "empty": {}},
+            "unicode": "z\u00fcrich \u6771\u4eac \U0001f600",
+            "bool": True,
+            "null": None,
+        },
+        {"_id": "string-id", "arr": list(range(50)), "empty_arr": [], "f": 1e-300},
+        {"_id": 42, "big": "x" * (4 * 1024 * 1024 + 17)},  # a document over 4 MB
+    ]
+
+
+@pytest.fixture
+def db_name() -> str:
+    return f"db_{uuid.uuid4().hex[:8]}"
+
+
+def test_raw_bson_round_trip_is_byte_identical(ferret_source, ferret_target, db_name, local_store):
+    source = raw_client(ferret_source.url)
+    plain = MongoClient(ferret_source.url, uuidRepresentation="unspecified")
+    plain[db_name].things.insert_many(fidelity_documents())
+    plain[db_name].create_collection("empty")
+    plain[db_name].orders.insert_many(
+        [
+            {"_id": i, "sku": f"s{i % 7}", "qty": i % 5, "at": datetime.datetime(2026, 1, 1)}
+            for i in range(3000)
+        ]
+    )
+    plain[db_name].orders.create_index([("sku", ASCENDING), ("qty", DESCENDING)], name="sku_qty")
+    plain[db_name].orders.create_index([("at", ASCENDING)], name="at_1")
+    plain[db_name].things.create_index([("i32", ASCENDING)], name="i32_unique", unique=True)
+
+    outcome = backup(
+        request=BackupRequest(
+            technology="docstore",
+            sources=[ferret_source.url],
+            store=local_store,
+            options={"include": [f"{db_name}.*"]},
+        )
+    )
+    assert outcome.records == 3003
+    assert outcome.consistency == "none"  # FerretDB has no fsyncLock and is no replica set
+    manifest = local_store.open().resolve("docstore")
+    assert manifest.consistency.warnings and "fsyncLock" in manifest.consistency.warnings[0]
+    assert {u.name for u in manifest.units} == {
+        f"{db_name}.things",
+        f"{db_name}.empty",
+        f"{db_name}.orders",
+    }
+
+    restored = restore(
+        request=RestoreRequest(
+            technology="docstore", store=local_store, targets=[ferret_target.url]
+        )
+    )
+    assert restored.verified and restored.records == 3003
+    target = raw_client(ferret_target.url)
+    for coll in ("things", "orders", "empty"):
+        assert documents_by_id(target, db_name, coll) == documents_by_id(source, db_name, coll)
+    names = {i["name"] for i in MongoClient(ferret_target.url)[db_name].orders.list_indexes()}
+    assert {"sku_qty", "at_1"} <= names
+    unique = [
+        i
+        for i in MongoClient(ferret_target.url)[db_name].things.list_indexes()
+        if i["name"] == "i32_unique"
+    ]
+    assert unique and unique[0].get("unique")
+    assert db_name in MongoClient(ferret_target.url).list_database_names()
+
+
+def test_restore_into_a_database_with_data_is_refused_untouched(
+    ferret_source, ferret_target, db_name, local_store
+):
+    MongoClient(ferret_source.url)[db_name].c.insert_many([{"_id": i} for i in range(10)])
+    backup(
+        request=BackupRequest(
+            technology="docstore",
+            sources=[ferret_source.url],
+            store=local_store,
+            options={"include": [db_name]},
+        )
+    )
+    MongoClient(ferret_target.url)[db_name].c.insert_one({"_id": "other", "keep": True})
+    with pytest.raises(BadInputError, match="already holds documents"):
+        restore(
+            request=RestoreRequest(
+                technology="docstore", store=local_store, targets=[ferret_target.url]
+            )
+        )
+    assert list(MongoClient(ferret_target.url)[db_name].c.find()) == [
+        {"_id": "other", "keep": True}
+    ]
+    merged = restore(
+        request=RestoreRequest(
+            technology="docstore",
+            store=local_store,
+            targets=[ferret_target.url],
+            mode=RestoreMode.MERGE,
+        )
+    )
+    assert merged.verified and merged.records == 10
+    assert MongoClient(ferret_target.url)[db_name].c.count_documents({}) == 11
+    over = restore(
+        request=RestoreRequest(
+            technology="docstore",
+            store=local_store,
+            targets=[ferret_target.url],
+            mode=RestoreMode.OVERWRITE,
+        )
+    )
+    assert over.verified
+    assert MongoClient(ferret_target.url)[db_name].c.count_documents({}) == 10
+
+
+def test_system_databases_are_left_out_and_patterns_checked(ferret_source, local_store, cli):
+    from backstop.drivers.docstore import DocstoreDriver
+
+    units = DocstoreDriver().plan_backup([ferret_source.url], {})
+    assert not any(u.name.split(".")[0] in ("admin", "local", "config") for u in units)
+    result = cli(
+        "backup",
+        "docstore",
+        "--source",
+        ferret_source.url,
+        "--store",
+        local_store.url,
+        "--include",
+        "bad pattern!",
+        "--json",
+    )
+    assert result.code == 2 and "namespace pattern" in result.json["error"]
+
+
+def test_truncated_bson_is_named_by_the_reader():
+    import io
+
+    from backstop.drivers.docstore.bsonfile import BsonFileError, read_documents
+
+    data = bson.encode({"_id": 1, "x": "y"}) + bson.encode({"_id": 2})
+    assert len(list(read_documents(io.BytesIO(data)))) == 2
+    with pytest.raises(BsonFileError, match="truncated"):
+        list(read_documents(io.BytesIO(data[:-3])))
+
+
+def test_server_stopped_mid_backup_fails_cleanly(tmp_path, local_store, db_name):
+    from conftest import _ferretdb
+
+    server = _ferretdb(tmp_path / "dying")
+    client = MongoClient(server.url)
+    for i in range(20):
+        client[db_name][f"c{i}"].insert_many([{"_id": j, "pad": "x" * 2000} for j in range(500)])
+    server.stop()
+    with pytest.raises(Exception):  # noqa: B017 - any failure; what matters is what is left
+        backup(
+            request=BackupRequest(technology="docstore", sources=[server.url], store=local_store)
+        )
+    assert local_store.open().folders() == []
