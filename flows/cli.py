@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     store_args(sub)
     sub.add_argument("--technology", metavar="TECH")
 
+    sub = command("export", "write a backup's files, decompressed and checked, into a folder")
+    sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
+    store_args(sub)
+    sub.add_argument("--backup", default="latest", metavar="ID", help="backup id or latest")
+    sub.add_argument("--dir", required=True, help="an empty or new local folder")
+
     sub = command("demo", "back up, restore and compare a generated Schemaless datastore")
     sub.add_argument("--cells", type=int, default=100_000, help="cells in total (default 100000)")
     sub.add_argument("--shards", type=int, default=2)
@@ -260,6 +266,21 @@ def cmd_list(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return {"backups": backups}, "\n".join(lines)
 
 
+def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows.export import ExportRequest, export
+
+    outcome = export(
+        request=ExportRequest(
+            technology=args.technology, store=_store(args), backup=args.backup, dir=args.dir
+        )
+    )
+    text = (
+        f"exported {outcome.technology}/{outcome.backup_id}: {outcome.files} files, "
+        f"{_human_size(outcome.bytes)} into {outcome.dir}"
+    )
+    return outcome.model_dump(mode="json"), text
+
+
 def cmd_demo(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from backstop.flows.backup import backup
     from backstop.flows.demo import compare_shards, make_schemaless_datastore
@@ -342,6 +363,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] 
     "restore": cmd_restore,
     "verify": cmd_verify,
     "list": cmd_list,
+    "export": cmd_export,
     "demo": cmd_demo,
 }
 

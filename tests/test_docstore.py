@@ -204,3 +204,55 @@ def test_server_stopped_mid_backup_fails_cleanly(tmp_path, local_store, db_name)
             request=BackupRequest(technology="docstore", sources=[server.url], store=local_store)
         )
     assert local_store.open().folders() == []
+
+
+def test_export_writes_the_mongodump_layout(ferret_source, db_name, local_store, cli, tmp_path):
+    docs = [{"_id": i, "v": "x" * i} for i in range(100)]
+    MongoClient(ferret_source.url)[db_name].items.insert_many(docs)
+    MongoClient(ferret_source.url)[db_name].items.create_index("v", name="v_1")
+    backed = cli(
+        "backup",
+        "docstore",
+        "--source",
+        ferret_source.url,
+        "--store",
+        local_store.url,
+        "--include",
+        db_name,
+        "--json",
+    )
+    assert backed.code == 0, backed.stdout
+    out = tmp_path / "dump"
+    exported = cli("export", "docstore", "--store", local_store.url, "--dir", str(out), "--json")
+    assert exported.code == 0, exported.stdout
+    data = (out / db_name / "items.bson").read_bytes()
+    assert bson.decode_all(data) == docs
+    import json
+
+    metadata = json.loads((out / db_name / "items.metadata.json").read_text())
+    assert {i["name"] for i in metadata["indexes"]} == {"_id_", "v_1"}
+    again = cli("export", "docstore", "--store", local_store.url, "--dir", str(out), "--json")
+    assert again.code == 2 and "not empty" in again.json["error"]
+
+
+def test_error_classification():
+    from pymongo import errors as pm
+
+    from backstop.drivers.docstore.client import classify
+    from backstop.drivers.errors import ErrorKind
+
+    for exc in (
+        pm.AutoReconnect("x"),
+        pm.NotPrimaryError("x"),
+        pm.NetworkTimeout("x"),
+        pm.ServerSelectionTimeoutError("x"),
+        pm.ExecutionTimeout("x"),
+    ):
+        assert classify(exc) is ErrorKind.TRANSIENT, exc
+    for exc in (
+        pm.OperationFailure("auth", code=18),
+        pm.OperationFailure("unauth", code=13),
+        pm.DocumentTooLarge("big"),
+        pm.DuplicateKeyError("dup", code=11000),
+    ):
+        assert classify(exc) is ErrorKind.PERMANENT, exc
