@@ -42,7 +42,7 @@ from backstop.drivers.zookeeper.znodes import (
     TreeDigest,
     Znode,
     node_hash,
-    pack,
+    pack_parts,
     read,
 )
 
@@ -50,9 +50,9 @@ MODES = ("logical", "admin-snapshot", "datadir")
 WINDOW = 256  # kazoo requests in flight when restoring
 MAX_PASSES = 5
 # Read sessions walking a tree together: ZooKeeper answers one session's requests in
-# order, so a few sessions keep its worker threads busy (measured on 2 cores: 3 sessions
-# walk about 1.5x faster than one).
-DEFAULT_SESSIONS = 3
+# order, so a few sessions keep its worker threads busy (measured on 2 cores, 100k
+# znodes: 1 session 5.25 s, 3 sessions 3.16 s, 4 sessions 2.68 s).
+DEFAULT_SESSIONS = 4
 WRITE_CHUNK = 1 << 20
 # A multi-op transaction stays well under jute.maxbuffer (1 MB by default).
 BATCH_BYTES = 512 * 1024
@@ -69,9 +69,9 @@ class _Chunker:
         self._size = 0
         self._records = 0
 
-    def add(self, record: bytes) -> None:
-        self._parts.append(record)
-        self._size += len(record)
+    def add(self, record: list[bytes]) -> None:
+        self._parts.extend(record)
+        self._size += sum(map(len, record))
         self._records += 1
         if self._size >= WRITE_CHUNK:
             self.flush()
@@ -331,7 +331,7 @@ def _record(node: Znode, index: dict, digest: TreeDigest, chunker: _Chunker) -> 
         digest.remove(previous[3])
     index[node.path] = (node.mzxid, node.pzxid, node.aversion, h)
     digest.add(h)
-    chunker.add(pack(node))
+    chunker.add(pack_parts(node))
 
 
 def _converge(
@@ -368,7 +368,7 @@ def _converge(
         for path in gone:
             if path in index:
                 digest.remove(index.pop(path)[3])
-                chunker.add(pack(Znode(DELETED, path)))
+                chunker.add(pack_parts(Znode(DELETED, path)))
         for node in read_nodes(zk, changed):
             _record(node, index, digest, chunker)
         for path in regrown:

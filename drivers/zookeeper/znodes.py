@@ -74,6 +74,11 @@ def check_path(path: str) -> None:
 
 
 def pack(node: Znode) -> bytes:
+    return b"".join(pack_parts(node))
+
+
+def pack_parts(node: Znode) -> list[bytes]:
+    """The record as a list of byte strings, so a writer can join many records at once."""
     path = node.path.encode("utf-8")
     parts = [_HEAD.pack(node.kind, len(path)), path]
     if node.kind == NODE:
@@ -86,7 +91,7 @@ def pack(node: Znode) -> bytes:
             s, i = scheme.encode(), ident.encode()
             parts += [_ACL.pack(perms, len(s)), s, _U16.pack(len(i)), i]
         parts.append(_STAT.pack(*node.stat))
-    return b"".join(parts)
+    return parts
 
 
 class _Cursor:
@@ -149,7 +154,10 @@ def read(stream: BinaryIO) -> Iterator[Znode]:
 def node_hash(path: str, data: bytes | None, acls: tuple[Acl, ...] | list[Acl]) -> int:
     """A 128-bit hash of what a restore must reproduce: path, data and ACLs."""
     acl_text = ";".join(f"{p}:{s}:{i}" for p, s, i in sorted(acls))
-    h = hashlib.sha256(path.encode("utf-8") + b"\x00" + (data or b"") + b"\x00" + acl_text.encode())
+    h = hashlib.sha256(path.encode("utf-8") + b"\x00")
+    if data:
+        h.update(data)  # fed separately: no copy of up to 1 MB per node
+    h.update(b"\x00" + acl_text.encode())
     return int.from_bytes(h.digest()[:16], "big")
 
 
