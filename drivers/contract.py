@@ -149,6 +149,7 @@ class Driver(ABC):
     version: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     url_schemes: ClassVar[tuple[str, ...]]
+    single_url: ClassVar[str | None] = None  # why one URL serves, when only one may be given
 
     # -- errors -------------------------------------------------------------------
     @abstractmethod
@@ -163,6 +164,8 @@ class Driver(ABC):
 
         if not urls:
             raise BadInputError(f"{self.name} needs at least one --{role}")
+        if self.single_url and len(urls) != 1:
+            raise BadInputError(f"{self.name} takes one --{role} ({self.single_url})")
         for url in urls:
             scheme = url.split("://", 1)[0] if "://" in url else ""
             if not scheme.startswith(self.url_schemes):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
+from servers.process import free_port  # noqa: E402 - tests import it from here
+
 from backstop.flows.demo import make_schemaless_datastore  # noqa: E402
 from backstop.tasks.store import StoreSpec  # noqa: E402
 
@@ -37,12 +38,6 @@ def server_unavailable(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"required server unavailable in CI: {reason}")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -59,14 +59,13 @@ class DocstoreDriver(Driver):
         selective_restore=True,
     )
     url_schemes = ("mongodb",)
+    single_url = "a deployment is one URL"
 
     def classify(self, exc: BaseException) -> ErrorKind:
         return classify(exc)
 
     def check_urls(self, urls: Sequence[str], role: str) -> None:
         super().check_urls(urls, role)
-        if len(urls) != 1:
-            raise BadInputError(f"docstore takes one --{role} (a deployment, one URL)")
         try:
             parse_uri(urls[0])
         except (pm.InvalidURI, pm.ConfigurationError, ValueError) as exc:

@@ -91,16 +91,13 @@ class ZooKeeperDriver(Driver):
         selective_restore=True,
     )
     url_schemes = ("zk",)
+    single_url = "an ensemble is host:port,host:port in one URL"
 
     def classify(self, exc: BaseException) -> ErrorKind:
         return classify(exc)
 
     def check_urls(self, urls: Sequence[str], role: str) -> None:
         super().check_urls(urls, role)
-        if len(urls) != 1:
-            raise BadInputError(
-                f"zookeeper takes one --{role} (an ensemble is host:port,host:port in one URL)"
-            )
         parse_zk_url(urls[0])
 
     # -- backup ---------------------------------------------------------------------

@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers.zookeeper import CACHE, _free_port
+from servers.process import free_port, stop
+from servers.zookeeper import CACHE
 
 BINARY = CACHE / "go-bin" / "ferretdb"
 
@@ -28,7 +29,7 @@ class FerretDB:
         return f"mongodb://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 30) -> FerretDB:
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         (self.folder / "data").mkdir(parents=True, exist_ok=True)
         (self.folder / "state").mkdir(exist_ok=True)
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - closed by stop()
@@ -60,12 +61,5 @@ class FerretDB:
         raise RuntimeError("FerretDB did not start")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
+        stop(self.process, getattr(self, "_log", None))
+        self._log = None

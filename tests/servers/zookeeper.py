@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servers.process import free_port, stop
+
 CACHE = Path(
     os.environ.get(
         "BACKSTOP_CACHE",
@@ -34,12 +36,6 @@ def classpath(version: str) -> str | None:
     if version == "3.9":
         return f"{MAVEN_LIB}/*" if (MAVEN_LIB / "zookeeper-3.9.5.jar").is_file() else None
     raise ValueError(version)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -79,8 +75,8 @@ class ZooKeeperServer:
             raise RuntimeError(
                 f"ZooKeeper {self.version} is not installed (tests/servers/install.sh)"
             )
-        self.port = self.port or _free_port()
-        self.admin_port = self.admin_port or _free_port()
+        self.port = self.port or free_port()
+        self.admin_port = self.admin_port or free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.folder / "zoo.cfg"
         config.write_text(
@@ -137,15 +133,8 @@ class ZooKeeperServer:
         raise RuntimeError(f"ZooKeeper {self.version} did not start within {timeout} s")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
+        stop(self.process, getattr(self, "_log", None))
+        self._log = None
 
     def restart(self) -> None:
         self.stop()
