@@ -117,12 +117,10 @@ class _Tee:
 
     def __init__(self, response, out) -> None:
         self._response, self._out = response, out
-        self.bytes = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._response.read(n if n and n > 0 else _CHUNK)
         if data:
-            self.bytes += len(data)
             self._out.write(data, 0)
         return data
 

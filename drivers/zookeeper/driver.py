@@ -239,10 +239,10 @@ class ZooKeeperDriver(Driver):
         chroot = parse_zk_url(target).chroot
         [file] = unit.files
         # Read the whole archive once before writing: a malformed record or an unsafe path
-        # (.., NUL) must refuse the restore while the target is still untouched.
+        # (.., NUL) must refuse the restore while the target is still untouched. The same
+        # pass collects the ACLs to set once every node exists.
         with source.open(file) as stream:
-            for _ in read(stream):
-                pass
+            acls = _final_acls(_selected(read(stream), plan.include))
         with connect(_without_chroot(target)) as zk:
             root = chroot or "/"
             zk.ensure_path(root)
@@ -253,9 +253,8 @@ class ZooKeeperDriver(Driver):
                 for node in _selected(read(stream), plan.include):
                     loader.apply(node)
             loader.finish()
-            # Second pass: the real ACLs, once every node exists (an ACL may deny us CREATE).
-            with source.open(file) as stream:
-                _apply_acls(zk, chroot, _selected(read(stream), plan.include), loader.skipped)
+            # The real ACLs last, once every node exists (an ACL may deny us CREATE).
+            _apply_acls(zk, chroot, acls, loader.skipped)
         return RestoreResult(records_written=loader.created, records_skipped=len(loader.skipped))
 
     def verify_unit(
@@ -498,20 +497,26 @@ class _Loader:
         self._flush()
 
 
-def _apply_acls(zk, chroot: str, nodes, skipped: set[str]) -> None:
-    """Set each node's recorded ACL (the last record of a path wins), pipelined."""
+def _final_acls(nodes) -> dict[str, tuple]:
+    """Path -> recorded ACL, for nodes whose ACL is not the open default (the last record
+    of a path wins; deleted paths drop out)."""
     final: dict[str, tuple] = {}
     for node in nodes:
-        if node.kind == DELETED:
+        if node.kind == DELETED or node.acls == _OPEN_ACL:
             final.pop(node.path, None)
-        elif node.path not in skipped:
+        else:
             final[node.path] = node.acls
+    return final
+
+
+def _apply_acls(zk, chroot: str, acls: dict[str, tuple], skipped: set[str]) -> None:
+    """Set the recorded ACLs (merge leaves nodes it skipped as they were), pipelined."""
     inflight = []
-    for path, acls in final.items():
-        if acls == _OPEN_ACL:
+    for path, recorded in acls.items():
+        if path in skipped:
             continue
         target = (chroot or "/") if path == "/" else chroot + path
-        acl_list = [ACL(perms, Id(scheme, ident)) for perms, scheme, ident in acls]
+        acl_list = [ACL(perms, Id(scheme, ident)) for perms, scheme, ident in recorded]
         inflight.append((path, zk.set_acls_async(target, acl_list)))
         if len(inflight) >= WINDOW:
             _wait_all(inflight)

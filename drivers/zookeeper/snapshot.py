@@ -20,7 +20,7 @@ import gzip
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from backstop.drivers.zookeeper.znodes import TreeDigest, node_hash
@@ -57,7 +57,6 @@ class SnapshotSummary:
     last_zxid: int | None  # lastProcessedZxid, when the server wrote it (3.9+)
     zxid_digest: dict | None = None
     bytes: int = 0
-    paths_sample: list[str] = field(default_factory=list)
 
 
 class _SnappyStream:
@@ -222,7 +221,6 @@ def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
     nodes = 0
     max_zxid = 0
     seen: set[str] = set()
-    sample: list[str] = []
     while True:
         at = j.offset
         path = j.string("node path")
@@ -247,8 +245,6 @@ def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
         nodes += 1
         max_zxid = max(max_zxid, stat[0], stat[1], stat[8])
         shown = path or "/"
-        if len(sample) < 20:
-            sample.append(shown)
         if on_node:
             on_node(shown, data)
         if not (shown == "/zookeeper" or shown.startswith("/zookeeper/")) and not stat[7]:
@@ -295,5 +291,4 @@ def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
         last_zxid=last_zxid,
         zxid_digest=zxid_digest,
         bytes=j.offset,
-        paths_sample=sample,
     )
