@@ -114,3 +114,73 @@ def test_manifest_written_atomically_on_local_disk(tmp_path: Path):
     assert path.name == "manifest.json"
     assert not list(path.parent.glob("*.tmp"))
     assert store.read_manifest("schemaless", manifest.backup_id) == manifest
+
+
+def test_read_back_catches_content_that_decodes_wrong_even_with_matching_sha(
+    store: ArtifactStore,
+):
+    """The backup's read-back trusts zstd's frame checksum for decoding: prove it bites.
+
+    Random data is stored in raw zstd blocks, so flipping a payload byte still decodes;
+    the manifest's stored SHA-256 is rewritten to match, so only the frame checksum
+    (or, on restore, the raw SHA-256) can notice.
+    """
+    import hashlib
+    import random
+
+    backup_id = new_backup_id()
+    sink = StoreSink(store, "schemaless", backup_id)
+    with sink.open("shard-000/data", format="test/1") as out:
+        out.write(random.Random(3).randbytes(300_000), 1)
+    [file] = sink.files
+    path = store.file_path("schemaless", backup_id, file.name)
+    data = bytearray(store.fs.cat_file(path))
+    data[len(data) // 2] ^= 0x01
+    store.fs.pipe_file(path, bytes(data))
+    forged = file.model_copy(update={"sha256": hashlib.sha256(data).hexdigest()})
+    source = StoreSource(store, "schemaless", backup_id)
+    for rehash_raw in (False, True):
+        with pytest.raises(IntegrityError, match=r"decompress|differs"):
+            check_file(source, forged, rehash_raw=rehash_raw)
+
+
+class _FailingFile:
+    def __init__(self, after: int) -> None:
+        self.left = after
+
+    def write(self, data: bytes) -> int:
+        self.left -= len(data)
+        if self.left < 0:
+            raise OSError(28, "No space left on device")
+        return len(data)
+
+
+def test_a_store_write_failure_reaches_the_driver_and_stops_the_pipeline():
+    import random
+    import threading
+
+    from backstop.tasks.packaging import PackagedWriter
+
+    before = threading.active_count()
+    writer = PackagedWriter(_FailingFile(after=200_000), 3, None)
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(40):  # 4 MB that do not compress: well past the 200 KB limit
+            writer.write(random.randbytes(100_000), 1)
+        writer.seal()
+    writer.abort()
+    assert threading.active_count() == before
+
+
+def test_a_driver_failure_leaves_no_file_and_no_thread(store: ArtifactStore):
+    import threading
+
+    before = threading.active_count()
+    sink = StoreSink(store, "schemaless", new_backup_id())
+    with (
+        pytest.raises(RuntimeError, match="source vanished"),
+        sink.open("shard-000/data", format="test/1") as out,
+    ):
+        out.write(CHUNKS[0], 1)
+        raise RuntimeError("source vanished")
+    assert sink.files == []
+    assert threading.active_count() == before

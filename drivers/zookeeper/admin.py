@@ -25,6 +25,7 @@ from backstop.drivers.errors import BadInputError, PermanentError, TransientErro
 from backstop.drivers.redact import redact_url, register_secret
 from backstop.drivers.zookeeper import snapshot
 from backstop.drivers.zookeeper.paths import parse_zk_url
+from backstop.drivers.zookeeper.znodes import DIGEST_ALGORITHM
 
 SNAPSHOT_FORMAT = "zookeeper-snapshot/2"
 LOG_FORMAT = "zookeeper-txnlog/2"
@@ -150,6 +151,7 @@ def _summary_meta(mode: str, summary: snapshot.SnapshotSummary) -> dict[str, Any
     return {
         "mode": mode,
         "digest": summary.digest,
+        "digest_algorithm": DIGEST_ALGORITHM,
         "nodes": summary.user_nodes,
         "snapshot_nodes": summary.nodes,
         "compression": summary.compression,
@@ -257,16 +259,12 @@ def verify_snapshot_restore(unit: StoredUnit, target: str, source: FileSource) -
     from backstop.drivers.zookeeper.client import reader
     from backstop.drivers.zookeeper.paths import Selection
     from backstop.drivers.zookeeper.walk import walk
-    from backstop.drivers.zookeeper.znodes import TreeDigest, node_hash
+    from backstop.drivers.zookeeper.znodes import TreeDigest, digest_problems, node_hash
 
     digest = TreeDigest()
     with reader(target) as zk:
         for node in walk(zk, ["/"], Selection(), skip_system=True):
             if not node.ephemeral_owner:
                 digest.add(node_hash(node.path, node.data, node.acls))
-    problems = []
-    if digest.count != unit.meta["nodes"]:
-        problems.append(f"{digest.count} nodes on the target, {unit.meta['nodes']} in the snapshot")
-    elif digest.hex != unit.meta["digest"]:
-        problems.append("the digest of (path, data, ACL) differs from the snapshot's")
+    problems = digest_problems(digest, unit.meta, "snapshot")
     return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)

@@ -38,9 +38,11 @@ from backstop.drivers.zookeeper.walk import (
 )
 from backstop.drivers.zookeeper.znodes import (
     DELETED,
+    DIGEST_ALGORITHM,
     FORMAT,
     TreeDigest,
     Znode,
+    digest_problems,
     node_hash,
     pack_parts,
     read,
@@ -171,6 +173,7 @@ class ZooKeeperDriver(Driver):
             meta={
                 "mode": "logical",
                 "digest": digest.hex,
+                "digest_algorithm": DIGEST_ALGORITHM,
                 "nodes": digest.count,
                 "skipped_ephemeral": ephemeral,
                 "chroot": url.chroot,
@@ -283,12 +286,7 @@ class ZooKeeperDriver(Driver):
             for node in walk(zk, ["/"], selection, skip_system=not chroot):
                 if not node.ephemeral_owner:
                     digest.add(node_hash(node.path, node.data, node.acls))
-        if digest.count != unit.meta["nodes"]:
-            problems.append(
-                f"{digest.count} nodes in the target, {unit.meta['nodes']} in the backup"
-            )
-        elif digest.hex != unit.meta["digest"]:
-            problems.append("the digest of (path, data, ACL) differs from the backup's")
+        problems += digest_problems(digest, unit.meta, "backup")
         return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
 
 

@@ -14,11 +14,12 @@ one. Paths are relative to the backed-up root ("/" is the root itself).
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+
+import xxhash
 
 FORMAT = "zookeeper-znodes/1"
 NODE, DELETED = 1, 2
@@ -30,6 +31,7 @@ _ACL = struct.Struct("<iH")
 _STAT = struct.Struct("<qqqqiiiqq")
 _READ_BLOCK = 1 << 20
 DIGEST_MODULUS = 1 << 128
+DIGEST_ALGORITHM = "xxh3-128-sum"  # recorded with every digest in the manifest
 
 Acl = tuple[int, str, str]  # perms, scheme, id
 
@@ -152,13 +154,18 @@ def read(stream: BinaryIO) -> Iterator[Znode]:
 
 
 def node_hash(path: str, data: bytes | None, acls: tuple[Acl, ...] | list[Acl]) -> int:
-    """A 128-bit hash of what a restore must reproduce: path, data and ACLs."""
+    """A 128-bit hash of what a restore must reproduce: path, data and ACLs.
+
+    XXH3-128, not SHA-256: this digest compares a live tree with its backup, against
+    accidental difference; the stored files' SHA-256 guards against tampering. SHA-256
+    here cost 0.5 s of CPU per 500 MB of znode data, a quarter of a 2-core backup.
+    """
     acl_text = ";".join(f"{p}:{s}:{i}" for p, s, i in sorted(acls))
-    h = hashlib.sha256(path.encode("utf-8") + b"\x00")
+    h = xxhash.xxh3_128(path.encode("utf-8") + b"\x00")
     if data:
         h.update(data)  # fed separately: no copy of up to 1 MB per node
     h.update(b"\x00" + acl_text.encode())
-    return int.from_bytes(h.digest()[:16], "big")
+    return h.intdigest()
 
 
 class TreeDigest:
@@ -179,3 +186,18 @@ class TreeDigest:
     @property
     def hex(self) -> str:
         return f"{self.value:032x}"
+
+
+def digest_problems(digest: TreeDigest, meta: dict, what: str) -> list[str]:
+    """How a tree's digest differs from the one a backup recorded (none: equal)."""
+    if digest.count != meta["nodes"]:
+        return [f"{digest.count} nodes on the target, {meta['nodes']} in the {what}"]
+    algorithm = meta.get("digest_algorithm", "sha256-128-sum")
+    if algorithm != DIGEST_ALGORITHM:
+        return [
+            f"the {what}'s tree digest is {algorithm}; this backstop computes "
+            f"{DIGEST_ALGORITHM} (its files' SHA-256 still verify the archive itself)"
+        ]
+    if digest.hex != meta["digest"]:
+        return [f"the digest of (path, data, ACL) differs from the {what}'s"]
+    return []
