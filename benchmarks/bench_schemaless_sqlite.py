@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,30 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-
-def run_flow(kind: str, payload: dict) -> dict:
-    env = dict(
-        os.environ,
-        PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    )
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "run_flow.py"), kind, json.dumps(payload)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def timed_shell(command: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, shell=True, check=True, capture_output=True)
-    return time.perf_counter() - started
+from common import run_flow, timed_shell  # noqa: E402
 
 
 def measure(cells: int, work: Path) -> dict:

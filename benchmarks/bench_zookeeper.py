@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the test suite's server launcher
 sys.path.insert(0, str(HERE))
 
-from bench_schemaless_sqlite import run_flow  # noqa: E402
+from common import run_flow  # noqa: E402
 from servers.zookeeper import ZooKeeperServer  # noqa: E402
 
 

@@ -48,6 +48,7 @@ class Capabilities:
     selective_restore: bool = False
     point_in_time: bool = False
     restore_modes: tuple[RestoreMode, ...] = tuple(RestoreMode)
+    rename: bool = False  # restore under other names (RestorePlan.rename)
 
 
 class StoredFile(BaseModel):
@@ -107,6 +108,7 @@ class RestorePlan:
     mode: RestoreMode = RestoreMode.FAIL_IF_EXISTS
     include: tuple[str, ...] = ()  # only these parts (driver-specific patterns)
     until: str | None = None  # a point in time within the backup chain
+    rename: tuple[tuple[str, str], ...] = ()  # (source pattern, target pattern), driver-specific
 
 
 @dataclass
@@ -180,7 +182,9 @@ class Driver(ABC):
         """Split the backup into units that can run in parallel."""
 
     def quiesce(self, sources: Sequence[str]) -> dict[str, Any] | None:
-        """Stop writes if the technology needs it; return a handle for `release`."""
+        """Stop writes, or fix the point every unit will read at, if the technology
+        needs it; return a JSON-able handle for `release`. The flow hands the handle to
+        every unit as `unit.options["quiesce"]`."""
         return None
 
     def release(self, handle: dict[str, Any] | None, sources: Sequence[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -118,6 +119,8 @@ def _snapshot(request: BackupRequest, backup_id: str) -> tuple[list[StoredUnit],
     technology, spec = request.technology, request.store
     units = plan_backup(technology, request.sources, request.options)
     handle = quiesce(technology, request.sources)
+    if handle is not None:  # e.g. the cluster time every unit's snapshot reads at
+        units = [dataclasses.replace(u, options={**u.options, "quiesce": handle}) for u in units]
     try:
         stored = gather(snapshot_unit.map(technology, unmapped(spec), unmapped(backup_id), units))
     except BaseException:

@@ -24,12 +24,12 @@ TECH_HELP = "zookeeper, docstore or schemaless"
 
 
 # -- parsing -------------------------------------------------------------------------
-def _key_values(pairs: list[str], flag: str) -> dict[str, Any]:
+def _key_values(pairs: list[str], flag: str, shape: str = "KEY=VALUE") -> dict[str, Any]:
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise BadInputError(f"{flag} takes KEY=VALUE, got {pair!r}")
+            raise BadInputError(f"{flag} takes {shape}, got {pair!r}")
         options[key] = value
     return options
 
@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode", default="fail-if-exists", choices=["fail-if-exists", "overwrite", "merge"]
     )
     sub.add_argument("--include", action="append", default=[], metavar="PATTERN")
+    sub.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="restore under another name (Docstore: shop=shop_copy, shop.*=archive.*)",
+    )
     sub.add_argument("--until", metavar="POINT")
     sub.add_argument(
         "--dry-run",
@@ -203,6 +210,7 @@ def cmd_restore(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         mode=args.mode,
         include=args.include,
         until=args.until,
+        rename=_key_values(args.rename, "--rename", "FROM=TO"),
         dry_run=args.dry_run,
     )
     with _progress(args):

@@ -30,6 +30,11 @@ class RestoreRequest(BaseModel):
     mode: RestoreMode = RestoreMode.FAIL_IF_EXISTS
     include: list[str] = Field(default_factory=list)
     until: str | None = None
+    rename: dict[str, str] = Field(
+        default_factory=dict,
+        description="restore under other names: source pattern -> target pattern "
+        "(Docstore: shop=shop_copy, shop.*=archive.*)",
+    )
     dry_run: bool = False
 
 
@@ -64,6 +69,10 @@ class RestoreOutcome(BaseModel):
     duration_s: float
     targets: list[str]
     verified: bool
+    phases_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds per phase: check (backup files re-hashed), load, verify",
+    )
 
 
 class VerifyOutcome(BaseModel):

@@ -30,12 +30,20 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
         raise BadInputError(f"{driver.name} does not support --include (selective restore)")
     if request.until and not caps.point_in_time:
         raise BadInputError(f"{driver.name} does not support --until (point-in-time restore)")
+    if request.rename and not caps.rename:
+        raise BadInputError(f"{driver.name} does not support --rename")
     technology, spec, mode = driver.name, request.store, request.mode
-    plan = RestorePlan(mode=mode, include=tuple(request.include), until=request.until)
+    plan = RestorePlan(
+        mode=mode,
+        include=tuple(request.include),
+        until=request.until,
+        rename=tuple(request.rename.items()),
+    )
 
     manifest = load_manifest(spec, technology, request.backup)
     backup_id = manifest.backup_id
     problems = verify_backup_files(spec, manifest)
+    phases = {"check": clock.seconds}
     if problems:
         raise IntegrityError(
             f"backup {technology}/{backup_id} failed verification; nothing was restored:\n  "
@@ -84,6 +92,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             unmapped(plan),
         )
     )
+    phases["load"] = round(clock.seconds - sum(phases.values()), 3)
     checks = gather(
         verify_target.map(
             technology,
@@ -125,5 +134,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
     outcome.records_skipped = sum(r.records_skipped for r in results)
     outcome.verified = True
     outcome.duration_s = clock.seconds
+    phases["verify"] = round(outcome.duration_s - sum(phases.values()), 3)
+    outcome.phases_s = phases
     logger.info("restore of %s verified: %s records written", backup_id, outcome.records)
     return outcome

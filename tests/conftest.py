@@ -203,12 +203,12 @@ def zk_root(zk_client) -> str:
     return root
 
 
-def _ferretdb(folder):
+def _ferretdb(folder, replica_set: str = ""):
     from servers.ferretdb import FerretDB, installed
 
     if not installed():
         server_unavailable("FerretDB is not built (run tests/servers/install.sh)")
-    return FerretDB(folder).start()
+    return FerretDB(folder, replica_set=replica_set).start()
 
 
 @pytest.fixture(scope="session")

@@ -174,7 +174,7 @@ def test_restore_into_non_empty_target_without_mode_is_refused_untouched(
 
 def test_password_in_a_source_url_appears_nowhere(cli, tmp_path, local_store, target_urls):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.sorting import FlowRunSort, LogSort
+    from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort
     from prefect.logging.handlers import APILogWorker
 
     secret = "Pa55-w0rd-nobody-sees"
@@ -203,7 +203,10 @@ def test_password_in_a_source_url_appears_nowhere(cli, tmp_path, local_store, ta
     APILogWorker.drain_all(timeout=10)
     with get_client(sync_client=True) as client:
         api_logs = [log.message for log in client.read_logs(sort=LogSort.TIMESTAMP_DESC, limit=200)]
-        artifacts = [a.model_dump_json() for a in client.read_artifacts(limit=50)]
+        artifacts = [
+            a.model_dump_json()
+            for a in client.read_artifacts(sort=ArtifactSort.CREATED_DESC, limit=50)
+        ]
         runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=2)
         parameters = [json.dumps(r.parameters, default=str) for r in runs]
     # The records are there, redacted; parameters carry a placeholder, not the secret.

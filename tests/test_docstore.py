@@ -59,6 +59,18 @@ def fidelity_documents() -> list[dict]:
     ]
 
 
+def backup_of(url: str, store, *patterns: str):
+    """A backup of the collections matching `patterns`, through the real flow."""
+    return backup(
+        request=BackupRequest(
+            technology="docstore",
+            sources=[url],
+            store=store,
+            options={"include": list(patterns)},
+        )
+    )
+
+
 @pytest.fixture
 def db_name() -> str:
     return f"db_{uuid.uuid4().hex[:8]}"
@@ -79,14 +91,7 @@ def test_raw_bson_round_trip_is_byte_identical(ferret_source, ferret_target, db_
     plain[db_name].orders.create_index([("at", ASCENDING)], name="at_1")
     plain[db_name].things.create_index([("i32", ASCENDING)], name="i32_unique", unique=True)
 
-    outcome = backup(
-        request=BackupRequest(
-            technology="docstore",
-            sources=[ferret_source.url],
-            store=local_store,
-            options={"include": [f"{db_name}.*"]},
-        )
-    )
+    outcome = backup_of(ferret_source.url, local_store, f"{db_name}.*")
     assert outcome.records == 3003
     assert outcome.consistency == "none"  # FerretDB has no fsyncLock and is no replica set
     manifest = local_store.open().resolve("docstore")
@@ -121,14 +126,7 @@ def test_restore_into_a_database_with_data_is_refused_untouched(
     ferret_source, ferret_target, db_name, local_store
 ):
     MongoClient(ferret_source.url)[db_name].c.insert_many([{"_id": i} for i in range(10)])
-    backup(
-        request=BackupRequest(
-            technology="docstore",
-            sources=[ferret_source.url],
-            store=local_store,
-            options={"include": [db_name]},
-        )
-    )
+    backup_of(ferret_source.url, local_store, db_name)
     MongoClient(ferret_target.url)[db_name].c.insert_one({"_id": "other", "keep": True})
     with pytest.raises(BadInputError, match="already holds documents"):
         restore(
@@ -191,19 +189,109 @@ def test_truncated_bson_is_named_by_the_reader():
         list(read_documents(io.BytesIO(data[:-3])))
 
 
+class _KillOnFirstWrite:
+    """A progress reporter that kills the server once the first block of a collection
+    has been packaged: the stop lands in the middle of the backup, deterministically."""
+
+    def __init__(self, server) -> None:
+        self.server, self.killed = server, False
+
+    def start(self, label: str, total_bytes: int | None = None):
+        def advance(records: int, nbytes: int) -> None:
+            if records and not self.killed:
+                self.killed = True
+                self.server.process.kill()
+
+        return advance
+
+    def finish(self, label: str) -> None:
+        pass
+
+
 def test_server_stopped_mid_backup_fails_cleanly(tmp_path, local_store, db_name):
     from conftest import _ferretdb
 
+    from backstop.tasks.progress import reporting
+
     server = _ferretdb(tmp_path / "dying")
-    client = MongoClient(server.url)
-    for i in range(20):
-        client[db_name][f"c{i}"].insert_many([{"_id": j, "pad": "x" * 2000} for j in range(500)])
-    server.stop()
-    with pytest.raises(Exception):  # noqa: B017 - any failure; what matters is what is left
-        backup(
+    try:
+        client = MongoClient(server.url)
+        client[db_name].big.insert_many([{"_id": j, "pad": "x" * 2000} for j in range(5000)])
+        killer = _KillOnFirstWrite(server)
+        with reporting(killer), pytest.raises(Exception):  # noqa: B017 - any failure
+            backup(
+                request=BackupRequest(
+                    technology="docstore", sources=[server.url], store=local_store
+                )
+            )
+        assert killer.killed, "the server was meant to die mid-backup"
+        # No manifest, and no partial files left looking like a backup.
+        assert local_store.open().folders() == []
+    finally:
+        server.stop()
+
+
+def test_rename_restores_under_other_names(ferret_source, ferret_target, db_name, local_store, cli):
+    plain = MongoClient(ferret_source.url)
+    plain[db_name].orders.insert_many([{"_id": i, "v": i * 3} for i in range(2500)])
+    plain[db_name].users.insert_many([{"_id": f"u{i}"} for i in range(10)])
+    plain[db_name].orders.create_index("v", name="v_1")
+    backup_of(ferret_source.url, local_store, db_name)
+    copy = f"{db_name}_copy"
+    restored = restore(
+        request=RestoreRequest(
+            technology="docstore",
+            store=local_store,
+            targets=[ferret_target.url],
+            rename={db_name: copy},
+        )
+    )
+    assert restored.verified and restored.records == 2510
+    source, target = raw_client(ferret_source.url), raw_client(ferret_target.url)
+    for coll in ("orders", "users"):
+        assert documents_by_id(target, copy, coll) == documents_by_id(source, db_name, coll)
+    assert "v_1" in {i["name"] for i in MongoClient(ferret_target.url)[copy].orders.list_indexes()}
+    assert db_name not in MongoClient(ferret_target.url).list_database_names()
+
+    # A namespace rule, through the command line, with wildcards carried over.
+    archive = f"{db_name}_arch"
+    result = cli(
+        "restore", "docstore", "--store", local_store.url, "--target", ferret_target.url,
+        "--include", f"{db_name}.orders", "--rename", f"{db_name}.*={archive}.old_*", "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.stdout
+    assert documents_by_id(target, archive, "old_orders") == documents_by_id(
+        source, db_name, "orders"
+    )
+    # Two collections into one is refused before anything is written.
+    clash = cli(
+        "restore", "docstore", "--store", local_store.url, "--target", ferret_target.url,
+        "--rename", f"{db_name}.*={db_name}_one.all", "--json",
+    )  # fmt: skip
+    assert clash.code == 2 and "rename" in clash.json["error"]
+    bad = cli(
+        "restore", "docstore", "--store", local_store.url, "--target", ferret_target.url,
+        "--rename", f"{db_name}.*={db_name}_x.a.*.*", "--json",
+    )  # fmt: skip
+    assert bad.code == 2 and "wildcard" in bad.json["error"]
+
+
+def test_replica_set_without_snapshot_reads_is_recorded_as_fuzzy(tmp_path, local_store, db_name):
+    """FerretDB can call itself a replica set but keeps no snapshot history: backstop must
+    find that out rather than record a snapshot it did not get."""
+    from conftest import _ferretdb
+
+    server = _ferretdb(tmp_path / "rs", replica_set="rs0")
+    try:
+        MongoClient(server.url)[db_name].c.insert_many([{"_id": i} for i in range(100)])
+        outcome = backup(
             request=BackupRequest(technology="docstore", sources=[server.url], store=local_store)
         )
-    assert local_store.open().folders() == []
+        assert outcome.consistency == "none" and outcome.records == 100
+        [warning] = local_store.open().resolve("docstore").consistency.warnings
+        assert "replica set rs0" in warning and "cluster time" in warning
+    finally:
+        server.stop()
 
 
 def test_export_writes_the_mongodump_layout(ferret_source, db_name, local_store, cli, tmp_path):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
-from bson import json_util
+from bson import Timestamp, json_util
 from bson.raw_bson import RawBSONDocument
 from pymongo import errors as pm
 from pymongo.uri_parser import parse_uri
@@ -29,18 +32,28 @@ from backstop.drivers.contract import (
     Unit,
     UnitResult,
 )
+from backstop.drivers.digests import ALGORITHM, SetDigest, algorithm_problem
 from backstop.drivers.docstore.bsonfile import (
     FORMAT,
     METADATA_FORMAT,
-    Digest,
+    document_hash,
     read_documents,
 )
 from backstop.drivers.docstore.client import classify, connect, explain
-from backstop.drivers.docstore.names import SYSTEM_DATABASES, check_patterns, selected
+from backstop.drivers.docstore.names import (
+    SYSTEM_DATABASES,
+    Renames,
+    check_patterns,
+    selected,
+)
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
 from backstop.drivers.redact import redact_url
 
 WRITE_CHUNK = 1 << 20
+READ_BATCH = 1000
+INSERT_WORKERS = int(os.environ.get("BACKSTOP_DOCSTORE_INSERT_WORKERS", "4"))
+_PROBE_DB = "backstop_probe"  # never created: a snapshot find on it only tests support
+_SNAPSHOT_TOO_OLD = 239
 INSERT_BATCH_BYTES = 8 << 20
 INSERT_BATCH_DOCS = 1000
 _JSON = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL)
@@ -55,8 +68,9 @@ class DocstoreDriver(Driver):
     name = "docstore"
     version = "1.0.0"
     capabilities = Capabilities(
-        consistency=(ConsistencyKind.QUIESCED, ConsistencyKind.NONE),
+        consistency=(ConsistencyKind.SNAPSHOT, ConsistencyKind.QUIESCED, ConsistencyKind.NONE),
         selective_restore=True,
+        rename=True,
     )
     url_schemes = ("mongodb",)
     single_url = "a deployment is one URL"
@@ -100,17 +114,13 @@ class DocstoreDriver(Driver):
         return units
 
     def quiesce(self, sources: Sequence[str]) -> dict[str, Any] | None:
-        """Hold fsyncLock where the server has it; otherwise record why the copy is fuzzy."""
+        """Fix the point every collection is read at: on a replica set, one cluster time
+        for snapshot reads; on a standalone, fsyncLock held until `release`. Where the
+        server has neither, record why the copy is fuzzy."""
         with connect(sources[0]) as client:
             hello = client.admin.command("hello")
             if hello.get("setName"):
-                return {
-                    "kind": "none",
-                    "reason": (
-                        "replica-set snapshot reads are not used yet: documents written during the "
-                        "backup may or may not be in it"
-                    ),
-                }
+                return _snapshot_point(client, hello)
             try:
                 client.admin.command("fsyncLock")
             except pm.OperationFailure as exc:
@@ -132,7 +142,7 @@ class DocstoreDriver(Driver):
     def backup_unit(self, unit: Unit, sink: FileSink) -> UnitResult:
         db, name = unit.options["db"], unit.options["collection"]
         base = f"{_file_part(db)}/{_file_part(name)}"
-        digest = Digest()
+        digest = SetDigest()
         with connect(unit.source) as client:
             collection = client[db][name]
             infos = list(client[db].list_collections(filter={"name": name}))
@@ -143,9 +153,9 @@ class DocstoreDriver(Driver):
             ) as out:
                 parts: list[bytes] = []
                 size = count = 0
-                for document in collection.find({}, batch_size=1000):
+                for document in _documents(client[db], name, unit.options.get("quiesce")):
                     raw = document.raw
-                    digest.add(raw)
+                    digest.add(document_hash(raw))
                     parts.append(raw)
                     size += len(raw)
                     count += 1
@@ -169,6 +179,7 @@ class DocstoreDriver(Driver):
                 "db": db,
                 "collection": name,
                 "digest": digest.hex,
+                "digest_algorithm": ALGORITHM,
                 "indexes": _index_specs(indexes),
             },
         )
@@ -177,6 +188,11 @@ class DocstoreDriver(Driver):
         self, quiesce_handle: dict[str, Any] | None, units: Sequence[StoredUnit]
     ) -> Consistency:
         handle = quiesce_handle or {"kind": "none", "reason": "not quiesced"}
+        if handle["kind"] == "snapshot":
+            return Consistency(
+                kind=ConsistencyKind.SNAPSHOT,
+                point={"atClusterTime": handle["cluster_time"], "replica_set": handle["set"]},
+            )
         if handle["kind"] == "quiesced":
             return Consistency(kind=ConsistencyKind.QUIESCED, point={"fsyncLock": True})
         return Consistency(kind=ConsistencyKind.NONE, point={}, warnings=[handle["reason"]])
@@ -187,12 +203,15 @@ class DocstoreDriver(Driver):
     ) -> None:
         self.check_urls(targets, "target")
         include = check_patterns(list(plan.include))
+        renames = Renames(list(plan.rename))
+        chosen = list(_chosen(units, include))
+        renames.check_distinct([u.name for u in chosen])
         if plan.mode is not RestoreMode.FAIL_IF_EXISTS:
             return
         held = []
         with connect(targets[0]) as client:
-            for unit in _chosen(units, include):
-                db, name = unit.meta["db"], unit.meta["collection"]
+            for unit in chosen:
+                db, name = _target(unit, plan)
                 if client[db][name].estimated_document_count():
                     held.append(f"{db}.{name}")
         if held:
@@ -209,7 +228,7 @@ class DocstoreDriver(Driver):
         if not list(_chosen([unit], list(plan.include))):
             return RestoreResult(records_written=0, records_skipped=0)
         data, metadata_file = _files(unit)
-        db, name = unit.meta["db"], unit.meta["collection"]
+        db, name = _target(unit, plan)
         with source.open(metadata_file) as stream:
             metadata = json_util.loads(b"".join(iter(lambda: stream.read(1 << 20), b"")))
         written = skipped = 0
@@ -222,19 +241,10 @@ class DocstoreDriver(Driver):
                 with contextlib.suppress(pm.CollectionInvalid):
                     database.create_collection(name, **options)
             collection = database[name]
-            batch: list[RawBSONDocument] = []
-            size = 0
             with source.open(data) as stream:
-                for raw in read_documents(stream):
-                    batch.append(RawBSONDocument(raw))
-                    size += len(raw)
-                    if len(batch) >= INSERT_BATCH_DOCS or size >= INSERT_BATCH_BYTES:
-                        w, s = _insert(collection, batch, plan.mode, f"{db}.{name}")
-                        written, skipped = written + w, skipped + s
-                        batch, size = [], 0
-            if batch:
-                w, s = _insert(collection, batch, plan.mode, f"{db}.{name}")
-                written, skipped = written + w, skipped + s
+                written, skipped = _insert_all(
+                    collection, _batches(read_documents(stream)), plan.mode, f"{db}.{name}"
+                )
             for index in metadata.get("indexes", []):
                 if index.get("name") == "_id_":
                     continue
@@ -248,13 +258,13 @@ class DocstoreDriver(Driver):
     ) -> TargetCheck:
         if not list(_chosen([unit], list(plan.include))):
             return TargetCheck(unit=unit.name, ok=True, records=0)
-        db, name = unit.meta["db"], unit.meta["collection"]
+        db, name = _target(unit, plan)
         problems = []
-        digest = Digest()
+        digest = SetDigest()
         with connect(target) as client:
             collection = client[db][name]
             for document in collection.find({}, batch_size=1000):
-                digest.add(document.raw)
+                digest.add(document_hash(document.raw))
             indexes = _index_specs(
                 [json_util.loads(json_util.dumps(i)) for i in collection.list_indexes()]
             )
@@ -267,12 +277,118 @@ class DocstoreDriver(Driver):
             problems.append(
                 f"{unit.name}: {digest.count} documents in the target, {unit.records} in the backup"
             )
+        elif problem := algorithm_problem(unit.meta, "backup"):
+            problems.append(f"{unit.name}: {problem}")
         elif digest.hex != unit.meta["digest"]:
             problems.append(f"{unit.name}: the digest of (_id, raw document) differs")
         missing = [i for i in unit.meta.get("indexes", []) if i not in indexes]
         if missing:
             problems.append(f"{unit.name}: indexes missing or different: {missing}")
         return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
+
+
+def _snapshot_point(client, hello) -> dict[str, Any]:
+    """One cluster time for every collection's snapshot reads, if the server can read
+    at it (MongoDB 5.0+ replica sets); else why not."""
+    at = hello.get("operationTime") or (hello.get("$clusterTime") or {}).get("clusterTime")
+    reason = "the server reported no cluster time"
+    if at is not None:
+        try:
+            reply = client[_PROBE_DB].command(
+                {"find": "probe", "limit": 1, "readConcern": _snapshot_concern(at)}
+            )
+            # A server that ignores the read concern would still answer; one that honours
+            # it names the time it read at.
+            if reply["cursor"].get("atClusterTime") is not None:
+                return {
+                    "kind": "snapshot",
+                    "set": hello["setName"],
+                    "cluster_time": [at.time, at.inc],
+                }
+            reason = "the server accepted a snapshot read without naming its cluster time"
+        except pm.OperationFailure as exc:
+            reason = f"snapshot reads failed ({(exc.details or {}).get('errmsg', exc)})"
+    return {
+        "kind": "none",
+        "reason": (
+            f"replica set {hello['setName']}, but {reason}: documents written during the "
+            "backup may or may not be in it"
+        ),
+    }
+
+
+def _snapshot_concern(at: Timestamp) -> dict[str, Any]:
+    return {"level": "snapshot", "atClusterTime": at}
+
+
+def _documents(database, name: str, handle: Mapping[str, Any] | None) -> Iterator[Any]:
+    """The collection's documents as raw BSON, at the snapshot's cluster time if the
+    quiesce fixed one."""
+    if not handle or handle.get("kind") != "snapshot":
+        yield from database[name].find({}, batch_size=READ_BATCH)
+        return
+    at = Timestamp(*handle["cluster_time"])
+    try:
+        reply = database.command(
+            {"find": name, "batchSize": READ_BATCH, "readConcern": _snapshot_concern(at)}
+        )
+        cursor = reply["cursor"]
+        yield from cursor["firstBatch"]
+        while cursor["id"]:
+            reply = database.command(
+                {"getMore": cursor["id"], "collection": name, "batchSize": READ_BATCH}
+            )
+            cursor = reply["cursor"]
+            yield from cursor["nextBatch"]
+    except pm.OperationFailure as exc:
+        if exc.code == _SNAPSHOT_TOO_OLD:
+            raise PermanentError(
+                f"{database.name}.{name}: the backup outlasted the server's snapshot history "
+                "(minSnapshotHistoryWindowInSeconds, 300 s by default); raise it for the "
+                "backup's duration, or back up fewer collections per run"
+            ) from None
+        raise
+
+
+def _target(unit: StoredUnit, plan: RestorePlan) -> tuple[str, str]:
+    """Where a backed-up collection goes: its own name unless a rename maps it."""
+    db, _, name = Renames(list(plan.rename)).target(unit.name).partition(".")
+    return db, name
+
+
+def _batches(raws: Iterator[bytes]) -> Iterator[list[RawBSONDocument]]:
+    batch: list[RawBSONDocument] = []
+    size = 0
+    for raw in raws:
+        batch.append(RawBSONDocument(raw))
+        size += len(raw)
+        if len(batch) >= INSERT_BATCH_DOCS or size >= INSERT_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _insert_all(collection, batches, mode: RestoreMode, namespace: str) -> tuple[int, int]:
+    """Insert batches on INSERT_WORKERS threads, at most two batches each in flight, so
+    the server's write path stays busy while memory stays bounded."""
+    written = skipped = 0
+    with ThreadPoolExecutor(INSERT_WORKERS, thread_name_prefix="backstop-insert") as pool:
+        pending: deque[Future] = deque()
+        try:
+            for batch in batches:
+                pending.append(pool.submit(_insert, collection, batch, mode, namespace))
+                if len(pending) >= 2 * INSERT_WORKERS:
+                    w, s = pending.popleft().result()
+                    written, skipped = written + w, skipped + s
+            while pending:
+                w, s = pending.popleft().result()
+                written, skipped = written + w, skipped + s
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return written, skipped
 
 
 def _list(value: Any) -> list[str]:

@@ -21,11 +21,11 @@ from backstop.drivers.contract import (
     Unit,
     UnitResult,
 )
+from backstop.drivers.digests import ALGORITHM, SetDigest
 from backstop.drivers.errors import BadInputError, PermanentError, TransientError
 from backstop.drivers.redact import redact_url, register_secret
 from backstop.drivers.zookeeper import snapshot
 from backstop.drivers.zookeeper.paths import parse_zk_url
-from backstop.drivers.zookeeper.znodes import DIGEST_ALGORITHM
 
 SNAPSHOT_FORMAT = "zookeeper-snapshot/2"
 LOG_FORMAT = "zookeeper-txnlog/2"
@@ -151,7 +151,7 @@ def _summary_meta(mode: str, summary: snapshot.SnapshotSummary) -> dict[str, Any
     return {
         "mode": mode,
         "digest": summary.digest,
-        "digest_algorithm": DIGEST_ALGORITHM,
+        "digest_algorithm": ALGORITHM,
         "nodes": summary.user_nodes,
         "snapshot_nodes": summary.nodes,
         "compression": summary.compression,
@@ -259,9 +259,9 @@ def verify_snapshot_restore(unit: StoredUnit, target: str, source: FileSource) -
     from backstop.drivers.zookeeper.client import reader
     from backstop.drivers.zookeeper.paths import Selection
     from backstop.drivers.zookeeper.walk import walk
-    from backstop.drivers.zookeeper.znodes import TreeDigest, digest_problems, node_hash
+    from backstop.drivers.zookeeper.znodes import digest_problems, node_hash
 
-    digest = TreeDigest()
+    digest = SetDigest()
     with reader(target) as zk:
         for node in walk(zk, ["/"], Selection(), skip_system=True):
             if not node.ephemeral_owner:

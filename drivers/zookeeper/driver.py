@@ -24,6 +24,7 @@ from backstop.drivers.contract import (
     Unit,
     UnitResult,
 )
+from backstop.drivers.digests import ALGORITHM, SetDigest
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.zookeeper import admin
@@ -38,9 +39,7 @@ from backstop.drivers.zookeeper.walk import (
 )
 from backstop.drivers.zookeeper.znodes import (
     DELETED,
-    DIGEST_ALGORITHM,
     FORMAT,
-    TreeDigest,
     Znode,
     digest_problems,
     node_hash,
@@ -139,7 +138,7 @@ class ZooKeeperDriver(Driver):
         url = parse_zk_url(unit.source)
         skip_system = not url.chroot
         index: dict[str, tuple[int, int, int, int]] = {}  # path -> mzxid, pzxid, aversion, hash
-        digest = TreeDigest()
+        digest = SetDigest()
         ephemeral = 0
         with connect(unit.source) as client:
             version = ".".join(map(str, client.server_version()))
@@ -173,7 +172,7 @@ class ZooKeeperDriver(Driver):
             meta={
                 "mode": "logical",
                 "digest": digest.hex,
-                "digest_algorithm": DIGEST_ALGORITHM,
+                "digest_algorithm": ALGORITHM,
                 "nodes": digest.count,
                 "skipped_ephemeral": ephemeral,
                 "chroot": url.chroot,
@@ -282,7 +281,7 @@ class ZooKeeperDriver(Driver):
                 return TargetCheck(
                     unit=unit.name, ok=not problems, records=found, problems=problems
                 )
-            digest = TreeDigest()
+            digest = SetDigest()
             for node in walk(zk, ["/"], selection, skip_system=not chroot):
                 if not node.ephemeral_owner:
                     digest.add(node_hash(node.path, node.data, node.acls))
@@ -318,7 +317,7 @@ def _without_chroot(url: str) -> str:
     return base[: len(base) - len(parsed.chroot)] + sep + query
 
 
-def _record(node: Znode, index: dict, digest: TreeDigest, chunker: _Chunker) -> None:
+def _record(node: Znode, index: dict, digest: SetDigest, chunker: _Chunker) -> None:
     h = node_hash(node.path, node.data, node.acls)
     previous = index.get(node.path)
     if previous is not None:

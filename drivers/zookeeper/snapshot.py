@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from backstop.drivers.zookeeper.znodes import TreeDigest, node_hash
+from backstop.drivers.digests import SetDigest
+from backstop.drivers.zookeeper.znodes import node_hash
 
 MAGIC = 0x5A4B534E  # "ZKSN"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -217,7 +218,7 @@ def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
             acls.append((perms, scheme, ident))
         acl_cache[ref] = tuple(acls)
 
-    digest = TreeDigest()
+    digest = SetDigest()
     nodes = 0
     max_zxid = 0
     seen: set[str] = set()

@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 import xxhash
 
+from backstop.drivers.digests import SetDigest, algorithm_problem
+
 FORMAT = "zookeeper-znodes/1"
 NODE, DELETED = 1, 2
 
@@ -30,8 +32,6 @@ _U16 = struct.Struct("<H")
 _ACL = struct.Struct("<iH")
 _STAT = struct.Struct("<qqqqiiiqq")
 _READ_BLOCK = 1 << 20
-DIGEST_MODULUS = 1 << 128
-DIGEST_ALGORITHM = "xxh3-128-sum"  # recorded with every digest in the manifest
 
 Acl = tuple[int, str, str]  # perms, scheme, id
 
@@ -154,12 +154,8 @@ def read(stream: BinaryIO) -> Iterator[Znode]:
 
 
 def node_hash(path: str, data: bytes | None, acls: tuple[Acl, ...] | list[Acl]) -> int:
-    """A 128-bit hash of what a restore must reproduce: path, data and ACLs.
-
-    XXH3-128, not SHA-256: this digest compares a live tree with its backup, against
-    accidental difference; the stored files' SHA-256 guards against tampering. SHA-256
-    here cost 0.5 s of CPU per 500 MB of znode data, a quarter of a 2-core backup.
-    """
+    """A 128-bit hash of what a restore must reproduce: path, data and ACLs (XXH3-128,
+    see backstop.drivers.digests)."""
     acl_text = ";".join(f"{p}:{s}:{i}" for p, s, i in sorted(acls))
     h = xxhash.xxh3_128(path.encode("utf-8") + b"\x00")
     if data:
@@ -168,36 +164,12 @@ def node_hash(path: str, data: bytes | None, acls: tuple[Acl, ...] | list[Acl]) 
     return h.intdigest()
 
 
-class TreeDigest:
-    """An order-independent digest of a tree: the sum of its nodes' hashes mod 2**128."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self.count = 0
-
-    def add(self, h: int) -> None:
-        self.value = (self.value + h) % DIGEST_MODULUS
-        self.count += 1
-
-    def remove(self, h: int) -> None:
-        self.value = (self.value - h) % DIGEST_MODULUS
-        self.count -= 1
-
-    @property
-    def hex(self) -> str:
-        return f"{self.value:032x}"
-
-
-def digest_problems(digest: TreeDigest, meta: dict, what: str) -> list[str]:
+def digest_problems(digest: SetDigest, meta: dict, what: str) -> list[str]:
     """How a tree's digest differs from the one a backup recorded (none: equal)."""
     if digest.count != meta["nodes"]:
         return [f"{digest.count} nodes on the target, {meta['nodes']} in the {what}"]
-    algorithm = meta.get("digest_algorithm", "sha256-128-sum")
-    if algorithm != DIGEST_ALGORITHM:
-        return [
-            f"the {what}'s tree digest is {algorithm}; this backstop computes "
-            f"{DIGEST_ALGORITHM} (its files' SHA-256 still verify the archive itself)"
-        ]
+    if problem := algorithm_problem(meta, what):
+        return [problem]
     if digest.hex != meta["digest"]:
         return [f"the digest of (path, data, ACL) differs from the {what}'s"]
     return []

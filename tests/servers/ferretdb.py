@@ -23,6 +23,7 @@ class FerretDB:
     folder: Path
     port: int = 0
     process: subprocess.Popen | None = None
+    replica_set: str = ""  # reported by hello (FerretDB v1 has no snapshot reads behind it)
 
     @property
     def url(self) -> str:
@@ -44,6 +45,7 @@ class FerretDB:
                 "--debug-addr=-",
                 "--telemetry=disable",
                 "--log-level=warn",
+                *([f"--repl-set-name={self.replica_set}"] if self.replica_set else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
