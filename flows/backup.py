@@ -54,8 +54,25 @@ def backup(request: BackupRequest) -> BackupOutcome:
     sources = [redact_url(s) for s in request.sources]
     logger.info("backup %s/%s of %s into %s", technology, backup_id, sources, spec.display())
 
+    parent = None
+    options = dict(request.options)
+    if request.incremental:
+        parent = store.newest_parent(technology, sources)
+        if parent is None:
+            raise BadInputError(
+                f"--incremental: no complete {technology} backup of {sources} in "
+                f"{spec.display()} to build on; take a full backup first"
+            )
+        # The driver reads from the parent's consistency point on; the manifest keeps
+        # only the parent's id.
+        options["parent"] = {
+            "backup_id": parent.backup_id,
+            "units": {u.name: u.point for u in parent.units},
+        }
+        logger.info("incremental on top of %s", parent.backup_id)
+
     try:
-        stored, handle = _snapshot(request, backup_id)
+        stored, handle = _snapshot(request, options, backup_id)
         checks = gather(validate_unit.map(technology, unmapped(spec), unmapped(backup_id), stored))
         quality = quality_of([c for unit_checks in checks for c in unit_checks])
         if quality.status != "passed":
@@ -72,6 +89,7 @@ def backup(request: BackupRequest) -> BackupOutcome:
             sources=sources,
             started_at=started,
             finished_at=datetime.now(UTC),
+            parent=parent.backup_id if parent else None,
             consistency=ConsistencyInfo(
                 kind=consistency.kind.value,
                 point=consistency.point,
@@ -92,6 +110,7 @@ def backup(request: BackupRequest) -> BackupOutcome:
         backup_id=backup_id,
         technology=technology,
         status="completed",
+        parent=manifest.parent,
         records=manifest.totals.records,
         bytes=manifest.totals.bytes,
         raw_bytes=manifest.totals.raw_bytes,
@@ -114,10 +133,12 @@ def backup(request: BackupRequest) -> BackupOutcome:
     return outcome
 
 
-def _snapshot(request: BackupRequest, backup_id: str) -> tuple[list[StoredUnit], Any]:
+def _snapshot(
+    request: BackupRequest, options: dict[str, Any], backup_id: str
+) -> tuple[list[StoredUnit], Any]:
     """Quiesce, stream every unit into the store, and release the quiesce on every path."""
     technology, spec = request.technology, request.store
-    units = plan_backup(technology, request.sources, request.options)
+    units = plan_backup(technology, request.sources, options)
     handle = quiesce(technology, request.sources)
     if handle is not None:  # e.g. the cluster time every unit's snapshot reads at
         units = [dataclasses.replace(u, options={**u.options, "quiesce": handle}) for u in units]

@@ -48,6 +48,7 @@ class BackupOutcome(BaseModel):
     backup_id: str
     technology: str
     status: str
+    parent: str | None = Field(None, description="the backup an incremental builds on")
     records: int
     bytes: int
     raw_bytes: int

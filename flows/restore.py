@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
-from backstop.drivers.contract import RestorePlan
+from backstop.drivers.contract import RestorePlan, StoredUnit
 from backstop.drivers.errors import BadInputError, IntegrityError, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
@@ -12,8 +12,26 @@ from backstop.flows.params import RestoreOutcome, RestoreRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
 from backstop.tasks.artifacts import publish_table
 from backstop.tasks.logs import install_log_masking
+from backstop.tasks.manifest import Manifest
 from backstop.tasks.restore import load_manifest, prepare_targets, restore_unit
 from backstop.tasks.verify import verify_backup_files, verify_target
+
+
+def chained_units(chain: list[Manifest]) -> list[StoredUnit]:
+    """One unit per shard whose files are every link's, full backup first; each file
+    names the backup it lives in."""
+    if len(chain) == 1:
+        return chain[0].units
+    merged = []
+    for index, unit in enumerate(chain[-1].units):
+        files = [
+            file.model_copy(update={"meta": {**file.meta, "backup_id": link.backup_id}})
+            for link in chain
+            for file in link.units[index].files
+        ]
+        records = sum(link.units[index].records for link in chain)
+        merged.append(unit.model_copy(update={"files": files, "records": records}))
+    return merged
 
 
 @flow(
@@ -42,17 +60,24 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
 
     manifest = load_manifest(spec, technology, request.backup)
     backup_id = manifest.backup_id
-    problems = verify_backup_files(spec, manifest)
+    chain = spec.open().chain(manifest)  # an incremental restores with its parents
+    for link in chain:
+        problems = verify_backup_files(spec, link)
+        if problems:
+            raise IntegrityError(
+                f"backup {technology}/{link.backup_id}"
+                + (f" (in the chain of {backup_id})" if link is not manifest else "")
+                + " failed verification; nothing was restored:\n  "
+                + "\n  ".join(problems)
+            )
+        if link.quality.status != "passed":
+            raise IntegrityError(
+                f"backup {technology}/{link.backup_id} failed its quality checks at backup time"
+            )
     phases = {"check": clock.seconds}
-    if problems:
-        raise IntegrityError(
-            f"backup {technology}/{backup_id} failed verification; nothing was restored:\n  "
-            + "\n  ".join(problems)
-        )
-    if manifest.quality.status != "passed":
-        raise IntegrityError(
-            f"backup {technology}/{backup_id} failed its quality checks at backup time"
-        )
+    units = chained_units(chain)
+    if len(chain) > 1:
+        logger.info("restoring the chain %s", " -> ".join(m.backup_id for m in chain))
 
     targets = [redact_url(t) for t in request.targets]
     outcome = RestoreOutcome(
@@ -60,14 +85,14 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
         technology=technology,
         status="dry-run",
         mode=mode,
-        records=manifest.totals.records,
+        records=sum(u.records for u in units),
         records_skipped=0,
-        bytes=manifest.totals.raw_bytes,
+        bytes=sum(link.totals.raw_bytes for link in chain),
         duration_s=0.0,
         targets=targets,
         verified=False,
     )
-    prepare_targets(technology, manifest.units, request.targets, plan)
+    prepare_targets(technology, units, request.targets, plan)
     if request.dry_run:
         logger.info("dry run: backup %s verified and targets accepted; nothing written", backup_id)
         outcome.duration_s = clock.seconds
@@ -76,9 +101,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
     # One target per unit (Schemaless shards), or one target for every unit (a
     # deployment's collections); prepare_targets has checked which applies.
     unit_targets = (
-        request.targets
-        if len(request.targets) == len(manifest.units)
-        else request.targets[:1] * len(manifest.units)
+        request.targets if len(request.targets) == len(units) else request.targets[:1] * len(units)
     )
     shown_targets = [redact_url(t) for t in unit_targets]
     logger.info("restoring %s/%s into %s (mode %s)", technology, backup_id, targets, mode.value)
@@ -87,7 +110,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             technology,
             unmapped(spec),
             unmapped(backup_id),
-            manifest.units,
+            units,
             unit_targets,
             unmapped(plan),
         )
@@ -98,7 +121,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             technology,
             unmapped(spec),
             unmapped(backup_id),
-            manifest.units,
+            units,
             unit_targets,
             unmapped(plan),
         )
@@ -112,9 +135,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
             "verified records": check.records,
             "verified": "yes" if check.ok else "NO: " + "; ".join(check.problems),
         }
-        for unit, target, result, check in zip(
-            manifest.units, shown_targets, results, checks, strict=True
-        )
+        for unit, target, result, check in zip(units, shown_targets, results, checks, strict=True)
     ]
     failed = [p for check in checks for p in check.problems]
     publish_table(

@@ -302,7 +302,9 @@ class StoreSource:
 
     @contextmanager
     def open(self, file: StoredFile, *, rehash_raw: bool = True) -> Iterator[CheckedStream]:
-        path = self._store.file_path(self._technology, self._backup_id, file.name)
+        # A file of an incremental chain names the backup it lives in.
+        backup_id = file.meta.get("backup_id", self._backup_id)
+        path = self._store.file_path(self._technology, backup_id, file.name)
         with self._store.open_read(path) as fh:
             yield CheckedStream(
                 fh, file, self._store.relative(path), self._progress, rehash_raw=rehash_raw

@@ -156,6 +156,35 @@ class ArtifactStore:
             if f.complete
         ]
 
+    def newest_parent(self, technology: str, sources: list[str]) -> Manifest | None:
+        """The newest complete, validated backup of exactly these (redacted) sources: what
+        an incremental builds on."""
+        for folder in reversed([f for f in self.folders(technology) if f.complete]):
+            manifest = self.read_manifest(technology, folder.backup_id)
+            if manifest.sources == sources and manifest.quality.status == "passed":
+                return manifest
+        return None
+
+    def chain(self, manifest: Manifest) -> list[Manifest]:
+        """The backups an incremental stands on, full backup first, ending with itself.
+
+        A missing or incomplete link makes the whole chain unrestorable: say which.
+        """
+        links = [manifest]
+        while links[0].parent:
+            parent = links[0].parent
+            if not BACKUP_ID.match(parent) or any(m.backup_id == parent for m in links):
+                raise IntegrityError(f"backup {links[0].backup_id} names a bad parent {parent!r}")
+            try:
+                links.insert(0, self.read_manifest(manifest.technology, parent))
+            except BadInputError:
+                raise IntegrityError(
+                    f"backup {manifest.backup_id} is incremental and its chain is broken: "
+                    f"{parent} (parent of {links[0].backup_id}) is missing or incomplete; "
+                    "restore an older complete chain or take a new full backup"
+                ) from None
+        return links
+
     def resolve(self, technology: str, ref: str = "latest") -> Manifest:
         if ref == "latest":
             complete = [f for f in self.folders(technology) if f.complete]

@@ -223,3 +223,38 @@ def ferret_target(tmp_path_factory: pytest.TempPathFactory):
     server = _ferretdb(tmp_path_factory.mktemp("ferret-target"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory):
+    from servers.sql import PostgresServer, postgres_installed
+
+    if not postgres_installed():
+        server_unavailable("PostgreSQL is not installed (run tests/servers/install.sh)")
+    server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server(tmp_path_factory: pytest.TempPathFactory):
+    from servers.sql import MariaDBServer, mariadb_installed
+
+    if not mariadb_installed():
+        server_unavailable("MariaDB is not installed (run tests/servers/install.sh)")
+    server = MariaDBServer(tmp_path_factory.mktemp("mariadb")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def new_databases(request: pytest.FixtureRequest):
+    """new_databases("postgresql" | "mariadb", n): URLs of n fresh, empty databases."""
+
+    def make(engine: str, count: int) -> list[str]:
+        server = request.getfixturevalue(
+            "pg_server" if engine == "postgresql" else "mariadb_server"
+        )
+        return [server.url(server.create_database()) for _ in range(count)]
+
+    return make

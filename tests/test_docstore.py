@@ -9,6 +9,7 @@ import bson
 import pytest
 from bson import Binary, Int64, ObjectId, Regex, Timestamp
 from bson.raw_bson import RawBSONDocument
+from faults import KillOnFirstWrite
 from pymongo import ASCENDING, DESCENDING, MongoClient
 
 from backstop.drivers.contract import RestoreMode
@@ -189,25 +190,6 @@ def test_truncated_bson_is_named_by_the_reader():
         list(read_documents(io.BytesIO(data[:-3])))
 
 
-class _KillOnFirstWrite:
-    """A progress reporter that kills the server once the first block of a collection
-    has been packaged: the stop lands in the middle of the backup, deterministically."""
-
-    def __init__(self, server) -> None:
-        self.server, self.killed = server, False
-
-    def start(self, label: str, total_bytes: int | None = None):
-        def advance(records: int, nbytes: int) -> None:
-            if records and not self.killed:
-                self.killed = True
-                self.server.process.kill()
-
-        return advance
-
-    def finish(self, label: str) -> None:
-        pass
-
-
 def test_server_stopped_mid_backup_fails_cleanly(tmp_path, local_store, db_name):
     from conftest import _ferretdb
 
@@ -217,7 +199,7 @@ def test_server_stopped_mid_backup_fails_cleanly(tmp_path, local_store, db_name)
     try:
         client = MongoClient(server.url)
         client[db_name].big.insert_many([{"_id": j, "pad": "x" * 2000} for j in range(5000)])
-        killer = _KillOnFirstWrite(server)
+        killer = KillOnFirstWrite(server.process.kill)
         with reporting(killer), pytest.raises(Exception):  # noqa: B017 - any failure
             backup(
                 request=BackupRequest(

@@ -41,6 +41,7 @@ from backstop.drivers.schemaless.cells import (
     to_micros,
 )
 from backstop.drivers.schemaless.errors import classify
+from backstop.drivers.schemaless.until import Limit, parse_until
 
 BATCH_CELLS = 10_000
 _SELECT = ", ".join(CELL_COLUMNS)
@@ -78,13 +79,15 @@ def _count(conn: Connection, table: str, watermark: int | None = None) -> int:
     return conn.execute(text(sql + " WHERE added_id <= :wm"), {"wm": watermark}).scalar_one()
 
 
-def _stream_cells(conn: Connection, table: str, watermark: int):
-    """Batches of cells with added_id <= watermark, in added_id order, server-side."""
+def _stream_cells(conn: Connection, table: str, watermark: int, since: int = 0):
+    """Batches of cells with since < added_id <= watermark, in added_id order, streamed
+    from a server-side cursor."""
     sql = text(
-        f"SELECT {_SELECT} FROM {_quote(conn, table)} WHERE added_id <= :wm ORDER BY added_id"
+        f"SELECT {_SELECT} FROM {_quote(conn, table)} "
+        "WHERE added_id > :since AND added_id <= :wm ORDER BY added_id"
     )
     result = conn.execution_options(stream_results=True, yield_per=BATCH_CELLS).execute(
-        sql, {"wm": watermark}
+        sql, {"wm": watermark, "since": since}
     )
     yield from result.partitions(BATCH_CELLS)
 
@@ -92,7 +95,9 @@ def _stream_cells(conn: Connection, table: str, watermark: int):
 class SchemalessDriver(Driver):
     name = "schemaless"
     version = "1.0.0"
-    capabilities = Capabilities(consistency=(ConsistencyKind.SNAPSHOT,))
+    capabilities = Capabilities(
+        consistency=(ConsistencyKind.SNAPSHOT,), incremental=True, point_in_time=True
+    )
     url_schemes = ("sqlite", "postgresql", "mysql", "mariadb")
 
     def classify(self, exc: BaseException) -> ErrorKind:
@@ -113,10 +118,20 @@ class SchemalessDriver(Driver):
     # -- backup ---------------------------------------------------------------------
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
         tables = list(options.get("tables") or [])
-        return [
-            Unit(name=shard_name(i), source=url, options={"tables": tables})
-            for i, url in enumerate(sources)
-        ]
+        parent = options.get("parent")
+        if parent and len(parent["units"]) != len(sources):
+            raise BadInputError(
+                f"--incremental: the parent backup {parent['backup_id']} has "
+                f"{len(parent['units'])} shard(s), not {len(sources)}; take a full backup"
+            )
+        units = []
+        for i, url in enumerate(sources):
+            unit_options: dict[str, Any] = {"tables": tables}
+            if parent:
+                # Cells up to the parent's watermarks are in the chain already.
+                unit_options["since"] = parent["units"][shard_name(i)].get("watermarks", {})
+            units.append(Unit(name=shard_name(i), source=url, options=unit_options))
+        return units
 
     def backup_unit(self, unit: Unit, sink: FileSink) -> UnitResult:
         engine = engines.source_engine(unit.source)
@@ -137,19 +152,27 @@ class SchemalessDriver(Driver):
                     f"{unit.name}: no cell table (a table with columns {', '.join(CELL_COLUMNS)});"
                     f" tables present: {', '.join(others) or 'none'}"
                 )
+            since_of = unit.options.get("since") or {}
             for table in wanted:
                 watermark = conn.execute(
                     text(f"SELECT COALESCE(MAX(added_id), 0) FROM {_quote(conn, table)}")
                 ).scalar_one()
+                since = since_of.get(table, 0)
+                if watermark < since:
+                    raise PermanentError(
+                        f"{unit.name}/{table}: the newest added_id is {watermark}, below the "
+                        f"parent backup's watermark {since}: the table was rewritten; take a "
+                        "full backup"
+                    )
                 records = 0
-                meta = {"table": table, "watermark": watermark}
+                meta = {"table": table, "watermark": watermark, "since": since}
                 with sink.open(f"{unit.name}/{table}.cells", format=FORMAT, meta=meta) as out:
-                    for rows in _stream_cells(conn, table, watermark):
+                    for rows in _stream_cells(conn, table, watermark, since):
                         data, n = pack_cells(rows)
                         out.write(data, n)
                         records += n
                 watermarks[table] = watermark
-                tables_meta[table] = {"watermark": watermark, "records": records}
+                tables_meta[table] = {"watermark": watermark, "since": since, "records": records}
                 total += records
         return UnitResult(
             records=total,
@@ -171,6 +194,8 @@ class SchemalessDriver(Driver):
     ) -> None:
         mode = plan.mode
         self.check_urls(targets, "target")
+        for unit in units:
+            parse_until(plan.until, unit.name)  # bad input is refused before any target check
         if len(targets) != len(units):
             shards = ", ".join(f"{u.name} from {u.source}" for u in units)
             raise BadInputError(
@@ -214,23 +239,34 @@ class SchemalessDriver(Driver):
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> RestoreResult:
         mode = plan.mode
+        limit = parse_until(plan.until, unit.name)
         written = skipped = 0
         engine = engines.target_engine(target)
-        # One transaction per shard: a failure leaves the shard as it was.
+        prepared: set[str] = set()
+        # One transaction per shard: a failure leaves the shard as it was. The files of
+        # a chain come full backup first; a table's later files only add cells.
         with engines.connection(engine) as conn:
             for file in unit.files:
                 table = file.meta["table"]
-                engines.cell_table(table).create(conn, checkfirst=True)
-                if mode is RestoreMode.FAIL_IF_EXISTS and _count(conn, table):
-                    raise BadInputError(f"{unit.name}: table {table!r} filled up during restore")
-                if mode is RestoreMode.OVERWRITE:
-                    conn.execute(text(f"DELETE FROM {_quote(conn, table)}"))
+                if table not in prepared:
+                    prepared.add(table)
+                    engines.cell_table(table).create(conn, checkfirst=True)
+                    if mode is RestoreMode.FAIL_IF_EXISTS and _count(conn, table):
+                        raise BadInputError(
+                            f"{unit.name}: table {table!r} filled up during restore"
+                        )
+                    if mode is RestoreMode.OVERWRITE:
+                        conn.execute(text(f"DELETE FROM {_quote(conn, table)}"))
                 statement = engines.insert_statement(
                     conn, table, skip_existing=mode is RestoreMode.MERGE
                 )
                 stamp = engines.timestamp_converter(conn)
                 with source.open(file) as stream:
                     for batch in read_cells(stream, BATCH_CELLS):
+                        if not limit.unlimited:
+                            batch = [cell for cell in batch if limit.keeps(cell)]
+                            if not batch:
+                                continue
                         params = [
                             (added_id, rk, col, ref, body, stamp(micros))
                             for added_id, rk, col, ref, body, micros in batch
@@ -246,29 +282,58 @@ class SchemalessDriver(Driver):
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> TargetCheck:
         mode = plan.mode
+        limit = parse_until(plan.until, unit.name)
         problems: list[str] = []
         records = 0
+        by_table: dict[str, list[StoredFile]] = {}
+        for file in unit.files:
+            by_table.setdefault(file.meta["table"], []).append(file)
         engine = engines.source_engine(target)
         with engines.connection(engine) as conn:
-            for file in unit.files:
-                table = file.meta["table"]
+            for table, files in by_table.items():
                 if _table_columns(conn, table) is None:
                     problems.append(f"{unit.name}: table {table!r} is missing from the target")
                     continue
                 if mode is RestoreMode.MERGE:
-                    found, bad = _compare_by_key(conn, table, file, source)
-                    records += found
-                    problems.extend(bad)
+                    for file in files:
+                        found, bad = _compare_by_key(conn, table, file, source, limit)
+                        records += found
+                        problems.extend(bad)
                 else:
-                    records += _compare_digest(conn, table, file, problems, unit.name)
+                    expected = _expected(files, source, limit)
+                    records += _compare_digest(
+                        conn, table, files[-1].meta["watermark"], expected, problems, unit.name
+                    )
         return TargetCheck(unit=unit.name, ok=not problems, records=records, problems=problems)
 
 
+def _expected(files: list[StoredFile], source: FileSource, limit: Limit) -> tuple[int, str]:
+    """(count, SHA-256) of what the target must hold: the serialized cells of a table's
+    files in added_id order, up to the limit. One whole file is its manifest entry; a
+    chain or a point in time is recomputed from the backup."""
+    if len(files) == 1 and limit.unlimited:
+        return files[0].records, files[0].raw_sha256
+    digest = hashlib.sha256()
+    count = 0
+    for file in files:
+        with source.open(file) as stream:
+            for batch in read_cells(stream, BATCH_CELLS):
+                data, n = pack_cells(cell for cell in batch if limit.keeps(cell))
+                digest.update(data)
+                count += n
+    return count, digest.hexdigest()
+
+
 def _compare_digest(
-    conn: Connection, table: str, file: StoredFile, problems: list[str], unit: str
+    conn: Connection,
+    table: str,
+    watermark: int,
+    expected: tuple[int, str],
+    problems: list[str],
+    unit: str,
 ) -> int:
     """Re-serialize the target's cells as the backup did and compare the SHA-256."""
-    watermark = file.meta["watermark"]
+    expected_count, expected_sha = expected
     digest = hashlib.sha256()
     count = 0
     for rows in _stream_cells(conn, table, watermark):
@@ -276,11 +341,11 @@ def _compare_digest(
         digest.update(data)
         count += n
     total = _count(conn, table)
-    if count != file.records:
+    if count != expected_count:
         problems.append(
-            f"{unit}/{table}: {count} cells in the target, {file.records} in the backup"
+            f"{unit}/{table}: {count} cells in the target, {expected_count} in the backup"
         )
-    elif digest.hexdigest() != file.raw_sha256:
+    elif digest.hexdigest() != expected_sha:
         problems.append(f"{unit}/{table}: cell digest differs from the backup's")
     if total != count:
         problems.append(f"{unit}/{table}: {total - count} cells above the backup's watermark")
@@ -288,7 +353,7 @@ def _compare_digest(
 
 
 def _compare_by_key(
-    conn: Connection, table: str, file: StoredFile, source: FileSource
+    conn: Connection, table: str, file: StoredFile, source: FileSource, limit: Limit
 ) -> tuple[int, list[str]]:
     """Merge mode: every backed-up cell must be present, by key, with equal content."""
     lookup = text(
@@ -298,6 +363,9 @@ def _compare_by_key(
     found = missing = differing = 0
     with source.open(file) as stream:
         for batch in read_cells(stream, 500):
+            batch = [cell for cell in batch if limit.keeps(cell)]
+            if not batch:
+                continue
             keys = sorted({cell[1] for cell in batch})
             present = {
                 (rk, col, ref): (bytes(body), created)

@@ -27,6 +27,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql import LONGBLOB
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
@@ -52,8 +53,15 @@ def cell_table(name: str, metadata: MetaData | None = None) -> Table:
         Column("column_name", String(64), nullable=False),
         Column("ref_key", BigInteger, nullable=False),
         Column("body", LargeBinary().with_variant(LONGBLOB, "mysql", "mariadb"), nullable=False),
-        Column("created_at", DateTime, nullable=False),
+        # MySQL/MariaDB DATETIME keeps whole seconds unless told otherwise.
+        Column(
+            "created_at",
+            DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
+            nullable=False,
+        ),
         UniqueConstraint("row_key", "column_name", "ref_key"),
+        mysql_charset="utf8mb4",
+        mysql_collate="utf8mb4_bin",
     )
 
 

@@ -34,6 +34,8 @@ def classify(exc: BaseException) -> ErrorKind:
         text = str(orig).lower()
         if any(marker in text for marker in _SQLITE_TRANSIENT_TEXT):
             return ErrorKind.TRANSIENT
+        if "authentication failed" in text or "no pg_hba.conf entry" in text:
+            return ErrorKind.PERMANENT  # libpq says so while connecting, without a SQLSTATE
         # psycopg reports a refused or dropped connection without a SQLSTATE.
         if isinstance(exc, sa_exc.OperationalError) and "connect" in text:
             return ErrorKind.TRANSIENT

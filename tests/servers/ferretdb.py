@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers.process import free_port, stop
+from servers.process import free_port, stop, wait_for_port
 from servers.zookeeper import CACHE
 
 BINARY = CACHE / "go-bin" / "ferretdb"
@@ -50,17 +48,12 @@ class FerretDB:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError((self.folder / "server.log").read_text()[-2000:])
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("FerretDB did not start")
+        try:
+            wait_for_port(self.process, self.port, timeout, self.folder / "server.log")
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         stop(self.process, getattr(self, "_log", None))

@@ -19,13 +19,25 @@ apt_install() {  # apt_install CHECK_PATH PACKAGE...
   if [ ! -f "$cache/.apt-updated" ] || [ -n "$(find "$cache/.apt-updated" -mmin +720)" ]; then
     apt-get update -qq && touch "$cache/.apt-updated"
   fi
+  # Packages must not start their services (the tests run their own instances):
+  # policy-rc.d answering 101 is Debian's switch for that.
+  local policy=/usr/sbin/policy-rc.d made_policy=""
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
     || { echo "install.sh: apt-get install $* failed" >&2; status=1; }
+  if [ -n "$made_policy" ]; then rm -f "$policy"; fi
 }
 
 # ZooKeeper 3.8: Debian's package (its jar's manifest names its dependencies).
 apt_install /usr/share/java/zookeeper.jar zookeeper
 apt_install /usr/share/java/servlet-api.jar libservlet-api-java  # its admin server needs it
+
+# PostgreSQL and MariaDB servers (Schemaless shards): Debian's packages. The fixtures
+# run their own instances in throwaway folders; the packages' own services are not used.
+apt_install /usr/sbin/mariadbd mariadb-server
+if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
+  apt_install /nonexistent-postgres-server postgresql
+fi
 
 # ZooKeeper 3.9: Apache's jars from Maven Central.
 zk39="$cache/zookeeper-3.9.5/lib"
