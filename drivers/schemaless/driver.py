@@ -82,9 +82,22 @@ def _count(conn: Connection, table: str, watermark: int | None = None) -> int:
 def _stream_cells(conn: Connection, table: str, watermark: int, since: int = 0):
     """Batches of cells with since < added_id <= watermark, in added_id order, streamed
     from a server-side cursor."""
+    where = "WHERE added_id > {since} AND added_id <= {wm} ORDER BY added_id"
+    if conn.dialect.name == "postgresql":
+        # psycopg's own server-side cursor, in binary: SQLAlchemy's streaming fetched a
+        # few rows per round trip here (200k cells: 32,000 FETCHes, 2.3 s against 0.6 s).
+        raw = conn.connection.driver_connection
+        sql = f"SELECT {_SELECT} FROM {_quote(conn, table)} " + where.format(
+            since="%(since)s", wm="%(wm)s"
+        )
+        with raw.cursor(name="backstop_cells", binary=True) as cursor:
+            cursor.itersize = BATCH_CELLS
+            cursor.execute(sql, {"wm": watermark, "since": since})
+            while rows := cursor.fetchmany(BATCH_CELLS):
+                yield rows
+        return
     sql = text(
-        f"SELECT {_SELECT} FROM {_quote(conn, table)} "
-        "WHERE added_id > :since AND added_id <= :wm ORDER BY added_id"
+        f"SELECT {_SELECT} FROM {_quote(conn, table)} " + where.format(since=":since", wm=":wm")
     )
     result = conn.execution_options(stream_results=True, yield_per=BATCH_CELLS).execute(
         sql, {"wm": watermark, "since": since}
@@ -257,22 +270,17 @@ class SchemalessDriver(Driver):
                         )
                     if mode is RestoreMode.OVERWRITE:
                         conn.execute(text(f"DELETE FROM {_quote(conn, table)}"))
-                statement = engines.insert_statement(
-                    conn, table, skip_existing=mode is RestoreMode.MERGE
-                )
-                stamp = engines.timestamp_converter(conn)
-                with source.open(file) as stream:
+                merge = mode is RestoreMode.MERGE
+                with (
+                    source.open(file) as stream,
+                    engines.cell_writer(conn, table, skip_existing=merge) as write,
+                ):
                     for batch in read_cells(stream, BATCH_CELLS):
                         if not limit.unlimited:
                             batch = [cell for cell in batch if limit.keeps(cell)]
                             if not batch:
                                 continue
-                        params = [
-                            (added_id, rk, col, ref, body, stamp(micros))
-                            for added_id, rk, col, ref, body, micros in batch
-                        ]
-                        result = conn.exec_driver_sql(statement, params)
-                        inserted = result.rowcount if result.rowcount >= 0 else len(batch)
+                        inserted = write(batch)
                         written += inserted
                         skipped += len(batch) - inserted
                 engines.advance_counter(conn, table)
