@@ -22,6 +22,8 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check .
 	bash tests/servers/install.sh
+	@# mysqlclient (MariaDB's fast path) compiles against libmariadb-dev, installed just above
+	$(VENV)/bin/python -c 'import MySQLdb' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[mysql]'
 	$(VENV)/bin/pytest
 
 lint: install
@@ -30,6 +32,9 @@ lint: install
 
 bench: install
 	$(VENV)/bin/python benchmarks/bench_schemaless_sqlite.py
+	$(VENV)/bin/python benchmarks/bench_schemaless_sql.py
+	$(VENV)/bin/python benchmarks/bench_zookeeper.py
+	$(VENV)/bin/python benchmarks/bench_docstore.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -35,7 +35,7 @@ def fill(url: str, count: int, *, seed: int = 1, start: datetime = START) -> Non
     rows = [
         {
             "row_key": str(uuid.UUID(int=rng.getrandbits(128))),
-            "column_name": rng.choice(["profile", "orders", "prefs", "séance"]),
+            "column_name": rng.choice(["profile", "orders", "séance", "it's a \\ test"]),
             "ref_key": rng.randrange(1_000_000),
             "body": rng.randbytes(rng.randrange(3_000)),
             "created_at": start + timedelta(seconds=i, microseconds=rng.randrange(1_000_000)),

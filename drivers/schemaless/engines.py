@@ -7,6 +7,7 @@ keep an auto-increment counter ahead of explicitly inserted ids.
 
 from __future__ import annotations
 
+import binascii
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql import LONGBLOB
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from backstop.drivers.errors import BadInputError, PermanentError
@@ -98,6 +99,20 @@ def _sqlite_engine(path: Path, *, read_only: bool) -> Engine:
     return engine
 
 
+def _fastest_mysql_driver(url: str) -> str | URL:
+    """MySQL/MariaDB through mysqlclient (C) when it is installed, whichever driver the
+    URL names: PyMySQL parses and escapes in Python, several times slower per cell.
+    The URL's credentials and options are kept."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() not in ("mysql", "mariadb"):
+        return url
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        return url
+    return parsed.set(drivername=f"{parsed.get_backend_name()}+mysqldb")
+
+
 def source_engine(url: str) -> Engine:
     """An engine for reading a shard; never creates anything."""
     backend = make_url(url).get_backend_name()
@@ -114,7 +129,9 @@ def source_engine(url: str) -> Engine:
             pool_pre_ping=True,
         )
     if backend in ("mysql", "mariadb"):
-        engine = create_engine(url, isolation_level="REPEATABLE READ", pool_pre_ping=True)
+        engine = create_engine(
+            _fastest_mysql_driver(url), isolation_level="REPEATABLE READ", pool_pre_ping=True
+        )
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
@@ -133,7 +150,7 @@ def target_engine(url: str) -> Engine:
             raise BadInputError(f"target folder {str(path.parent)!r} does not exist")
         return _sqlite_engine(path, read_only=False)
     if backend in ("postgresql", "mysql", "mariadb"):
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(_fastest_mysql_driver(url), pool_pre_ping=True)
     raise BadInputError(f"{redact_url(url)!r}: unsupported SQL backend {backend!r}")
 
 
@@ -193,6 +210,9 @@ def cell_writer(
 
             yield copy_cells
         return
+    if conn.dialect.name in ("mysql", "mariadb"):
+        yield _literal_inserter(conn, quoted, skip_existing=skip_existing)
+        return
     statement = insert_statement(conn, table, skip_existing=skip_existing)
     stamp = timestamp_converter(conn)
 
@@ -205,6 +225,46 @@ def cell_writer(
         return result.rowcount if result.rowcount >= 0 else len(batch)
 
     yield insert_cells
+
+
+_INSERT_BYTES = 4 << 20  # one statement's size: well under max_allowed_packet's 16 MB default
+
+
+def _literal_inserter(
+    conn: Connection, quoted: str, *, skip_existing: bool
+) -> Callable[[list[Cell]], int]:
+    """MySQL/MariaDB: multi-row INSERTs written as literals, strings and bodies in hex.
+
+    Hex is encoded in C and parsed by the server without escaping rules, where the
+    drivers' parameter escaping runs per value in Python (2.7 s per 100k cells here).
+    """
+    verb = "INSERT IGNORE" if skip_existing else "INSERT"
+    head = (
+        f"{verb} INTO {quoted} (added_id, row_key, column_name, ref_key, body, created_at) VALUES "
+    )
+    hexlify = binascii.hexlify
+
+    def insert_cells(batch: list[Cell]) -> int:
+        inserted = 0
+        values: list[str] = []
+        size = 0
+        for added_id, rk, col, ref, body, micros in batch:
+            stamp = from_micros(micros).isoformat(sep=" ", timespec="microseconds")
+            value = (
+                f"({int(added_id)},X'{hexlify(rk.encode()).decode()}',"
+                f"X'{hexlify(col.encode()).decode()}',{int(ref)},"
+                f"X'{hexlify(body).decode()}','{stamp}')"
+            )
+            values.append(value)
+            size += len(value)
+            if size >= _INSERT_BYTES:
+                inserted += conn.exec_driver_sql(head + ",".join(values)).rowcount
+                values, size = [], 0
+        if values:
+            inserted += conn.exec_driver_sql(head + ",".join(values)).rowcount
+        return inserted
+
+    return insert_cells
 
 
 def advance_counter(conn: Connection, table: str) -> None:

@@ -35,6 +35,7 @@ apt_install /usr/share/java/servlet-api.jar libservlet-api-java  # its admin ser
 # PostgreSQL and MariaDB servers (Schemaless shards): Debian's packages. The fixtures
 # run their own instances in throwaway folders; the packages' own services are not used.
 apt_install /usr/sbin/mariadbd mariadb-server
+apt_install /usr/include/mariadb/mysql.h libmariadb-dev pkg-config  # to build mysqlclient
 if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
   apt_install /nonexistent-postgres-server postgresql
 fi
