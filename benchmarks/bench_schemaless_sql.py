@@ -120,6 +120,7 @@ def measure(engine: str, server, cells: int, work: Path) -> dict:
     }
     row["backup_vs_dump"] = round(peer["dump_s"] / backup["duration_s"], 2)
     row["restore_vs_load"] = round(peer["load_s"] / restore["duration_s"], 2)
+    row["load_vs_load"] = round(peer["load_s"] / restore["phases_s"]["load"], 2)
     return row
 
 
@@ -171,7 +172,8 @@ def main() -> None:
         ("backup_vs_dump", "backup vs dump"), ("restore_s", "restore s"),
         ("restore_load_s", "of which load s"), ("restore_cells_per_s", "restore cells/s"),
         ("restore_rss_mb", "restore RSS MB"), ("load_tool", "peer load"), ("load_s", "load s"),
-        ("restore_vs_load", "restore vs load"),
+        ("restore_vs_load", "restore+verify vs load"),
+        ("load_vs_load", "load vs load"),
     ]  # fmt: skip
     lines = [
         "# Schemaless on PostgreSQL and MariaDB: next to pg_dump and mariadb-dump",
