@@ -288,26 +288,23 @@ class DocstoreDriver(Driver):
 
 
 def _snapshot_point(client, hello) -> dict[str, Any]:
-    """One cluster time for every collection's snapshot reads, if the server can read
-    at it (MongoDB 5.0+ replica sets); else why not."""
-    at = hello.get("operationTime") or (hello.get("$clusterTime") or {}).get("clusterTime")
-    reason = "the server reported no cluster time"
-    if at is not None:
-        try:
-            reply = client[_PROBE_DB].command(
-                {"find": "probe", "limit": 1, "readConcern": _snapshot_concern(at)}
-            )
-            # A server that ignores the read concern would still answer; one that honours
-            # it names the time it read at.
-            if reply["cursor"].get("atClusterTime") is not None:
-                return {
-                    "kind": "snapshot",
-                    "set": hello["setName"],
-                    "cluster_time": [at.time, at.inc],
-                }
-            reason = "the server accepted a snapshot read without naming its cluster time"
-        except pm.OperationFailure as exc:
-            reason = f"snapshot reads failed ({(exc.details or {}).get('errmsg', exc)})"
+    """One cluster time for every collection's snapshot reads, if the server has them
+    (MongoDB 5.0+ replica sets); else why not.
+
+    A snapshot read without a time makes the server pick one and name it in the
+    cursor (`atClusterTime`), as pymongo's snapshot sessions rely on; that time is the
+    backup's point. A server that ignores the read concern answers without one.
+    """
+    try:
+        reply = client[_PROBE_DB].command(
+            {"find": "probe", "limit": 1, "readConcern": {"level": "snapshot"}}
+        )
+        at = reply["cursor"].get("atClusterTime")
+        if at is not None:
+            return {"kind": "snapshot", "set": hello["setName"], "cluster_time": [at.time, at.inc]}
+        reason = "the server accepted a snapshot read without naming its cluster time"
+    except pm.OperationFailure as exc:
+        reason = f"snapshot reads failed ({(exc.details or {}).get('errmsg', exc)})"
     return {
         "kind": "none",
         "reason": (
