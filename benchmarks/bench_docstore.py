@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the test suite's server launcher
 sys.path.insert(0, str(HERE))
 
-from common import run_flow, timed_peer  # noqa: E402
+from common import markdown_table, run_flow, timed_peer  # noqa: E402
 from servers.ferretdb import FerretDB  # noqa: E402
 from servers.zookeeper import CACHE  # noqa: E402
 
@@ -91,7 +92,7 @@ def drain(url: str) -> float:
     started = time.perf_counter()
     threads = [
         threading.Thread(
-            target=lambda c=coll: [None for _ in client[DB][c].find({}, batch_size=1000)]
+            target=lambda c=coll: deque(client[DB][c].find({}, batch_size=1000), maxlen=0)
         )
         for coll in COLLECTIONS
     ]
@@ -232,18 +233,8 @@ def main() -> None:
         "Ratios above 1 mean backstop is faster. The cursor drain is pymongo reading every "
         "document as raw BSON on 4 threads and dropping it: the server's read limit.",
         "",
-        "| " + " | ".join(title for _, title in columns) + " |",
-        "|" + "---|" * len(columns),
+        *markdown_table(columns, rows),
     ]
-    for row in rows:
-        lines.append(
-            "| "
-            + " | ".join(
-                f"{row[key]:,}" if isinstance(row[key], int) else str(row[key])
-                for key, _ in columns
-            )
-            + " |"
-        )
     if len(rows) > 1:
         growth = rows[-1]["backup_peak_rss_mb"] / rows[0]["backup_peak_rss_mb"]
         lines += ["", f"Backup peak RSS, largest over smallest size: {growth:.2f}x."]

@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from common import run_flow, timed_peer, timed_shell  # noqa: E402
-from servers.sql import PASSWORD, USER, MariaDBServer, PostgresServer, _pg_bin  # noqa: E402
+from common import markdown_table, run_flow, timed_peer, timed_shell  # noqa: E402
+from servers.sql import PASSWORD, USER, MariaDBServer, PostgresServer, pg_bin_dir  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from backstop.drivers.schemaless.engines import cell_table  # noqa: E402
@@ -71,7 +71,7 @@ def peers(engine: str, server, database: str, work: Path) -> dict:
     os.environ.update(env_pw)
     dump = work / f"{engine}.dump"
     if engine == "postgresql":
-        bin_dir = _pg_bin()
+        bin_dir = pg_bin_dir()
         conn = ["-h", "127.0.0.1", "-p", str(server.port), "-U", USER]
         dump_s, dump_rss = timed_peer(
             [str(bin_dir / "pg_dump"), *conn, "-Fc", "-t", "cells", "-f", str(dump), database]
@@ -186,11 +186,8 @@ def main() -> None:
         "digest verification of the target after (its load phase is split out). Ratios "
         "above 1 mean backstop is faster.",
         "",
-        "| " + " | ".join(t for _, t in columns) + " |",
-        "|" + "---|" * len(columns),
+        *markdown_table(columns, rows),
     ]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(k)) for k, _ in columns) + " |")
     lines += ["", "4 shards in parallel (same total of cells) against 1:", ""]
     lines += ["| engine | cells | shards | backup s | restore s | backup speed-up "
               "| restore speed-up |", "|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -51,3 +51,18 @@ def timed_peer(argv: list[str]) -> tuple[float, float]:
         line.split("=", 1)[1] for line in proc.stderr.splitlines() if line.startswith("maxrss_kb=")
     )
     return seconds, int(rss) / 1024
+
+
+def markdown_table(columns: list[tuple[str, str]], rows: list[dict]) -> list[str]:
+    """Lines of a Markdown table: (key, title) columns, integers with thousands commas."""
+
+    def cell(value: object) -> str:
+        return (
+            f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        )
+
+    return [
+        "| " + " | ".join(title for _, title in columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(cell(row.get(key)) for key, _ in columns) + " |" for row in rows),
+    ]

@@ -13,7 +13,7 @@ from backstop.flows.runtime import Stopwatch, gather, task_runner
 from backstop.tasks.artifacts import publish_table
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import Manifest
-from backstop.tasks.restore import load_manifest, prepare_targets, restore_unit
+from backstop.tasks.restore import prepare_targets, restore_unit
 from backstop.tasks.verify import verify_backup_files, verify_target
 
 
@@ -58,9 +58,10 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
         rename=tuple(request.rename.items()),
     )
 
-    manifest = load_manifest(spec, technology, request.backup)
+    store = spec.open()
+    manifest = store.resolve(technology, request.backup)
     backup_id = manifest.backup_id
-    chain = spec.open().chain(manifest)  # an incremental restores with its parents
+    chain = store.chain(manifest)  # an incremental restores with its parents
     for link in chain:
         problems = verify_backup_files(spec, link)
         if problems:

@@ -168,18 +168,19 @@ def placeholder(conn: Connection) -> str:
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
+_COLUMNS = "added_id, row_key, column_name, ref_key, body, created_at"
+
+
 def insert_statement(conn: Connection, table: str, *, skip_existing: bool) -> str:
+    """A parameterized single-cell INSERT for SQLite and PostgreSQL (MySQL/MariaDB load
+    through _literal_inserter)."""
     quoted = conn.dialect.identifier_preparer.quote(table)
-    columns = "added_id, row_key, column_name, ref_key, body, created_at"
     values = ", ".join([placeholder(conn)] * 6)
-    backend = conn.dialect.name
     if not skip_existing:
-        return f"INSERT INTO {quoted} ({columns}) VALUES ({values})"
-    if backend == "sqlite":
-        return f"INSERT OR IGNORE INTO {quoted} ({columns}) VALUES ({values})"
-    if backend == "postgresql":
-        return f"INSERT INTO {quoted} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING"
-    return f"INSERT IGNORE INTO {quoted} ({columns}) VALUES ({values})"
+        return f"INSERT INTO {quoted} ({_COLUMNS}) VALUES ({values})"
+    if conn.dialect.name == "sqlite":
+        return f"INSERT OR IGNORE INTO {quoted} ({_COLUMNS}) VALUES ({values})"
+    return f"INSERT INTO {quoted} ({_COLUMNS}) VALUES ({values}) ON CONFLICT DO NOTHING"
 
 
 @contextmanager
@@ -195,10 +196,7 @@ def cell_writer(
     quoted = conn.dialect.identifier_preparer.quote(table)
     if conn.dialect.name == "postgresql" and not skip_existing:
         raw = conn.connection.driver_connection  # psycopg, inside the same transaction
-        command = (
-            f"COPY {quoted} (added_id, row_key, column_name, ref_key, body, created_at) "
-            "FROM STDIN (FORMAT BINARY)"
-        )
+        command = f"COPY {quoted} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
         with raw.cursor() as cursor, cursor.copy(command) as copy:
             copy.set_types(["int8", "text", "text", "int8", "bytea", "timestamp"])
             write_row = copy.write_row
@@ -239,9 +237,7 @@ def _literal_inserter(
     drivers' parameter escaping runs per value in Python (2.7 s per 100k cells here).
     """
     verb = "INSERT IGNORE" if skip_existing else "INSERT"
-    head = (
-        f"{verb} INTO {quoted} (added_id, row_key, column_name, ref_key, body, created_at) VALUES "
-    )
+    head = f"{verb} INTO {quoted} ({_COLUMNS}) VALUES "
     hexlify = binascii.hexlify
 
     def insert_cells(batch: list[Cell]) -> int:

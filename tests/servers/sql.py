@@ -24,7 +24,7 @@ USER = "backstop"
 PASSWORD = "s3cret-Test-pw"  # test servers only; the tests check it never leaks
 
 
-def _pg_bin() -> Path | None:
+def pg_bin_dir() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
     return Path(found[-1]).parent if found else None
 
@@ -36,7 +36,7 @@ def _mariadbd() -> str | None:
 
 
 def postgres_installed() -> bool:
-    return _pg_bin() is not None
+    return pg_bin_dir() is not None
 
 
 def mariadb_installed() -> bool:
@@ -54,7 +54,7 @@ class PostgresServer:
         return f"{driver}://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
 
     def start(self, timeout: float = 60) -> PostgresServer:
-        bin_dir = _pg_bin()
+        bin_dir = pg_bin_dir()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL is not installed")
         self.port = self.port or free_port()
