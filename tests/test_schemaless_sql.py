@@ -250,3 +250,108 @@ def test_errors_name_the_shard_and_hide_the_password(engine, new_databases, loca
     assert result.code == 1 and "no cell table" in result.json["error"]
     assert "notes" in result.json["error"]
     assert local_store.open().folders() == []
+
+
+def _load_data_statements(url: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        value = int(conn.execute(text("SHOW GLOBAL STATUS LIKE 'Com_load'")).one()[1])
+    engine.dispose()
+    return value
+
+
+def _set_local_infile(url: str, on: bool) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"SET GLOBAL local_infile = {int(on)}"))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("local_infile", [True, False], ids=["load-data", "inserts"])
+def test_mariadb_restores_awkward_cells_exactly_with_and_without_load_data(
+    local_infile, new_databases, local_store
+):
+    """LOAD DATA streams escaped text: tabs, newlines, backslashes, NUL and `\\N` in keys
+    and bodies must arrive unchanged; a server without LOCAL INFILE gets INSERTs."""
+    [source] = new_databases("mariadb", 1)
+    fill(source, 800, seed=7)
+    awkward = cell_table("cells")
+    rows = [
+        {"row_key": "\\N", "column_name": "tab\there", "ref_key": 0, "body": b"\\N"},
+        {"row_key": "a\nb", "column_name": "nl\nend\\", "ref_key": 1, "body": b"\t\n\\\0\r\x1a"},
+        {"row_key": "c", "column_name": "\\0", "ref_key": 2, "body": b""},
+    ]
+    engine = create_engine(source)
+    with engine.begin() as conn:
+        conn.execute(insert(awkward), [dict(r, created_at=START) for r in rows])
+    engine.dispose()
+    outcome = back_up([source], local_store)
+
+    [target] = new_databases("mariadb", 1)
+    before = _load_data_statements(target)
+    _set_local_infile(target, local_infile)
+    try:
+        restored = restore_into([target], local_store)
+    finally:
+        _set_local_infile(target, True)
+    assert restored.verified and restored.records == outcome.records == 803
+    assert cells_of(target) == cells_of(source)
+    assert (_load_data_statements(target) > before) is local_infile
+
+
+def test_mariadb_merge_counts_what_it_skipped(new_databases, local_store):
+    [source, target] = new_databases("mariadb", 2)
+    fill(source, 600, seed=3)
+    back_up([source], local_store)
+    middle = sorted(cell[0] for cell in cells_of(source))[299]
+    first = restore_into([target], local_store, until=str(middle))
+    assert first.records == 300
+
+    merged = restore_into([target], local_store, mode="merge")
+    assert merged.verified
+    assert (merged.records, merged.records_skipped) == (300, 300)  # written, skipped
+    assert cells_of(target) == cells_of(source)
+
+
+def test_mariadb_cells_the_target_would_alter_fail_the_restore(new_databases, local_store):
+    """LOAD DATA LOCAL turns a refused or truncated value into a warning and carries on;
+    the restore counts warnings and fails rather than leave altered cells."""
+    [source, target] = new_databases("mariadb", 1) + new_databases("mariadb", 1)
+    fill(source, 200, seed=5)
+    back_up([source], local_store)
+    engine = create_engine(target)
+    with engine.begin() as conn:  # a hand-made table whose column_name is too narrow
+        conn.execute(
+            text(
+                "CREATE TABLE cells (added_id BIGINT PRIMARY KEY, row_key CHAR(36) NOT NULL, "
+                "column_name VARCHAR(4) NOT NULL, ref_key BIGINT NOT NULL, "
+                "body LONGBLOB NOT NULL, created_at DATETIME(6) NOT NULL)"
+            )
+        )
+    engine.dispose()
+    with pytest.raises(BackstopError, match="refused or altered"):
+        restore_into([target], local_store)
+    assert cells_of(target) == []
+
+
+@pytest.mark.timeout(120)
+def test_mariadb_a_load_the_server_aborts_mid_stream_fails_and_leaves_nothing(
+    new_databases, local_store
+):
+    [source, target] = new_databases("mariadb", 2)
+    fill(source, 3_000, seed=9)
+    back_up([source], local_store)
+    engine = create_engine(target)
+    cell_table("cells").create(engine)
+    with engine.begin() as conn:  # the 2,000th row makes the server end the statement
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON cells FOR EACH ROW "
+                "IF NEW.added_id = 2000 THEN SIGNAL SQLSTATE '45000' "
+                "SET MESSAGE_TEXT = 'refused by trigger'; END IF"
+            )
+        )
+    engine.dispose()
+    with pytest.raises(BackstopError, match="refused by trigger"):
+        restore_into([target], local_store)
+    assert cells_of(target) == []

@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 FORMAT = "schemaless-cells/1"
 CELL_COLUMNS = ("added_id", "row_key", "column_name", "ref_key", "body", "created_at")
+COLUMN_LIST = ", ".join(CELL_COLUMNS)  # for SQL statements
 
 _HEADER = struct.Struct("<qqqBHI")
 _EPOCH = datetime(1970, 1, 1)
