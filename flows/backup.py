@@ -26,6 +26,7 @@ from backstop.tasks.backup import (
     snapshot_unit,
     validate_unit,
 )
+from backstop.tasks.events import reported
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import (
     ConsistencyInfo,
@@ -40,6 +41,15 @@ from backstop.tasks.manifest import (
     name="backstop-backup", task_runner=task_runner(), flow_run_name="backup-{request.technology}"
 )
 def backup(request: BackupRequest) -> BackupOutcome:
+    with reported("backup", request.technology, request.sources) as report:
+        outcome = _backup(request)
+        report.payload = outcome.model_dump(
+            mode="json", include={"backup_id", "records", "bytes", "duration_s", "consistency"}
+        )
+    return outcome
+
+
+def _backup(request: BackupRequest) -> BackupOutcome:
     install_log_masking()
     logger = get_run_logger()
     clock = Stopwatch()

@@ -120,6 +120,46 @@ def build_parser() -> argparse.ArgumentParser:
     store_args(sub)
     sub.add_argument("--technology", metavar="TECH")
 
+    sub = command("drill", "back up, restore into a scratch target and verify: a restore test")
+    sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
+    sub.add_argument(
+        "--source", action="append", required=True, metavar="URL", help="source URL; one per shard"
+    )
+    sub.add_argument(
+        "--scratch",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="throwaway target, overwritten; one per shard",
+    )
+    store_args(sub)
+    sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+
+    sub = command("status", "the newest backup of each source: its age, size and state")
+    store_args(sub)
+    sub.add_argument("--technology", metavar="TECH")
+    sub.add_argument(
+        "--stale-hours",
+        type=float,
+        default=26.0,
+        metavar="H",
+        help="a source whose newest backup is older than this is stale (default 26)",
+    )
+
+    sub = command("prune", "delete the backups a retention policy no longer keeps")
+    store_args(sub)
+    sub.add_argument("--keep-last", type=int, metavar="N", help="newest N backups per source")
+    sub.add_argument("--keep-days", type=float, metavar="D", help="backups finished within D days")
+    sub.add_argument(
+        "--grace-hours",
+        type=float,
+        default=24.0,
+        metavar="H",
+        help="incomplete backups younger than this are left alone (default 24)",
+    )
+    sub.add_argument("--technology", metavar="TECH")
+    sub.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+
     sub = command("export", "write a backup's files, decompressed and checked, into a folder")
     sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
     store_args(sub)
@@ -274,6 +314,84 @@ def cmd_list(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return {"backups": backups}, "\n".join(lines)
 
 
+def cmd_drill(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows.drill import drill
+    from backstop.flows.params import DrillRequest
+
+    request = DrillRequest(
+        technology=args.technology,
+        sources=_hide_passwords(args.source, "source"),
+        scratch=_hide_passwords(args.scratch, "target"),
+        store=_store(args),
+        options=_key_values(args.option, "--option"),
+    )
+    with _progress(args):
+        outcome = drill(request=request)
+    text = (
+        f"drill PASSED for {outcome.technology}: backup {outcome.backup_id} "
+        f"({outcome.records:,} records, {_human_size(outcome.bytes)} stored, consistency "
+        f"{outcome.consistency}) in {outcome.backup_s:.1f} s; restored into the scratch "
+        f"target and verified equal in {outcome.restore_s:.1f} s"
+    )
+    return outcome.model_dump(mode="json"), text
+
+
+def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from datetime import UTC, datetime, timedelta
+
+    from backstop.tasks.retention import status_rows, take_inventory
+
+    if args.stale_hours <= 0:
+        raise BadInputError(f"--stale-hours must be more than 0, got {args.stale_hours}")
+    inventory = take_inventory(_store(args).open(), args.technology)
+    rows = status_rows(inventory, datetime.now(UTC), timedelta(hours=args.stale_hours))
+    data = {
+        "sources": rows,
+        "stale": sum(r["stale"] for r in rows),
+        "incomplete": [f"{f.technology}/{f.backup_id}" for f in inventory.incomplete],
+        "unreadable": {f"{f.technology}/{f.backup_id}": p for f, p in inventory.unreadable.items()},
+    }
+    if not rows:
+        return data, "no complete backups"
+    lines = [f"{'TECHNOLOGY':<11} {'NEWEST BACKUP':<22} {'AGE':>8} {'SIZE':>10}  STATE  SOURCES"]
+    for r in rows:
+        state = "STALE" if r["stale"] else "ok"
+        lines.append(
+            f"{r['technology']:<11} {r['newest_backup']:<22} {r['age_hours']:>7.1f}h "
+            f"{_human_size(r['bytes']):>10}  {state:<5}  {', '.join(r['sources'])}"
+        )
+    if data["incomplete"]:
+        lines.append(f"incomplete backup folders: {', '.join(data['incomplete'])}")
+    return data, "\n".join(lines)
+
+
+def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows.params import PruneRequest
+    from backstop.flows.prune import prune
+    from backstop.tasks.retention import check_policy
+
+    check_policy(args.keep_last, args.keep_days, args.grace_hours)
+    outcome = prune(
+        request=PruneRequest(
+            store=_store(args),
+            keep_last=args.keep_last,
+            keep_days=args.keep_days,
+            grace_hours=args.grace_hours,
+            technology=args.technology,
+            dry_run=args.dry_run,
+        )
+    )
+    verb = "would delete" if outcome.dry_run else "deleted"
+    lines = [
+        f"{verb} {len(outcome.deleted)} backup folder(s), {_human_size(outcome.freed_bytes)}; "
+        f"kept {len(outcome.kept)}"
+    ]
+    lines += [
+        f"  {verb} {d['technology']}/{d['backup_id']}: {d['reason']}" for d in outcome.deleted
+    ]
+    return outcome.model_dump(mode="json"), "\n".join(lines)
+
+
 def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from backstop.flows.export import ExportRequest, export
 
@@ -371,6 +489,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] 
     "restore": cmd_restore,
     "verify": cmd_verify,
     "list": cmd_list,
+    "drill": cmd_drill,
+    "status": cmd_status,
+    "prune": cmd_prune,
     "export": cmd_export,
     "demo": cmd_demo,
 }

@@ -83,3 +83,45 @@ class VerifyOutcome(BaseModel):
     files: int
     bytes: int
     duration_s: float
+
+
+class PruneRequest(BaseModel):
+    store: StoreSpec
+    keep_last: int | None = Field(None, ge=1, description="newest backups kept per source")
+    keep_days: float | None = Field(None, gt=0, description="backups younger than this kept")
+    grace_hours: float = Field(
+        24, ge=0, description="incomplete backups younger than this may still be running"
+    )
+    technology: str | None = Field(None, description="only this technology; all when empty")
+    dry_run: bool = False
+
+
+class PruneOutcome(BaseModel):
+    dry_run: bool
+    deleted: list[dict[str, Any]]
+    kept: list[dict[str, Any]]
+    freed_bytes: int
+    duration_s: float
+
+
+class DrillRequest(BaseModel):
+    technology: str = Field(description="zookeeper, docstore or schemaless")
+    sources: list[str] = Field(min_length=1, description="what is backed up: one URL per shard")
+    scratch: list[str] = Field(
+        min_length=1, description="throwaway targets the drill overwrites: one per shard"
+    )
+    store: StoreSpec
+    options: dict[str, Any] = Field(default_factory=dict, description="driver options")
+
+
+class DrillOutcome(BaseModel):
+    status: str  # "passed" | "failed"
+    technology: str
+    backup_id: str
+    records: int
+    bytes: int
+    consistency: str
+    backup_s: float
+    restore_s: float
+    verified: bool
+    duration_s: float

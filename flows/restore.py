@@ -11,6 +11,7 @@ from backstop.drivers.registry import get_driver
 from backstop.flows.params import RestoreOutcome, RestoreRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
 from backstop.tasks.artifacts import publish_table
+from backstop.tasks.events import Report, emit, reported
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.restore import prepare_targets, restore_unit
@@ -38,6 +39,18 @@ def chained_units(chain: list[Manifest]) -> list[StoredUnit]:
     name="backstop-restore", task_runner=task_runner(), flow_run_name="restore-{request.technology}"
 )
 def restore(request: RestoreRequest) -> RestoreOutcome:
+    # The event is about the backed-up source once the backup is known; until then
+    # (a bad request) about the targets.
+    with reported("restore", request.technology, request.targets) as report:
+        outcome = _restore(request, report)
+        report.payload = outcome.model_dump(
+            mode="json",
+            include={"backup_id", "mode", "records", "records_skipped", "duration_s", "targets"},
+        )
+    return outcome
+
+
+def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
     install_log_masking()
     logger = get_run_logger()
     clock = Stopwatch()
@@ -61,6 +74,8 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
     store = spec.open()
     manifest = store.resolve(technology, request.backup)
     backup_id = manifest.backup_id
+    report.sources = manifest.sources
+    report.payload = {"backup_id": backup_id}
     chain = store.chain(manifest)  # an incremental restores with its parents
     for link in chain:
         problems = verify_backup_files(spec, link)
@@ -147,6 +162,12 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
         + ("verified equal to the backup" if not failed else "VERIFICATION FAILED"),
     )
     if failed:
+        emit(
+            "verify.failed",
+            technology,
+            manifest.sources,
+            {"backup_id": backup_id, "stage": "restored target", "problems": failed[:20]},
+        )
         raise PermanentError(
             "the restored target differs from the backup:\n  " + "\n  ".join(failed)
         )

@@ -8,6 +8,7 @@ from backstop.drivers.errors import BadInputError, PermanentError
 from backstop.flows.params import VerifyOutcome, VerifyRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
 from backstop.tasks.artifacts import publish_table
+from backstop.tasks.events import emit
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.restore import load_manifest
 from backstop.tasks.verify import verify_backup_files
@@ -59,6 +60,14 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
         f"Verified {len(manifests)} backup(s): "
         + ("all checksums match" if outcome.ok else f"{len(problems)} problem(s)"),
     )
+    for manifest, found in zip(manifests, results, strict=True):
+        if found:
+            emit(
+                "verify.failed",
+                manifest.technology,
+                manifest.sources,
+                {"backup_id": manifest.backup_id, "stage": "backup files", "problems": found[:20]},
+            )
     if not outcome.ok:
         raise VerificationFailed(outcome)
     logger.info("verified %s backups, %s files", len(manifests), outcome.files)

@@ -198,9 +198,19 @@ class ArtifactStore:
         return self.read_manifest(technology, ref)
 
     def delete_backup(self, technology: str, backup_id: str) -> None:
+        """Remove a backup folder, its manifest first: a deletion cut short leaves an
+        incomplete folder (invisible, pruned later), never a complete-looking one."""
         path = self.backup_dir(technology, backup_id)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        manifest = posixpath.join(path, MANIFEST_NAME)
+        with _store_errors(path):
+            if self.fs.exists(manifest):
+                self.fs.rm(manifest)
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+
+    def folder_bytes(self, technology: str, backup_id: str) -> int:
+        with _store_errors(self.backup_dir(technology, backup_id)):
+            return int(self.fs.du(self.backup_dir(technology, backup_id), total=True))
 
     # -- helpers ------------------------------------------------------------------
     def _children(self, path: str) -> list[str]:

@@ -258,3 +258,21 @@ def new_databases(request: pytest.FixtureRequest):
         return [server.url(server.create_database()) for _ in range(count)]
 
     return make
+
+
+@pytest.fixture
+def captured_events(monkeypatch: pytest.MonkeyPatch):
+    """The backstop.* events flows emit in this test, read through Prefect's own
+    asserting events client instead of a server."""
+    from prefect.events.clients import AssertingEventsClient
+    from prefect.events.worker import EventsWorker
+
+    worker = EventsWorker.instance(AssertingEventsClient)
+    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
+
+    def events():
+        worker.wait_until_empty()
+        return [e for e in worker._client.events if e.event.startswith("backstop.")]
+
+    yield events
+    worker.drain()

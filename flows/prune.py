@@ -1,0 +1,73 @@
+"""The prune flow: apply a retention policy per backed-up source, never breaking a chain."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+from prefect import flow, get_run_logger, task
+
+from backstop.flows.params import PruneOutcome, PruneRequest
+from backstop.flows.runtime import Stopwatch
+from backstop.tasks.artifacts import publish_table
+from backstop.tasks.logs import install_log_masking
+from backstop.tasks.retention import check_policy, plan_retention, take_inventory
+from backstop.tasks.retry import RETRYING
+from backstop.tasks.store import StoreSpec
+
+
+@task(name="delete-backup", task_run_name="delete-{technology}-{backup_id}", **RETRYING)
+def delete_backup(store: StoreSpec, technology: str, backup_id: str) -> None:
+    store.open().delete_backup(technology, backup_id)
+
+
+@flow(name="backstop-prune")
+def prune(request: PruneRequest) -> PruneOutcome:
+    install_log_masking()
+    logger = get_run_logger()
+    clock = Stopwatch()
+    check_policy(request.keep_last, request.keep_days, request.grace_hours)
+    store = request.store.open()
+    decisions = plan_retention(
+        take_inventory(store, request.technology),
+        keep_last=request.keep_last,
+        keep_days=request.keep_days,
+        now=datetime.now(UTC),
+        grace=timedelta(hours=request.grace_hours),
+    )
+    doomed = [d for d in decisions if not d.keep]
+    # Incomplete folders have no manifest to say how big they are.
+    doomed = [
+        d
+        if d.bytes is not None
+        else dataclasses.replace(d, bytes=store.folder_bytes(d.technology, d.backup_id))
+        for d in doomed
+    ]
+    for decision in doomed:
+        verb = "would delete" if request.dry_run else "deleting"
+        logger.info("%s %s/%s: %s", verb, decision.technology, decision.backup_id, decision.reason)
+        if not request.dry_run:
+            delete_backup(request.store, decision.technology, decision.backup_id)
+    outcome = PruneOutcome(
+        dry_run=request.dry_run,
+        deleted=[dataclasses.asdict(d) for d in doomed],
+        kept=[dataclasses.asdict(d) for d in decisions if d.keep],
+        freed_bytes=sum(d.bytes or 0 for d in doomed),
+        duration_s=clock.seconds,
+    )
+    publish_table(
+        "prune",
+        request.technology or "all",
+        [
+            {
+                "backup": f"{d.technology}/{d.backup_id}",
+                "action": "keep" if d.keep else "delete",
+                "reason": d.reason,
+            }
+            for d in decisions
+        ],
+        f"{'Dry run: would delete' if request.dry_run else 'Deleted'} {len(doomed)} backup "
+        f"folder(s), {outcome.freed_bytes} bytes, in {request.store.display()}; "
+        f"kept {len(outcome.kept)}",
+    )
+    return outcome

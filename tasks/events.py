@@ -1,0 +1,78 @@
+"""Prefect events for monitoring: one per outcome, about the backed-up source.
+
+    backstop.backup.completed | backstop.backup.failed
+    backstop.restore.completed | backstop.restore.failed
+    backstop.verify.failed
+    backstop.drill.passed | backstop.drill.failed
+
+The resource is the source (technology + redacted URLs), so an automation can alert
+on a failure, or on a source with no `backstop.backup.completed` within N hours
+(docs/operations.md has both). Payloads carry figures, never credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.events import emit_event
+
+from backstop.drivers.redact import mask_secrets, redact_url
+
+
+def source_resource(technology: str, sources: Sequence[str]) -> dict[str, str]:
+    shown = ",".join(redact_url(s) for s in sources)
+    return {
+        "prefect.resource.id": f"backstop.source.{technology}.{shown}",
+        "prefect.resource.name": f"{technology} {shown}",
+        "backstop.technology": technology,
+    }
+
+
+def emit(
+    name: str, technology: str, sources: Sequence[str], payload: dict[str, Any] | None = None
+) -> None:
+    """Emit `backstop.<name>`; monitoring must never be why a backup fails."""
+    safe = json.loads(mask_secrets(json.dumps(payload or {}, default=str)))
+    try:
+        emit_event(
+            event=f"backstop.{name}",
+            resource=source_resource(technology, sources),
+            payload=safe,
+        )
+    except Exception as exc:  # an events outage is not a backup failure
+        logging.getLogger(__name__).warning("could not emit backstop.%s: %s", name, exc)
+
+
+@dataclass
+class Report:
+    """What a flow tells its outcome event: the source it is about, and figures."""
+
+    technology: str
+    sources: list[str]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def reported(
+    kind: str,
+    technology: str,
+    sources: Sequence[str],
+    *,
+    ok: str = "completed",
+    bad: str = "failed",
+) -> Iterator[Report]:
+    """Emit `backstop.<kind>.<ok>` when the block ends well, `<kind>.<bad>` (with the
+    error) when it raises; the block may name the source and add figures on the way."""
+    report = Report(technology, list(sources))
+    try:
+        yield report
+    except BaseException as exc:
+        error = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        emit(f"{kind}.{bad}", report.technology, report.sources, report.payload | error)
+        raise
+    emit(f"{kind}.{ok}", report.technology, report.sources, report.payload)
