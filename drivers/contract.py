@@ -6,6 +6,8 @@ A driver is plain Python (no Prefect). The tasks layer calls it in this order:
              parallel) -> release (always) -> consistency
     restore: check_urls -> prepare_restore (all targets, before any write) ->
              restore_unit (per unit) -> verify_unit (per unit)
+    quality: quality_parts + quality_chunks (the packaged backup, in place of a
+             plain read-back), target_quality_chunks (the restored target)
 
 Data never passes through the driver as a whole: `backup_unit` pushes serialized
 records into a `FileSink` (which compresses, hashes and writes them as they come),
@@ -15,7 +17,7 @@ and `restore_unit` pulls them from a `FileSource` stream.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -127,6 +129,24 @@ class TargetCheck:
     problems: list[str] = field(default_factory=list)
 
 
+@dataclass
+class QualityChunk:
+    """Some records of one part (a table, a collection, a tree) as columns, for the
+    data-quality suite of the driver's technology; chunks keep memory bounded."""
+
+    part: str
+    columns: dict[str, list[Any]]
+
+
+@dataclass
+class QualityPart:
+    """What the quality suite knows about a part before reading it: how many records
+    the source held, and upper bounds some columns must respect."""
+
+    records: int | None = None
+    max_values: dict[str, int] = field(default_factory=dict)
+
+
 class FileWriter(Protocol):
     def write(self, data: bytes, records: int = 0) -> None:
         """Append serialized bytes holding `records` whole records."""
@@ -219,6 +239,23 @@ class Driver(ABC):
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> TargetCheck:
         """Compare the target with the backup: counts and digests."""
+
+    # -- data quality (optional) ----------------------------------------------------
+    def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
+        """The parts of a backed-up unit the quality suite checks, with what the source
+        held; a technology without a suite raises NotImplementedError."""
+        raise NotImplementedError
+
+    def quality_chunks(self, unit: StoredUnit, source: FileSource) -> Iterator[QualityChunk]:
+        """The backup's records in column chunks (reading each file to its end, which
+        checks its checksums)."""
+        raise NotImplementedError
+
+    def target_quality_chunks(
+        self, unit: StoredUnit, target: str, plan: RestorePlan
+    ) -> Iterator[QualityChunk]:
+        """The restored target's records in the same column chunks."""
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         caps = self.capabilities

@@ -60,3 +60,7 @@ class IntegrityError(PermanentError):
 
 def is_transient(exc: BaseException | None) -> bool:
     return isinstance(exc, TransientError)
+
+
+class QualityError(PermanentError):
+    """Data that breaks its technology's data-quality suite (the bytes are intact)."""

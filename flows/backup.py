@@ -10,17 +10,17 @@ from prefect import flow, get_run_logger, unmapped
 
 import backstop
 from backstop.drivers.contract import StoredUnit
-from backstop.drivers.errors import BadInputError, IntegrityError
+from backstop.drivers.errors import BadInputError, IntegrityError, QualityError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.flows.params import BackupOutcome, BackupRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
-from backstop.tasks.artifacts import publish_table
+from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.backup import (
+    READ_BACK,
     commit_manifest,
     discard_partial,
     plan_backup,
-    quality_of,
     quiesce,
     release_quiesce,
     snapshot_unit,
@@ -35,6 +35,7 @@ from backstop.tasks.manifest import (
     new_backup_id,
     totals_of,
 )
+from backstop.tasks.quality import quality_of
 
 
 @flow(
@@ -85,9 +86,11 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         stored, handle = _snapshot(request, options, backup_id)
         checks = gather(validate_unit.map(technology, unmapped(spec), unmapped(backup_id), stored))
         quality = quality_of([c for unit_checks in checks for c in unit_checks])
-        if quality.status != "passed":
-            failed = [c.get("problem", c) for c in quality.checks if not c["passed"]]
-            raise IntegrityError(f"backup {backup_id} failed validation: {failed}")
+        unreadable = [
+            c["problem"] for c in quality.checks if c["check"] == READ_BACK and not c["passed"]
+        ]
+        if unreadable:  # the stored bytes are wrong: this is no backup at all
+            raise IntegrityError(f"backup {backup_id} failed its read-back: {unreadable}")
         consistency = driver.consistency(handle, stored)
         for warning in consistency.warnings:
             logger.warning(warning)
@@ -115,6 +118,15 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         logger.error("backup %s failed; removing its partial files", backup_id)
         discard_partial(spec, technology, backup_id)
         raise
+    publish_quality(technology, f"backup {technology}/{backup_id}", quality)
+    if quality.status != "passed":
+        # A faithful copy of data that breaks the suite: kept, so the data is not lost,
+        # but marked, so restore and incrementals refuse it unless told otherwise.
+        failed = [c["problem"] for c in quality.checks if not c["passed"]]
+        raise QualityError(
+            f"backup {backup_id} is complete but failed its data-quality checks "
+            f"(restore refuses it without --force): " + "; ".join(failed[:10])
+        )
 
     outcome = BackupOutcome(
         backup_id=backup_id,

@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="verify the backup and check the targets; write nothing",
     )
+    sub.add_argument(
+        "--force",
+        action="store_true",
+        help="restore a backup whose data-quality checks failed at backup time",
+    )
 
     sub = command("verify", "recompute every checksum of backups in a store")
     store_args(sub)
@@ -252,6 +257,7 @@ def cmd_restore(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         until=args.until,
         rename=_key_values(args.rename, "--rename", "FROM=TO"),
         dry_run=args.dry_run,
+        force=args.force,
     )
     with _progress(args):
         outcome = restore(request=request)

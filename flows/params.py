@@ -36,6 +36,7 @@ class RestoreRequest(BaseModel):
         "(Docstore: shop=shop_copy, shop.*=archive.*)",
     )
     dry_run: bool = False
+    force: bool = Field(False, description="restore a backup whose data-quality checks failed")
 
 
 class VerifyRequest(BaseModel):
@@ -72,8 +73,9 @@ class RestoreOutcome(BaseModel):
     verified: bool
     phases_s: dict[str, float] = Field(
         default_factory=dict,
-        description="seconds per phase: check (backup files re-hashed), load, verify",
+        description="seconds per phase: check (backup files re-hashed), load, verify, quality",
     )
+    quality: str = Field("not run", description="the restored target's data-quality suite")
 
 
 class VerifyOutcome(BaseModel):

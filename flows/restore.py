@@ -5,17 +5,18 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, unmapped
 
 from backstop.drivers.contract import RestorePlan, StoredUnit
-from backstop.drivers.errors import BadInputError, IntegrityError, PermanentError
+from backstop.drivers.errors import BadInputError, IntegrityError, PermanentError, QualityError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.flows.params import RestoreOutcome, RestoreRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
-from backstop.tasks.artifacts import publish_table
+from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.events import Report, emit, reported
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import Manifest
+from backstop.tasks.quality import quality_of
 from backstop.tasks.restore import prepare_targets, restore_unit
-from backstop.tasks.verify import verify_backup_files, verify_target
+from backstop.tasks.verify import target_quality, verify_backup_files, verify_target
 
 
 def chained_units(chain: list[Manifest]) -> list[StoredUnit]:
@@ -87,8 +88,15 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
                 + "\n  ".join(problems)
             )
         if link.quality.status != "passed":
-            raise IntegrityError(
-                f"backup {technology}/{link.backup_id} failed its quality checks at backup time"
+            failed = [c.get("problem", c["check"]) for c in link.quality.checks if not c["passed"]]
+            if not request.force:
+                raise QualityError(
+                    f"backup {technology}/{link.backup_id} failed its data-quality checks at "
+                    f"backup time ({'; '.join(failed[:5])}); nothing was restored. Restore it "
+                    "anyway with --force (the data is as the source held it)"
+                )
+            logger.warning(
+                "restoring %s despite failed data-quality checks (--force)", link.backup_id
             )
     phases = {"check": clock.seconds}
     units = chained_units(chain)
@@ -142,6 +150,7 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
             unmapped(plan),
         )
     )
+    phases["verify"] = round(clock.seconds - sum(phases.values()), 3)
     rows = [
         {
             "unit": unit.name,
@@ -172,12 +181,39 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
             "the restored target differs from the backup:\n  " + "\n  ".join(failed)
         )
 
+    target_checks = [
+        c
+        for unit_checks in gather(
+            target_quality.map(technology, units, unit_targets, unmapped(plan))
+        )
+        for c in unit_checks
+    ]
+    quality = quality_of(target_checks)
+    if target_checks:
+        publish_quality(technology, f"the target of restore {backup_id}", quality)
+    if quality.status != "passed" and request.force:
+        logger.warning("the restored target fails its data-quality checks, as forced")
+    elif quality.status != "passed":
+        failed_quality = [c["problem"] for c in quality.checks if not c["passed"]]
+        emit(
+            "verify.failed",
+            technology,
+            manifest.sources,
+            {"backup_id": backup_id, "stage": "target quality", "problems": failed_quality[:20]},
+        )
+        raise QualityError(
+            "the restored target fails its data-quality checks:\n  " + "\n  ".join(failed_quality)
+        )
+    outcome.quality = quality.status if target_checks else "no suite"
+    if quality.status != "passed" and request.force:
+        outcome.quality = "failed (forced)"
+    phases["quality"] = round(clock.seconds - sum(phases.values()), 3)
+
     outcome.status = "restored"
     outcome.records = sum(r.records_written for r in results)
     outcome.records_skipped = sum(r.records_skipped for r in results)
     outcome.verified = True
     outcome.duration_s = clock.seconds
-    phases["verify"] = round(outcome.duration_s - sum(phases.values()), 3)
     outcome.phases_s = phases
     logger.info("restore of %s verified: %s records written", backup_id, outcome.records)
     return outcome

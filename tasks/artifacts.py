@@ -21,3 +21,26 @@ def publish_table(kind: str, technology: str, rows: list[dict[str, Any]], descri
         table=safe_rows,
         description=mask_secrets(description),
     )
+
+
+def publish_quality(kind: str, label: str, quality: Any) -> None:
+    """The data-quality checks of a backup or a restored target, failures first."""
+    checks = sorted(quality.checks, key=lambda c: c["passed"])
+    rows = [
+        {
+            "check": c["check"],
+            "part": c.get("part") or c.get("file", ""),
+            "passed": "yes" if c["passed"] else "NO",
+            "unexpected": c.get("unexpected", 0),
+            "sample": ", ".join(c.get("sample", [])),
+        }
+        for c in checks
+    ]
+    failed = sum(not c["passed"] for c in checks)
+    create_table_artifact(
+        key=_key("backstop", "quality", kind),
+        table=[{k: mask_secrets(str(v)) for k, v in row.items()} for row in rows],
+        description=mask_secrets(
+            f"Data quality of {label}: {len(checks) - failed} checks passed, {failed} failed"
+        ),
+    )

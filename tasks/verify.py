@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 
 from backstop.drivers.contract import RestorePlan, StoredUnit, TargetCheck
@@ -10,6 +12,7 @@ from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import StoreSource, check_file
+from backstop.tasks.quality import run_suite
 from backstop.tasks.retry import RETRYING, classified
 from backstop.tasks.secrets import resolve_url
 from backstop.tasks.store import StoreSpec
@@ -41,3 +44,19 @@ def verify_target(
     source = StoreSource(store.open(), technology, backup_id)
     with classified(driver, f"verifying {unit.name} in {redact_url(target)}"):
         return driver.verify_unit(unit, resolve_url(target), source, plan)
+
+
+@task(name="target-quality", task_run_name="target-quality-{unit.name}", **RETRYING)
+def target_quality(
+    technology: str, unit: StoredUnit, target: str, plan: RestorePlan
+) -> list[dict[str, Any]]:
+    """The technology's data-quality suite on what a restore left in the target (no
+    checks when the technology, or this backup's mode, has no suite)."""
+    driver = get_driver(technology)
+    try:
+        driver.quality_parts(unit)
+    except NotImplementedError:
+        return []
+    with classified(driver, f"checking the data quality of {unit.name} in {redact_url(target)}"):
+        chunks = driver.target_quality_chunks(unit, resolve_url(target), plan)
+        return run_suite(technology, chunks, None, unit.name)

@@ -76,3 +76,39 @@ def read_documents(stream: BinaryIO) -> Iterator[bytes]:
         yield buffer[pos:end]
         pos = end
         offset += length
+
+
+# Value sizes of BSON element types, after the type byte and the name: fixed sizes, or
+# how to read the variable ones.
+_FIXED = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8,
+          0x12: 8, 0x13: 16, 0x7F: 0, 0xFF: 0}  # fmt: skip
+_LENGTH_PREFIXED = {0x02: 4, 0x0D: 4, 0x0E: 4}  # string-like: int32 length + bytes
+_SELF_SIZED = {0x03, 0x04, 0x0F}  # documents, arrays, code with scope: int32 total
+
+
+def id_key(raw: bytes) -> bytes | None:
+    """The `_id` element's type byte and value bytes, without decoding the document
+    (servers put `_id` first, so this reads a few bytes); None when there is none."""
+    pos, end = 4, len(raw) - 1
+    while pos < end:
+        kind = raw[pos]
+        name_end = raw.index(b"\x00", pos + 1)
+        start = name_end + 1
+        if kind in _FIXED:
+            stop = start + _FIXED[kind]
+        elif kind in _LENGTH_PREFIXED:
+            stop = start + 4 + _LEN.unpack_from(raw, start)[0]
+        elif kind in _SELF_SIZED:
+            stop = start + _LEN.unpack_from(raw, start)[0]
+        elif kind == 0x05:  # binary: int32 length, subtype, bytes
+            stop = start + 5 + _LEN.unpack_from(raw, start)[0]
+        elif kind == 0x0B:  # regex: two C strings
+            stop = raw.index(b"\x00", raw.index(b"\x00", start) + 1) + 1
+        elif kind == 0x0C:  # DBPointer: string + ObjectId
+            stop = start + 4 + _LEN.unpack_from(raw, start)[0] + 12
+        else:
+            raise BsonFileError(f"unknown BSON element type 0x{kind:02x}")
+        if raw[pos + 1 : name_end] == b"_id":
+            return raw[pos : pos + 1] + raw[start:stop]
+        pos = stop
+    return None

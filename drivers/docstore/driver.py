@@ -23,6 +23,8 @@ from backstop.drivers.contract import (
     Driver,
     FileSink,
     FileSource,
+    QualityChunk,
+    QualityPart,
     RestoreMode,
     RestorePlan,
     RestoreResult,
@@ -37,6 +39,7 @@ from backstop.drivers.docstore.bsonfile import (
     FORMAT,
     METADATA_FORMAT,
     document_hash,
+    id_key,
     read_documents,
 )
 from backstop.drivers.docstore.client import classify, connect, explain
@@ -51,6 +54,7 @@ from backstop.drivers.redact import redact_url
 
 WRITE_CHUNK = 1 << 20
 READ_BATCH = 1000
+QUALITY_CHUNK = 100_000  # documents per quality chunk
 INSERT_WORKERS = int(os.environ.get("BACKSTOP_DOCSTORE_INSERT_WORKERS", "4"))
 _PROBE_DB = "backstop_probe"  # never created: a snapshot find on it only tests support
 _SNAPSHOT_TOO_OLD = 239
@@ -286,6 +290,28 @@ class DocstoreDriver(Driver):
             problems.append(f"{unit.name}: indexes missing or different: {missing}")
         return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
 
+    # -- data quality ---------------------------------------------------------------
+    def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
+        return {unit.name: QualityPart(records=unit.records)}
+
+    def quality_chunks(self, unit: StoredUnit, source: FileSource) -> Iterator[QualityChunk]:
+        data, metadata = _files(unit)
+        with source.open(metadata) as stream:  # read to its end: its checksums are checked
+            while stream.read(1 << 20):
+                pass
+        with source.open(data) as stream:
+            yield from _id_chunks(unit.name, read_documents(stream))
+
+    def target_quality_chunks(
+        self, unit: StoredUnit, target: str, plan: RestorePlan
+    ) -> Iterator[QualityChunk]:
+        if not list(_chosen([unit], list(plan.include))):
+            return
+        db, name = _target(unit, plan)
+        with connect(target) as client:
+            cursor = client[db][name].find({}, {"_id": 1}, batch_size=READ_BATCH)
+            yield from _id_chunks(f"{db}.{name}", (d.raw for d in cursor))
+
 
 def _snapshot_point(client, hello) -> dict[str, Any]:
     """One cluster time for every collection's snapshot reads, if the server has them
@@ -316,6 +342,17 @@ def _snapshot_point(client, hello) -> dict[str, Any]:
 
 def _snapshot_concern(at: Timestamp) -> dict[str, Any]:
     return {"level": "snapshot", "atClusterTime": at}
+
+
+def _id_chunks(part: str, raws: Iterator[bytes]) -> Iterator[QualityChunk]:
+    ids: list[bytes | None] = []
+    for raw in raws:
+        ids.append(id_key(raw))
+        if len(ids) >= QUALITY_CHUNK:
+            yield QualityChunk(part=part, columns={"_id": ids})
+            ids = []
+    if ids:
+        yield QualityChunk(part=part, columns={"_id": ids})
 
 
 def _documents(database, name: str, handle: Mapping[str, Any] | None) -> Iterator[Any]:

@@ -7,7 +7,7 @@ Consistency comes from immutability: a shard's snapshot is every cell with
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, inspect, text
@@ -21,6 +21,8 @@ from backstop.drivers.contract import (
     Driver,
     FileSink,
     FileSource,
+    QualityChunk,
+    QualityPart,
     RestoreMode,
     RestorePlan,
     RestoreResult,
@@ -45,6 +47,7 @@ from backstop.drivers.schemaless.errors import classify
 from backstop.drivers.schemaless.until import Limit, parse_until
 
 BATCH_CELLS = 10_000
+QUALITY_CHUNK = 100_000  # cells per quality chunk: a few MB of keys
 # MySQL/MariaDB hand DATETIME to Python as text that mysqlclient parses in Python (half
 # of a backup's read time); the server computes the microseconds far cheaper. DATETIME
 # has no time zone, so this is exact whatever the session's time zone.
@@ -185,6 +188,11 @@ class SchemalessDriver(Driver):
                         "full backup"
                     )
                 records = 0
+                # What the quality suite compares the packaged file with: counted by
+                # the server in the same snapshot as the cells are read.
+                source_count = _count(conn, table, watermark) - (
+                    _count(conn, table, since) if since else 0
+                )
                 meta = {"table": table, "watermark": watermark, "since": since}
                 with sink.open(f"{unit.name}/{table}.cells", format=FORMAT, meta=meta) as out:
                     for rows in _stream_cells(conn, table, watermark, since):
@@ -192,7 +200,12 @@ class SchemalessDriver(Driver):
                         out.write(data, n)
                         records += n
                 watermarks[table] = watermark
-                tables_meta[table] = {"watermark": watermark, "since": since, "records": records}
+                tables_meta[table] = {
+                    "watermark": watermark,
+                    "since": since,
+                    "records": records,
+                    "source_count": source_count,
+                }
                 total += records
         return UnitResult(
             records=total,
@@ -322,6 +335,51 @@ class SchemalessDriver(Driver):
                         conn, table, files[-1].meta["watermark"], expected, problems, unit.name
                     )
         return TargetCheck(unit=unit.name, ok=not problems, records=records, problems=problems)
+
+    # -- data quality ---------------------------------------------------------------
+    def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
+        return {
+            table: QualityPart(
+                records=info.get("source_count"), max_values={"added_id": info["watermark"]}
+            )
+            for table, info in unit.meta.get("tables", {}).items()
+        }
+
+    def quality_chunks(self, unit: StoredUnit, source: FileSource) -> Iterator[QualityChunk]:
+        for file in unit.files:
+            with source.open(file) as stream:
+                for batch in read_cells(stream, QUALITY_CHUNK):
+                    yield _quality_chunk(file.meta["table"], batch)
+
+    def target_quality_chunks(
+        self, unit: StoredUnit, target: str, plan: RestorePlan
+    ) -> Iterator[QualityChunk]:
+        tables = dict.fromkeys(file.meta["table"] for file in unit.files)
+        engine = engines.source_engine(target)
+        with engines.connection(engine) as conn:
+            for table in tables:
+                result = conn.execution_options(stream_results=True).execute(
+                    text(f"SELECT {_QUALITY_COLUMNS} FROM {_quote(conn, table)} ORDER BY added_id")
+                )
+                for rows in result.partitions(QUALITY_CHUNK):
+                    yield _quality_chunk(table, rows)
+
+
+_QUALITY_COLUMNS = "added_id, row_key, column_name, ref_key"
+
+
+def _quality_chunk(table: str, rows) -> QualityChunk:
+    """Cells (or the first four columns of cells) as the quality suite's columns."""
+    added, keys, columns, refs = [], [], [], []
+    for row in rows:
+        added.append(row[0])
+        keys.append(row[1])
+        columns.append(row[2])
+        refs.append(row[3])
+    return QualityChunk(
+        part=table,
+        columns={"added_id": added, "row_key": keys, "column_name": columns, "ref_key": refs},
+    )
 
 
 def _expected(files: list[StoredFile], source: FileSource, limit: Limit) -> tuple[int, str]:

@@ -1,0 +1,167 @@
+"""Data quality: the Great Expectations suites catch what checksums cannot.
+
+The corruptions here keep every checksum consistent (the manifest is rewritten to
+match), so `verify` passes and only the quality step can catch them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import zstandard
+
+from backstop.drivers.contract import QualityChunk, QualityPart
+from backstop.drivers.schemaless.cells import pack_cells, read_cells
+from backstop.tasks.quality import KeyLedger, run_suite
+
+
+def rewrite_backup_file(store: Path, technology: str, backup_id: str, edit) -> None:
+    """Replace one data file's content by edit(content), with matching checksums."""
+    folder = store / technology / backup_id
+    manifest = json.loads((folder / "manifest.json").read_text())
+    unit = manifest["units"][0]
+    entry = unit["files"][0]
+    path = folder / entry["name"]
+    raw = zstandard.ZstdDecompressor().stream_reader(path.read_bytes(), read_across_frames=True)
+    content = edit(raw.read())
+    stored = zstandard.ZstdCompressor(write_checksum=True).compress(content)
+    path.write_bytes(stored)
+    entry.update(
+        bytes=len(stored),
+        sha256=hashlib.sha256(stored).hexdigest(),
+        raw_bytes=len(content),
+        raw_sha256=hashlib.sha256(content).hexdigest(),
+    )
+    manifest["totals"]["bytes"] = sum(f["bytes"] for u in manifest["units"] for f in u["files"])
+    manifest["totals"]["raw_bytes"] = sum(
+        f["raw_bytes"] for u in manifest["units"] for f in u["files"]
+    )
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def corrupt_cells(content: bytes) -> bytes:
+    """Cell 10 gets a negative ref_key, cell 20 a row_key that is no UUID."""
+    import io
+
+    cells = [c for batch in read_cells(io.BytesIO(content), 1_000_000) for c in batch]
+    added, rk, col, ref, body, micros = cells[10]
+    cells[10] = (added, rk, col, -7, body, micros)
+    added, rk, col, ref, body, micros = cells[20]
+    cells[20] = (added, "not-a-uuid-but-36-characters-long!!", col, ref, body, micros)
+    return pack_cells(cells)[0]
+
+
+def test_a_corrupted_but_checksum_consistent_backup_is_caught_only_by_quality(
+    cli, shards, local_store, tmp_path
+):
+    store = Path(local_store.url.removeprefix("file://"))
+    backed_up = cli("backup", "schemaless", "--source", shards[0], "--store", local_store.url,
+                    "--json")  # fmt: skip
+    assert backed_up.code == 0
+    backup_id = backed_up.json["backup_id"]
+    rewrite_backup_file(store, "schemaless", backup_id, corrupt_cells)
+
+    verified = cli("verify", "--store", local_store.url, "--json")
+    assert verified.code == 0 and verified.json["ok"] is True  # every checksum agrees
+
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    restored = cli("restore", "schemaless", "--store", local_store.url, "--target", target,
+                   "--json")  # fmt: skip
+    assert restored.code == 1
+    error = restored.json["error"]
+    assert "data-quality" in error
+    assert "expect_column_values_to_be_between(column=ref_key" in error
+    assert "expect_column_values_to_match_regex(column=row_key" in error
+
+
+def test_a_source_breaking_the_suite_is_backed_up_marked_and_restored_only_with_force(
+    cli, shards, local_store, tmp_path
+):
+    with sqlite3.connect(shards[0].removeprefix("sqlite:///")) as db:
+        db.execute(
+            "INSERT INTO cells (row_key, column_name, ref_key, body, created_at) "
+            "VALUES ('nope', 'c', -1, X'00', '2026-11-26 00:00:00.000000')"
+        )
+    backed_up = cli("backup", "schemaless", "--source", shards[0], "--store", local_store.url,
+                    "--json")  # fmt: skip
+    assert backed_up.code == 1 and "failed its data-quality checks" in backed_up.json["error"]
+    [folder] = local_store.open().folders()
+    assert folder.complete  # kept: the data is as the source holds it
+    manifest = local_store.open().read_manifest("schemaless", folder.backup_id)
+    assert manifest.quality.status == "failed"
+    failed = {c["check"].split("(")[0] for c in manifest.quality.checks if not c["passed"]}
+    assert failed == {
+        "gx:expect_column_values_to_match_regex",
+        "gx:expect_column_values_to_be_between",
+    }
+    status = cli("status", "--store", local_store.url, "--json")
+    assert status.json["sources"][0]["validated"] == "failed"
+
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    refused = cli("restore", "schemaless", "--store", local_store.url, "--target", target,
+                  "--json")  # fmt: skip
+    assert refused.code == 1 and "--force" in refused.json["error"]
+    assert not (tmp_path / "target.db").exists()
+    forced = cli("restore", "schemaless", "--store", local_store.url, "--target", target,
+                 "--force", "--json")  # fmt: skip
+    assert forced.code == 0 and forced.json["verified"] is True
+    assert forced.json["quality"] == "failed (forced)"
+    assert forced.json["records"] == 3_001  # the template's 3,000 cells and the bad one
+
+
+def chunks(part: str, columns: dict[str, list], size: int):
+    n = len(next(iter(columns.values())))
+    for i in range(0, n, size):
+        yield QualityChunk(part=part, columns={k: v[i : i + size] for k, v in columns.items()})
+
+
+def failed_checks(checks: list[dict]) -> dict[str, int]:
+    return {c["check"]: c["unexpected"] for c in checks if not c["passed"]}
+
+
+def test_duplicates_in_different_chunks_are_found_across_the_part():
+    ids = [bytes([7]) + i.to_bytes(12, "big") for i in range(25_000)]
+    ids[24_000] = ids[3]  # in another chunk than its twin
+    checks = run_suite("docstore", chunks("shop.orders", {"_id": ids}, 10_000),
+                       {"shop.orders": QualityPart(records=25_000)})  # fmt: skip
+    assert failed_checks(checks) == {"unique across the part: _id": 1}
+
+
+def test_zookeeper_suite_needs_every_parent_and_absolute_unique_paths():
+    paths = ["/", "/app", "/app/a", "/app/b", "/orphan/child", "relative"]
+    parents = [None, "/", "/app", "/app", "/orphan", None]
+    checks = run_suite("zookeeper", chunks("tree", {"path": paths, "parent": parents}, 4),
+                       {"tree": QualityPart(records=7)})  # fmt: skip
+    assert failed_checks(checks) == {
+        "gx:expect_column_values_to_match_regex(column=path, regex=^/)": 1,
+        "every parent present": 1,
+        "count equals the source's": 1,
+    }
+
+
+def test_schemaless_order_and_watermark_are_checked_across_chunks():
+    n = 30
+    columns = {
+        "added_id": [*range(1, 21), 15, *range(22, 31)],  # 15 again, in the last chunk
+        "row_key": [f"{i:08d}-0000-4000-8000-000000000000" for i in range(n)],
+        "column_name": ["c"] * n,
+        "ref_key": list(range(n)),
+    }
+    checks = run_suite("schemaless", chunks("cells", columns, 10),
+                       {"cells": QualityPart(records=n, max_values={"added_id": 29})})  # fmt: skip
+    assert failed_checks(checks) == {
+        "added_id strictly increasing": 1,
+        "gx:expect_column_values_to_be_between(column=added_id, max_value=29.0, min_value=1.0)": 1,
+    }
+
+
+def test_key_ledger_spills_to_disk_and_counts_missing_keys(tmp_path):
+    paths, parents = KeyLedger(tmp_path, "paths"), KeyLedger(tmp_path, "parents")
+    for start in range(0, 100_000, 20_000):
+        paths.add([f"/n{i}" for i in range(start, start + 20_000)])
+    parents.add(["/n5", "/n99999", "/gone", "/also-gone"])
+    assert paths.count == 100_000 and paths.duplicates() == 0
+    assert parents.missing_from(paths) == 2
+    assert sum(p.stat().st_size for p in tmp_path.glob("paths-*.u64")) == 800_000
