@@ -240,6 +240,14 @@ class Driver(ABC):
     ) -> TargetCheck:
         """Compare the target with the backup: counts and digests."""
 
+    def safety_backup_options(
+        self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
+    ) -> dict[str, Any] | None:
+        """Before an overwrite: the backup options that capture what the restore will
+        replace in the targets, or None when they hold none of it (nothing to lose).
+        The default backs up the targets whole."""
+        return {}
+
     # -- data quality (optional) ----------------------------------------------------
     def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
         """The parts of a backed-up unit the quality suite checks, with what the source

@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="restore a backup whose data-quality checks failed at backup time",
     )
+    sub.add_argument(
+        "--no-safety-backup",
+        dest="safety_backup",
+        action="store_false",
+        help="with --mode overwrite: skip backing up the targets first (no rollback)",
+    )
 
     sub = command("verify", "recompute every checksum of backups in a store")
     store_args(sub)
@@ -258,6 +264,7 @@ def cmd_restore(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         rename=_key_values(args.rename, "--rename", "FROM=TO"),
         dry_run=args.dry_run,
         force=args.force,
+        safety_backup=args.safety_backup,
     )
     with _progress(args):
         outcome = restore(request=request)
@@ -274,6 +281,8 @@ def cmd_restore(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             f"written, {outcome.records_skipped:,} skipped, into {len(outcome.targets)} "
             f"target(s) in {outcome.duration_s:.1f} s; verified equal to the backup"
         )
+        if outcome.safety_backup:
+            text += f" (the targets' previous content is in backup {outcome.safety_backup})"
     return data, text
 
 

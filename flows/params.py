@@ -37,6 +37,11 @@ class RestoreRequest(BaseModel):
     )
     dry_run: bool = False
     force: bool = Field(False, description="restore a backup whose data-quality checks failed")
+    safety_backup: bool = Field(
+        True,
+        description="with mode overwrite: back up what will be replaced first, and roll the "
+        "targets back to it if the restore or its verification fails",
+    )
 
 
 class VerifyRequest(BaseModel):
@@ -76,6 +81,9 @@ class RestoreOutcome(BaseModel):
         description="seconds per phase: check (backup files re-hashed), load, verify, quality",
     )
     quality: str = Field("not run", description="the restored target's data-quality suite")
+    safety_backup: str | None = Field(
+        None, description="the backup of the targets taken before an overwrite"
+    )
 
 
 class VerifyOutcome(BaseModel):

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.transactions import Transaction, get_transaction, transaction
 
-from backstop.drivers.contract import RestorePlan, StoredUnit
+from backstop.drivers.contract import RestoreMode, RestorePlan, StoredUnit
 from backstop.drivers.errors import BadInputError, IntegrityError, PermanentError, QualityError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
-from backstop.flows.params import RestoreOutcome, RestoreRequest
+from backstop.flows.backup import backup
+from backstop.flows.params import BackupRequest, RestoreOutcome, RestoreRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
 from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.events import Report, emit, reported
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.quality import quality_of
-from backstop.tasks.restore import prepare_targets, restore_unit
+from backstop.tasks.restore import prepare_targets, restore_unit, safety_options
+from backstop.tasks.store import StoreSpec
 from backstop.tasks.verify import target_quality, verify_backup_files, verify_target
 
 
@@ -122,6 +126,38 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
         outcome.duration_s = clock.seconds
         return outcome
 
+    safety = None
+    if mode is RestoreMode.OVERWRITE and request.safety_backup:
+        safety = _safety_backup(request, units, plan)
+        outcome.safety_backup = safety
+    if safety is None:
+        return _load_and_verify(request, units, plan, manifest, outcome, phases, clock)
+    try:
+        with transaction():
+            guard_targets(technology, spec, safety, request.targets)
+            return _load_and_verify(request, units, plan, manifest, outcome, phases, clock)
+    except BaseException as exc:
+        note = _ROLLBACKS.pop(safety, f"rolling back to safety backup {safety} failed; see logs")
+        raise PermanentError(f"{exc}\n{note}") from exc
+
+
+def _load_and_verify(
+    request: RestoreRequest,
+    units: list[StoredUnit],
+    plan: RestorePlan,
+    manifest: Manifest,
+    outcome: RestoreOutcome,
+    phases: dict[str, float],
+    clock: Stopwatch,
+) -> RestoreOutcome:
+    logger = get_run_logger()
+    technology, spec, mode, backup_id = (
+        request.technology,
+        request.store,
+        plan.mode,
+        outcome.backup_id,
+    )
+    targets = outcome.targets
     # One target per unit (Schemaless shards), or one target for every unit (a
     # deployment's collections); prepare_targets has checked which applies.
     unit_targets = (
@@ -217,3 +253,64 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
     outcome.phases_s = phases
     logger.info("restore of %s verified: %s records written", backup_id, outcome.records)
     return outcome
+
+
+# -- safety before an overwrite -------------------------------------------------------------
+_ROLLBACKS: dict[str, str] = {}  # safety backup id -> what the rollback did
+
+
+def _safety_backup(
+    request: RestoreRequest, units: list[StoredUnit], plan: RestorePlan
+) -> str | None:
+    """Back up what an overwrite will replace; None when the targets hold none of it."""
+    options = safety_options(request.technology, units, request.targets, plan)
+    if options is None:
+        get_run_logger().info("the targets hold nothing the overwrite replaces: no safety backup")
+        return None
+    taken = backup(
+        request=BackupRequest(
+            technology=request.technology,
+            sources=request.targets,
+            store=request.store,
+            options=options,
+        )
+    )
+    get_run_logger().info("safety backup of the targets before overwriting: %s", taken.backup_id)
+    return taken.backup_id
+
+
+@task(name="guard-targets", cache_policy=NO_CACHE)
+def guard_targets(technology: str, store: StoreSpec, safety: str, targets: list[str]) -> None:
+    """Holds the safety backup in the restore's transaction: its rollback hook puts the
+    targets back as they were if the restore or its verification fails."""
+    txn = get_transaction()
+    txn.set("technology", technology)
+    txn.set("store", store.model_dump())
+    txn.set("safety", safety)
+    txn.set("targets", list(targets))
+
+
+@guard_targets.on_rollback
+def _roll_back_targets(txn: Transaction) -> None:
+    safety = txn.get("safety")
+    logger = get_run_logger()
+    logger.warning("restore failed: rolling the targets back to safety backup %s", safety)
+    try:
+        back = restore(
+            request=RestoreRequest(
+                technology=txn.get("technology"),
+                store=StoreSpec(**txn.get("store")),
+                targets=txn.get("targets"),
+                backup=safety,
+                mode=RestoreMode.OVERWRITE,
+                force=True,
+                safety_backup=False,
+            )
+        )
+    except Exception as exc:
+        _ROLLBACKS[safety] = f"ROLLING BACK to safety backup {safety} FAILED too: {exc}"
+        raise
+    _ROLLBACKS[safety] = (
+        f"the targets were rolled back to safety backup {safety} "
+        f"({back.records} records restored and verified)"
+    )

@@ -50,3 +50,12 @@ def restore_unit(
 @task(name="load-manifest", **RETRYING)
 def load_manifest(store: StoreSpec, technology: str, ref: str) -> Manifest:
     return store.open().resolve(technology, ref)
+
+
+@task(name="safety-options", **RETRYING)
+def safety_options(
+    technology: str, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
+) -> dict | None:
+    driver = get_driver(technology)
+    with classified(driver, "looking at what the overwrite replaces"):
+        return driver.safety_backup_options(units, [resolve_url(t) for t in targets], plan)

@@ -165,3 +165,37 @@ def test_key_ledger_spills_to_disk_and_counts_missing_keys(tmp_path):
     assert paths.count == 100_000 and paths.duplicates() == 0
     assert parents.missing_from(paths) == 2
     assert sum(p.stat().st_size for p in tmp_path.glob("paths-*.u64")) == 800_000
+
+
+def test_a_failed_overwrite_rolls_the_target_back_to_its_safety_backup(
+    cli, shards, local_store, tmp_path
+):
+    store = Path(local_store.url.removeprefix("file://"))
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    first = cli("backup", "schemaless", "--source", shards[0], "--store", local_store.url,
+                "--json")  # fmt: skip
+    assert cli("restore", "schemaless", "--store", local_store.url, "--target", target).code == 0
+    before = cells_in(tmp_path / "target.db")
+
+    with sqlite3.connect(shards[0].removeprefix("sqlite:///")) as db:
+        db.execute("DELETE FROM cells WHERE added_id > 1000")
+    second = cli("backup", "schemaless", "--source", shards[0], "--store", local_store.url,
+                 "--json")  # fmt: skip
+    rewrite_backup_file(store, "schemaless", second.json["backup_id"], corrupt_cells)
+
+    failed = cli("restore", "schemaless", "--store", local_store.url, "--target", target,
+                 "--backup", second.json["backup_id"], "--mode", "overwrite", "--json")  # fmt: skip
+    assert failed.code == 1
+    assert "data-quality" in failed.json["error"]
+    assert "rolled back to safety backup" in failed.json["error"]
+    assert cells_in(tmp_path / "target.db") == before  # as it was, cell for cell
+
+    good = cli("restore", "schemaless", "--store", local_store.url, "--target", target,
+               "--backup", first.json["backup_id"], "--mode", "overwrite", "--json")  # fmt: skip
+    assert good.code == 0 and good.json["safety_backup"]
+    assert cells_in(tmp_path / "target.db") == before
+
+
+def cells_in(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT * FROM cells ORDER BY added_id").fetchall()

@@ -290,6 +290,17 @@ class DocstoreDriver(Driver):
             problems.append(f"{unit.name}: indexes missing or different: {missing}")
         return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
 
+    def safety_backup_options(
+        self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
+    ) -> dict[str, Any] | None:
+        held = []
+        with connect(targets[0]) as client:
+            for unit in _chosen(units, list(plan.include)):
+                db, name = _target(unit, plan)
+                if client[db][name].estimated_document_count():
+                    held.append(f"{db}.{name}")
+        return {"include": held} if held else None
+
     # -- data quality ---------------------------------------------------------------
     def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
         return {unit.name: QualityPart(records=unit.records)}

@@ -336,6 +336,21 @@ class SchemalessDriver(Driver):
                     )
         return TargetCheck(unit=unit.name, ok=not problems, records=records, problems=problems)
 
+    def safety_backup_options(
+        self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
+    ) -> dict[str, Any] | None:
+        tables = sorted({t for unit in units for t in unit.meta.get("tables", {})})
+        held = set()
+        for target in targets:
+            engine = engines.target_engine(target)
+            if engine.dialect.name == "sqlite" and not engines.sqlite_file_exists(target):
+                engine.dispose()
+                continue
+            with engines.connection(engine) as conn:
+                present, _ = _cell_tables(conn)
+                held |= {t for t in tables if t in present and _count(conn, t)}
+        return {"tables": sorted(held)} if held else None
+
     # -- data quality ---------------------------------------------------------------
     def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
         return {

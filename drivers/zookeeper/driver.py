@@ -292,6 +292,17 @@ class ZooKeeperDriver(Driver):
         problems += digest_problems(digest, unit.meta, "backup")
         return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
 
+    def safety_backup_options(
+        self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
+    ) -> dict[str, Any] | None:
+        target = parse_zk_url(targets[0])
+        with connect(_without_chroot(targets[0])) as zk:
+            root = target.chroot or "/"
+            if zk.exists(root) is None:
+                return None
+            children = [c for c in zk.get_children(root) if target.chroot or c != "zookeeper"]
+        return {} if children else None
+
     # -- data quality ---------------------------------------------------------------
     def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
         if unit.meta.get("mode") != "logical":
