@@ -48,6 +48,7 @@ def drill(request: DrillRequest) -> DrillOutcome:
                 targets=request.scratch,
                 backup=backed_up.backup_id,
                 mode=RestoreMode.OVERWRITE,
+                safety_backup=False,  # scratch targets are throwaway by definition
             )
         )
         outcome = DrillOutcome(

@@ -207,15 +207,8 @@ def _load_and_verify(
         + ("verified equal to the backup" if not failed else "VERIFICATION FAILED"),
     )
     if failed:
-        emit(
-            "verify.failed",
-            technology,
-            manifest.sources,
-            {"backup_id": backup_id, "stage": "restored target", "problems": failed[:20]},
-        )
-        raise PermanentError(
-            "the restored target differs from the backup:\n  " + "\n  ".join(failed)
-        )
+        _target_refused(manifest, "restored target", failed, PermanentError(
+            "the restored target differs from the backup"))  # fmt: skip
 
     target_checks = [
         c
@@ -231,15 +224,8 @@ def _load_and_verify(
         logger.warning("the restored target fails its data-quality checks, as forced")
     elif quality.status != "passed":
         failed_quality = [c["problem"] for c in quality.checks if not c["passed"]]
-        emit(
-            "verify.failed",
-            technology,
-            manifest.sources,
-            {"backup_id": backup_id, "stage": "target quality", "problems": failed_quality[:20]},
-        )
-        raise QualityError(
-            "the restored target fails its data-quality checks:\n  " + "\n  ".join(failed_quality)
-        )
+        _target_refused(manifest, "target quality", failed_quality, QualityError(
+            "the restored target fails its data-quality checks"))  # fmt: skip
     outcome.quality = quality.status if target_checks else "no suite"
     if quality.status != "passed" and request.force:
         outcome.quality = "failed (forced)"
@@ -253,6 +239,17 @@ def _load_and_verify(
     outcome.phases_s = phases
     logger.info("restore of %s verified: %s records written", backup_id, outcome.records)
     return outcome
+
+
+def _target_refused(manifest: Manifest, stage: str, problems: list[str], error: Exception):
+    """Say so as an event, then fail with every problem listed."""
+    emit(
+        "verify.failed",
+        manifest.technology,
+        manifest.sources,
+        {"backup_id": manifest.backup_id, "stage": stage, "problems": problems[:20]},
+    )
+    raise type(error)(f"{error}:\n  " + "\n  ".join(problems))
 
 
 # -- safety before an overwrite -------------------------------------------------------------

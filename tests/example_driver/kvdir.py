@@ -1,0 +1,126 @@
+"""A worked example of a third-party driver: `kvdir`, a folder of key files.
+
+A source or target is `kvdir:///absolute/folder`; every regular file in it is a key,
+its bytes the value. One unit per folder; the backup file is a sequence of
+(key length, value length, key, value) records. It implements the whole contract,
+no quality suite (the default: the read-back is all the backup gets), and is
+installed through the `backstop.drivers` entry point by tests/test_example_driver.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from backstop.drivers.contract import (
+    Capabilities,
+    Consistency,
+    ConsistencyKind,
+    Driver,
+    FileSink,
+    FileSource,
+    RestoreMode,
+    RestorePlan,
+    RestoreResult,
+    StoredUnit,
+    TargetCheck,
+    Unit,
+    UnitResult,
+)
+from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
+
+_HEADER = struct.Struct("<HI")
+
+
+def _folder(url: str) -> Path:
+    return Path(url.removeprefix("kvdir://"))
+
+
+def _digest(items) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(items):
+        digest.update(_HEADER.pack(len(key), len(value)) + key + value)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> dict[bytes, bytes]:
+    return {p.name.encode(): p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+class KvDirDriver(Driver):
+    name = "kvdir"
+    version = "0.1.0"
+    capabilities = Capabilities(consistency=(ConsistencyKind.NONE,), modes=("logical",))
+    url_schemes = ("kvdir",)
+    single_url = "one folder per backup"
+
+    def classify(self, exc: BaseException) -> ErrorKind:
+        # A busy disk may clear up; anything else will not.
+        return ErrorKind.TRANSIENT if isinstance(exc, TimeoutError) else ErrorKind.PERMANENT
+
+    def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
+        folder = _folder(sources[0])
+        if not folder.is_dir():
+            raise PermanentError(f"{folder} is not a folder")
+        return [Unit(name="keys", source=sources[0])]
+
+    def backup_unit(self, unit: Unit, sink: FileSink) -> UnitResult:
+        items = _files(_folder(unit.source))
+        with sink.open("keys.kv", format="kvdir/1") as out:
+            for key, value in items.items():
+                out.write(_HEADER.pack(len(key), len(value)) + key + value, 1)
+        return UnitResult(records=len(items), meta={"digest": _digest(items.items())})
+
+    def consistency(self, quiesce_handle, units: Sequence[StoredUnit]) -> Consistency:
+        return Consistency(
+            kind=ConsistencyKind.NONE, warnings=["files are read one by one, not frozen"]
+        )
+
+    def prepare_restore(
+        self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
+    ) -> None:
+        folder = _folder(targets[0])
+        if not folder.is_dir():
+            raise BadInputError(f"target folder {folder} does not exist")
+        if plan.mode is RestoreMode.FAIL_IF_EXISTS and any(folder.iterdir()):
+            raise BadInputError(f"target folder {folder} is not empty; choose a --mode")
+
+    def restore_unit(
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
+    ) -> RestoreResult:
+        folder = _folder(target)
+        if plan.mode is RestoreMode.OVERWRITE:
+            for path in folder.iterdir():
+                path.unlink()
+        written = skipped = 0
+        with source.open(unit.files[0]) as stream:
+            data = stream.read()  # a toy: real drivers stream in blocks
+            while stream.read():
+                pass  # to the end, so the checksums are checked
+        pos = 0
+        while pos < len(data):
+            key_len, value_len = _HEADER.unpack_from(data, pos)
+            pos += _HEADER.size
+            key, value = data[pos : pos + key_len], data[pos + key_len : pos + key_len + value_len]
+            pos += key_len + value_len
+            path = folder / key.decode()
+            if plan.mode is RestoreMode.MERGE and path.exists():
+                skipped += 1
+                continue
+            path.write_bytes(value)
+            written += 1
+        return RestoreResult(records_written=written, records_skipped=skipped)
+
+    def verify_unit(
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
+    ) -> TargetCheck:
+        items = _files(_folder(target))
+        problems = []
+        if len(items) != unit.records:
+            problems.append(f"{len(items)} keys in the target, {unit.records} in the backup")
+        elif _digest(items.items()) != unit.meta["digest"]:
+            problems.append("the keys' digest differs from the backup's")
+        return TargetCheck(unit=unit.name, ok=not problems, records=len(items), problems=problems)
