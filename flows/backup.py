@@ -36,6 +36,7 @@ from backstop.tasks.manifest import (
     totals_of,
 )
 from backstop.tasks.quality import quality_of
+from backstop.tasks.quality import warm_up as warm_up_quality
 
 
 @flow(
@@ -82,6 +83,7 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         }
         logger.info("incremental on top of %s", parent.backup_id)
 
+    warm_up_quality()
     try:
         stored, handle = _snapshot(request, options, backup_id)
         checks = gather(validate_unit.map(technology, unmapped(spec), unmapped(backup_id), stored))

@@ -5,6 +5,7 @@ the API completes and leaves a backup in the store."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -142,3 +143,19 @@ def test_a_served_deployment_runs_when_triggered_through_the_api(prefect_server,
         assert len(backups) == 1 and (backups[0] / "manifest.json").is_file()
     finally:
         stop(served, serve_log)
+
+
+def test_the_alerting_automation_templates_are_accepted_by_a_real_server(prefect_server):
+    url, env = prefect_server
+    template = yaml.safe_load((ROOT / "deployments" / "automations.yaml").read_text())
+    for automation in template["automations"]:  # no notification block in a test server
+        automation["actions"] = [{"type": "do-nothing"}]
+    created = subprocess.run(
+        [str(BIN / "prefect"), "automation", "create", "--from-json", json.dumps(template)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    found = _api(url, "POST", "/automations/filter", json={}).json()
+    assert sorted(a["name"] for a in found) == ["backstop failure", "backstop stale source"]
+    stale = next(a for a in found if a["name"] == "backstop stale source")
+    assert stale["trigger"]["posture"] == "Proactive" and stale["trigger"]["within"] == 93600

@@ -10,11 +10,12 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pandas as pd
 import zstandard
 
 from backstop.drivers.contract import QualityChunk, QualityPart
 from backstop.drivers.schemaless.cells import pack_cells, read_cells
-from backstop.tasks.quality import KeyLedger, run_suite
+from backstop.tasks.quality import KeyLedger, key_hashes, run_suite
 
 
 def rewrite_backup_file(store: Path, technology: str, backup_id: str, edit) -> None:
@@ -158,10 +159,13 @@ def test_schemaless_order_and_watermark_are_checked_across_chunks():
 
 
 def test_key_ledger_spills_to_disk_and_counts_missing_keys(tmp_path):
+    def hashed(values: list[str]):
+        return key_hashes(pd.DataFrame({"path": values}))
+
     paths, parents = KeyLedger(tmp_path, "paths"), KeyLedger(tmp_path, "parents")
     for start in range(0, 100_000, 20_000):
-        paths.add([f"/n{i}" for i in range(start, start + 20_000)])
-    parents.add(["/n5", "/n99999", "/gone", "/also-gone"])
+        paths.add(hashed([f"/n{i}" for i in range(start, start + 20_000)]))
+    parents.add(hashed(["/n5", "/n99999", "/gone", "/also-gone"]))
     assert paths.count == 100_000 and paths.duplicates() == 0
     assert parents.missing_from(paths) == 2
     assert sum(p.stat().st_size for p in tmp_path.glob("paths-*.u64")) == 800_000
