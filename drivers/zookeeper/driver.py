@@ -315,7 +315,12 @@ class ZooKeeperDriver(Driver):
         with source.open(file) as stream:
             # Later records of a path supersede earlier ones (the convergence passes):
             # the tree is its final state, held as the backup and restore hold it.
-            final = _final_hashes(read(stream))
+            final: dict[str, None] = {}
+            for node in read(stream):
+                if node.kind == DELETED:
+                    final.pop(node.path, None)
+                else:
+                    final[node.path] = None
         yield from _path_chunks(unit, iter(final))
 
     def target_quality_chunks(
