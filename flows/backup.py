@@ -36,7 +36,6 @@ from backstop.tasks.manifest import (
     totals_of,
 )
 from backstop.tasks.quality import quality_of
-from backstop.tasks.quality import warm_up as warm_up_quality
 
 
 @flow(
@@ -83,10 +82,11 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         }
         logger.info("incremental on top of %s", parent.backup_id)
 
-    warm_up_quality()
     try:
         stored, handle = _snapshot(request, options, backup_id)
+        phases = {"snapshot": clock.seconds}
         checks = gather(validate_unit.map(technology, unmapped(spec), unmapped(backup_id), stored))
+        phases["validate"] = round(clock.seconds - phases["snapshot"], 3)
         quality = quality_of([c for unit_checks in checks for c in unit_checks])
         unreadable = [
             c["problem"] for c in quality.checks if c["check"] == READ_BACK and not c["passed"]
@@ -143,6 +143,7 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         consistency=manifest.consistency.kind,
         consistency_point=manifest.consistency.point,
         store=store.relative(store.backup_dir(technology, backup_id)),
+        phases_s=phases,
     )
     publish_table(
         "backup",

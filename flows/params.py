@@ -63,6 +63,11 @@ class BackupOutcome(BaseModel):
     consistency: str
     consistency_point: dict[str, Any]
     store: str
+    phases_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds per phase: snapshot (read, package, store), validate (read-back "
+        "and the data-quality suite)",
+    )
 
 
 class RestoreOutcome(BaseModel):

@@ -18,7 +18,6 @@ from backstop.tasks.events import Report, emit, reported
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.quality import quality_of
-from backstop.tasks.quality import warm_up as warm_up_quality
 from backstop.tasks.restore import prepare_targets, restore_unit, safety_options
 from backstop.tasks.store import StoreSpec
 from backstop.tasks.verify import target_quality, verify_backup_files, verify_target
@@ -154,7 +153,6 @@ def _load_and_verify(
     logger = get_run_logger()
     technology, spec, mode = request.technology, request.store, plan.mode
     backup_id = outcome.backup_id
-    warm_up_quality()  # the target's quality suite runs after the load
     targets = outcome.targets
     # One target per unit (Schemaless shards), or one target for every unit (a
     # deployment's collections); prepare_targets has checked which applies.

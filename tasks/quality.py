@@ -175,12 +175,6 @@ class _Gx:
         return source.add_dataframe_asset("records").add_batch_definition_whole_dataframe("chunk")
 
 
-def warm_up() -> None:
-    """Import Great Expectations and build its context on a background thread: ~2 s
-    that a backup spends streaming anyway, instead of after it."""
-    threading.Thread(target=_Gx.ready, name="backstop-gx-warm-up", daemon=True).start()
-
-
 @dataclass
 class _PartState:
     spec: QualityPart

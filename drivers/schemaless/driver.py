@@ -362,9 +362,18 @@ class SchemalessDriver(Driver):
 
     def quality_chunks(self, unit: StoredUnit, source: FileSource) -> Iterator[QualityChunk]:
         for file in unit.files:
+            table = file.meta["table"]
+            chunk = _quality_chunk(table, [])
             with source.open(file) as stream:
-                for batch in read_cells(stream, QUALITY_CHUNK):
-                    yield _quality_chunk(file.meta["table"], batch)
+                # Parsed in small batches so bodies are dropped early; only the four
+                # key columns gather into a chunk.
+                for batch in read_cells(stream, BATCH_CELLS):
+                    _extend(chunk, batch)
+                    if len(chunk.columns["added_id"]) >= QUALITY_CHUNK:
+                        yield chunk
+                        chunk = _quality_chunk(table, [])
+            if chunk.columns["added_id"]:
+                yield chunk
 
     def target_quality_chunks(
         self, unit: StoredUnit, target: str, plan: RestorePlan
@@ -385,16 +394,26 @@ _QUALITY_COLUMNS = "added_id, row_key, column_name, ref_key"
 
 def _quality_chunk(table: str, rows) -> QualityChunk:
     """Cells (or the first four columns of cells) as the quality suite's columns."""
-    added, keys, columns, refs = [], [], [], []
-    for row in rows:
-        added.append(row[0])
-        keys.append(row[1])
-        columns.append(row[2])
-        refs.append(row[3])
-    return QualityChunk(
-        part=table,
-        columns={"added_id": added, "row_key": keys, "column_name": columns, "ref_key": refs},
+    chunk = QualityChunk(
+        part=table, columns={"added_id": [], "row_key": [], "column_name": [], "ref_key": []}
     )
+    _extend(chunk, rows)
+    return chunk
+
+
+def _extend(chunk: QualityChunk, rows) -> None:
+    columns = chunk.columns
+    added, keys, names, refs = (
+        columns["added_id"].append,
+        columns["row_key"].append,
+        columns["column_name"].append,
+        columns["ref_key"].append,
+    )
+    for row in rows:
+        added(row[0])
+        keys(row[1])
+        names(row[2])
+        refs(row[3])
 
 
 def _expected(files: list[StoredFile], source: FileSource, limit: Limit) -> tuple[int, str]:
