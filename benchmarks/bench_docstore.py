@@ -229,7 +229,9 @@ def main() -> None:
         "no compression). The backup includes the read-back validation; the restore "
         "includes the checksum pass before and the count/digest/index verification after "
         "(split out: *load* is the part mongorestore does; *verify* reads every document "
-        "back, at the server's read speed). "
+        "back, at the server's read speed), then the data-quality suite on the target's "
+        "`_id`s (the rest of the restore time; FerretDB reads whole documents for it). "
+        "The backup's read-back is also the quality suite's pass. "
         "Ratios above 1 mean backstop is faster. The cursor drain is pymongo reading every "
         "document as raw BSON on 4 threads and dropping it: the server's read limit.",
         "",
