@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from backstop.drivers.contract import RestoreMode, RestorePlan, StoredUnit
-from backstop.drivers.errors import BadInputError, IntegrityError, PermanentError, QualityError
+from backstop.drivers.errors import (
+    BackstopError,
+    BadInputError,
+    IntegrityError,
+    PermanentError,
+    QualityError,
+)
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.flows.backup import backup
@@ -132,13 +140,17 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
         outcome.safety_backup = safety
     if safety is None:
         return _load_and_verify(request, units, plan, manifest, outcome, phases, clock)
+    txn = None
     try:
-        with transaction():
+        with transaction() as txn:
             guard_targets(technology, spec, safety, request.targets)
             return _load_and_verify(request, units, plan, manifest, outcome, phases, clock)
-    except BaseException as exc:
-        note = _ROLLBACKS.pop(safety, f"rolling back to safety backup {safety} failed; see logs")
-        raise PermanentError(f"{exc}\n{note}") from exc
+    except BackstopError as exc:
+        # The guard's rollback hook left what it did on its own (child) transaction.
+        notes = [c.get(_ROLLED_BACK, None) for c in (txn.children if txn else [])]
+        note = next((n for n in notes if n), f"rolling back to safety backup {safety} failed")
+        exc.args = (f"{exc}\n{note}",)  # same error, same exit code, now saying so
+        raise
 
 
 def _load_and_verify(
@@ -203,8 +215,9 @@ def _load_and_verify(
         + ("verified equal to the backup" if not failed else "VERIFICATION FAILED"),
     )
     if failed:
-        _target_refused(manifest, "restored target", failed, PermanentError(
-            "the restored target differs from the backup"))  # fmt: skip
+        _target_refused(
+            manifest, "restored target", failed, PermanentError, "the restored target differs"
+        )
 
     target_checks = [
         c
@@ -214,16 +227,17 @@ def _load_and_verify(
         for c in unit_checks
     ]
     quality = quality_of(target_checks)
+    outcome.quality = quality.status if target_checks else "no suite"
     if target_checks:
         publish_quality(technology, f"the target of restore {backup_id}", quality)
-    if quality.status != "passed" and request.force:
+    if quality.status != "passed":
+        if not request.force:
+            failed_quality = [c["problem"] for c in quality.checks if not c["passed"]]
+            _target_refused(
+                manifest, "target quality", failed_quality, QualityError,
+                "the restored target fails its data-quality checks",
+            )  # fmt: skip
         logger.warning("the restored target fails its data-quality checks, as forced")
-    elif quality.status != "passed":
-        failed_quality = [c["problem"] for c in quality.checks if not c["passed"]]
-        _target_refused(manifest, "target quality", failed_quality, QualityError(
-            "the restored target fails its data-quality checks"))  # fmt: skip
-    outcome.quality = quality.status if target_checks else "no suite"
-    if quality.status != "passed" and request.force:
         outcome.quality = "failed (forced)"
     phases["quality"] = round(clock.seconds - sum(phases.values()), 3)
 
@@ -237,7 +251,9 @@ def _load_and_verify(
     return outcome
 
 
-def _target_refused(manifest: Manifest, stage: str, problems: list[str], error: Exception):
+def _target_refused(
+    manifest: Manifest, stage: str, problems: list[str], error: type[Exception], what: str
+) -> NoReturn:
     """Say so as an event, then fail with every problem listed."""
     emit(
         "verify.failed",
@@ -245,11 +261,11 @@ def _target_refused(manifest: Manifest, stage: str, problems: list[str], error: 
         manifest.sources,
         {"backup_id": manifest.backup_id, "stage": stage, "problems": problems[:20]},
     )
-    raise type(error)(f"{error}:\n  " + "\n  ".join(problems))
+    raise error(f"{what}:\n  " + "\n  ".join(problems))
 
 
 # -- safety before an overwrite -------------------------------------------------------------
-_ROLLBACKS: dict[str, str] = {}  # safety backup id -> what the rollback did
+_ROLLED_BACK = "rolled_back"  # what the rollback hook did, kept on its transaction
 
 
 def _safety_backup(
@@ -301,9 +317,10 @@ def _roll_back_targets(txn: Transaction) -> None:
             )
         )
     except Exception as exc:
-        _ROLLBACKS[safety] = f"ROLLING BACK to safety backup {safety} FAILED too: {exc}"
+        txn.set(_ROLLED_BACK, f"ROLLING BACK to safety backup {safety} FAILED too: {exc}")
         raise
-    _ROLLBACKS[safety] = (
+    txn.set(
+        _ROLLED_BACK,
         f"the targets were rolled back to safety backup {safety} "
-        f"({back.records} records restored and verified)"
+        f"({back.records} records restored and verified)",
     )
