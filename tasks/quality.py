@@ -40,7 +40,8 @@ class KeyLedger:
     """64-bit hashes of a part's keys, spilled to BUCKETS files by their top bits, so
     duplicates and missing keys are found one bucket (1/64 of the keys) at a time."""
 
-    BUCKETS = 64
+    BUCKET_BITS = 6
+    BUCKETS = 1 << BUCKET_BITS
 
     def __init__(self, folder: Path, name: str) -> None:
         self._paths = [folder / f"{name}-{i:02d}.u64" for i in range(self.BUCKETS)]
@@ -50,7 +51,7 @@ class KeyLedger:
         """Record 64-bit key hashes (see key_hashes)."""
         if not len(hashes):
             return
-        buckets = (hashes >> np.uint64(58)).astype(np.intp)
+        buckets = (hashes >> np.uint64(64 - self.BUCKET_BITS)).astype(np.intp)
         order = np.argsort(buckets, kind="stable")
         bounds = np.concatenate(([0], np.cumsum(np.bincount(buckets, minlength=self.BUCKETS))))
         hashes = hashes[order]
@@ -93,6 +94,10 @@ class Suite:
     increasing: str | None = None  # a column strictly increasing across the part
     parents: tuple[str, str] | None = None  # (path, parent): every parent present
 
+    @property
+    def ledger_names(self) -> list[str]:
+        return ["+".join(key) for key in self.unique] + (["parents"] if self.parents else [])
+
 
 def _schemaless(part: QualityPart) -> list[Any]:
     import great_expectations as gx
@@ -117,10 +122,7 @@ def _docstore(part: QualityPart) -> list[Any]:
     import great_expectations as gx
 
     e = gx.expectations
-    return [
-        e.ExpectColumnValuesToNotBeNull(column="_id"),
-        e.ExpectColumnValuesToBeUnique(column="_id"),
-    ]
+    return [e.ExpectColumnValuesToNotBeNull(column="_id")]
 
 
 def _zookeeper(part: QualityPart) -> list[Any]:
@@ -179,12 +181,11 @@ class _Gx:
 class _PartState:
     spec: QualityPart
     suite: Any
-    index: int  # names its ledger files
+    ledgers: dict[str, KeyLedger]
     records: int = 0
     last: Any = None
     out_of_order: int = 0
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ledgers: dict[str, KeyLedger] = field(default_factory=dict)
 
 
 def run_suite(
@@ -209,7 +210,11 @@ def run_suite(
                 suite = gx.ExpectationSuite(name=f"backstop-{technology}")
                 for expectation in suite_spec.expectations(spec):
                     suite.add_expectation(expectation)
-                states[part] = _PartState(spec=spec, suite=suite, index=len(states))
+                ledgers = {
+                    name: KeyLedger(Path(folder), f"part{len(states)}-{name}")
+                    for name in suite_spec.ledger_names
+                }
+                states[part] = _PartState(spec=spec, suite=suite, ledgers=ledgers)
             return states[part]
 
         for chunk in chunks:
@@ -217,7 +222,7 @@ def run_suite(
             frame = pd.DataFrame(chunk.columns)
             state.records += len(frame)
             _record_gx(state, _Gx.validate(frame, state.suite))
-            _ledger_keys(state, frame, suite_spec, Path(folder))
+            _ledger_keys(state, frame, suite_spec)
         for part in parts or {}:
             state_of(part)  # a part that yielded nothing is still counted
         return [
@@ -238,16 +243,13 @@ def _record_gx(state: _PartState, result: Any) -> None:
             entry["sample"] = (entry["sample"] + [str(v)[:80] for v in sample])[:_SAMPLE]
 
 
-def _ledger_keys(state: _PartState, frame: Any, suite: Suite, folder: Path) -> None:
+def _ledger_keys(state: _PartState, frame: Any, suite: Suite) -> None:
     for key in suite.unique:
-        name = "+".join(key)
-        ledger = state.ledgers.setdefault(name, KeyLedger(folder, f"p{state.index}-{name}"))
-        ledger.add(key_hashes(frame[list(key)]))
+        state.ledgers["+".join(key)].add(key_hashes(frame[list(key)]))
     if suite.parents:
         parents = frame[[suite.parents[1]]].dropna()
         parents.columns = [suite.parents[0]]  # hashed as the paths they must match
-        ledger = state.ledgers.setdefault("parents", KeyLedger(folder, f"p{state.index}-parents"))
-        ledger.add(key_hashes(parents))
+        state.ledgers["parents"].add(key_hashes(parents))
     if suite.increasing and len(frame):
         values = frame[suite.increasing].to_numpy(np.int64)
         if state.last is not None:
@@ -281,9 +283,9 @@ def _verdicts(part: str, state: _PartState, suite: Suite, unit: str) -> Iterator
         )
     for key in suite.unique:
         name = "+".join(key)
-        duplicates = state.ledgers[name].duplicates() if name in state.ledgers else 0
+        duplicates = state.ledgers[name].duplicates()
         yield check(f"unique across the part: {name}", duplicates, f"{duplicates} duplicate {name}")
-    if suite.parents and "parents" in state.ledgers:
+    if suite.parents:
         missing = state.ledgers["parents"].missing_from(state.ledgers[suite.parents[0]])
         yield check("every parent present", missing, f"{missing} records whose parent is missing")
     if suite.increasing:

@@ -48,6 +48,11 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+def datetime_text(micros: int) -> str:
+    """Microseconds -> 'YYYY-MM-DD HH:MM:SS.ffffff', the text SQL engines read exactly."""
+    return from_micros(micros).isoformat(sep=" ", timespec="microseconds")
+
+
 def pack_cells(rows: Iterable[tuple]) -> tuple[bytes, int]:
     """Serialize database rows in CELL_COLUMNS order; return the bytes and the count."""
     pack = _HEADER.pack

@@ -88,6 +88,10 @@ def _count(conn: Connection, table: str, watermark: int | None = None) -> int:
     return conn.execute(text(sql + " WHERE added_id <= :wm"), {"wm": watermark}).scalar_one()
 
 
+def _holds_cells(conn: Connection, table: str) -> bool:
+    return conn.execute(text(f"SELECT 1 FROM {_quote(conn, table)} LIMIT 1")).first() is not None
+
+
 def _count_since(conn: Connection, table: str, since: int) -> int:
     sql = f"SELECT COUNT(*) FROM {_quote(conn, table)}"
     if not since:
@@ -95,15 +99,17 @@ def _count_since(conn: Connection, table: str, since: int) -> int:
     return conn.execute(text(sql + " WHERE added_id > :since"), {"since": since}).scalar_one()
 
 
-def _stream_cells(conn: Connection, table: str, watermark: int, since: int = 0):
-    """Batches of cells with since < added_id <= watermark, in added_id order, streamed
-    from a server-side cursor."""
+def _stream_cells(
+    conn: Connection, table: str, watermark: int, since: int = 0, columns: str = COLUMN_LIST
+):
+    """Batches of cells (or of their first `columns`) with since < added_id <= watermark,
+    in added_id order, streamed from a server-side cursor."""
     where = "WHERE added_id > {since} AND added_id <= {wm} ORDER BY added_id"
     if conn.dialect.name == "postgresql":
         # psycopg's own server-side cursor, in binary: SQLAlchemy's streaming fetched a
         # few rows per round trip here (200k cells: 32,000 FETCHes, 2.3 s against 0.6 s).
         raw = conn.connection.driver_connection
-        sql = f"SELECT {COLUMN_LIST} FROM {_quote(conn, table)} " + where.format(
+        sql = f"SELECT {columns} FROM {_quote(conn, table)} " + where.format(
             since="%(since)s", wm="%(wm)s"
         )
         with raw.cursor(name="backstop_cells", binary=True) as cursor:
@@ -112,7 +118,8 @@ def _stream_cells(conn: Connection, table: str, watermark: int, since: int = 0):
             while rows := cursor.fetchmany(BATCH_CELLS):
                 yield rows
         return
-    columns = _SELECT_MYSQL if conn.dialect.name in ("mysql", "mariadb") else COLUMN_LIST
+    if columns == COLUMN_LIST and conn.dialect.name in ("mysql", "mariadb"):
+        columns = _SELECT_MYSQL
     sql = text(
         f"SELECT {columns} FROM {_quote(conn, table)} " + where.format(since=":since", wm=":wm")
     )
@@ -291,7 +298,7 @@ class SchemalessDriver(Driver):
                 if table not in prepared:
                     prepared.add(table)
                     engines.cell_table(table).create(conn, checkfirst=True)
-                    if mode is RestoreMode.FAIL_IF_EXISTS and _count(conn, table):
+                    if mode is RestoreMode.FAIL_IF_EXISTS and _holds_cells(conn, table):
                         raise BadInputError(
                             f"{unit.name}: table {table!r} filled up during restore"
                         )
@@ -355,7 +362,7 @@ class SchemalessDriver(Driver):
                 continue
             with engines.connection(engine) as conn:
                 present, _ = _cell_tables(conn)
-                held |= {t for t in tables if t in present and _count(conn, t)}
+                held |= {t for t in tables if t in present and _holds_cells(conn, t)}
         return {"tables": sorted(held)} if held else None
 
     # -- data quality ---------------------------------------------------------------
@@ -369,18 +376,8 @@ class SchemalessDriver(Driver):
 
     def quality_chunks(self, unit: StoredUnit, source: FileSource) -> Iterator[QualityChunk]:
         for file in unit.files:
-            table = file.meta["table"]
-            chunk = _quality_chunk(table, [])
             with source.open(file) as stream:
-                # Parsed in small batches so bodies are dropped early; only the four
-                # key columns gather into a chunk.
-                for batch in read_cells(stream, BATCH_CELLS):
-                    _extend(chunk, batch)
-                    if len(chunk.columns["added_id"]) >= QUALITY_CHUNK:
-                        yield chunk
-                        chunk = _quality_chunk(table, [])
-            if chunk.columns["added_id"]:
-                yield chunk
+                yield from _quality_chunks(file.meta["table"], read_cells(stream, BATCH_CELLS))
 
     def target_quality_chunks(
         self, unit: StoredUnit, target: str, plan: RestorePlan
@@ -389,38 +386,27 @@ class SchemalessDriver(Driver):
         engine = engines.source_engine(target)
         with engines.connection(engine) as conn:
             for table in tables:
-                result = conn.execution_options(stream_results=True).execute(
-                    text(f"SELECT {_QUALITY_COLUMNS} FROM {_quote(conn, table)} ORDER BY added_id")
-                )
-                for rows in result.partitions(QUALITY_CHUNK):
-                    yield _quality_chunk(table, rows)
+                batches = _stream_cells(conn, table, _NO_LIMIT, columns=_QUALITY_COLUMNS)
+                yield from _quality_chunks(table, batches)
 
 
-_QUALITY_COLUMNS = "added_id, row_key, column_name, ref_key"
+_QUALITY_COLUMNS = ", ".join(CELL_COLUMNS[:4])  # added_id, row_key, column_name, ref_key
+_NO_LIMIT = 2**63 - 1  # every cell the target holds
 
 
-def _quality_chunk(table: str, rows) -> QualityChunk:
-    """Cells (or the first four columns of cells) as the quality suite's columns."""
-    chunk = QualityChunk(
-        part=table, columns={"added_id": [], "row_key": [], "column_name": [], "ref_key": []}
-    )
-    _extend(chunk, rows)
-    return chunk
-
-
-def _extend(chunk: QualityChunk, rows) -> None:
-    columns = chunk.columns
-    added, keys, names, refs = (
-        columns["added_id"].append,
-        columns["row_key"].append,
-        columns["column_name"].append,
-        columns["ref_key"].append,
-    )
-    for row in rows:
-        added(row[0])
-        keys(row[1])
-        names(row[2])
-        refs(row[3])
+def _quality_chunks(table: str, batches) -> Iterator[QualityChunk]:
+    """Batches of cells (or of their first four columns) regathered into the quality
+    suite's column chunks; bodies are dropped batch by batch."""
+    names = CELL_COLUMNS[:4]
+    columns: list[list[Any]] = [[] for _ in names]
+    for rows in batches:
+        for column, values in zip(columns, zip(*rows, strict=False), strict=False):
+            column.extend(values)
+        if len(columns[0]) >= QUALITY_CHUNK:
+            yield QualityChunk(part=table, columns=dict(zip(names, columns, strict=True)))
+            columns = [[] for _ in names]
+    if columns[0]:
+        yield QualityChunk(part=table, columns=dict(zip(names, columns, strict=True)))
 
 
 def _expected(files: list[StoredFile], source: FileSource, limit: Limit) -> tuple[int, str]:

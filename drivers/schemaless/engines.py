@@ -35,7 +35,7 @@ from sqlalchemy.pool import NullPool
 
 from backstop.drivers.errors import BadInputError, PermanentError
 from backstop.drivers.redact import redact_url
-from backstop.drivers.schemaless.cells import COLUMN_LIST, Cell, from_micros
+from backstop.drivers.schemaless.cells import COLUMN_LIST, Cell, datetime_text, from_micros
 from backstop.drivers.schemaless.mysql_load import (
     LiteralInserter,
     LoadDataStreamer,
@@ -282,7 +282,7 @@ def timestamp_converter(conn: Connection) -> Callable[[int], object]:
     """Microseconds -> the created_at parameter the engine's driver stores exactly."""
     if conn.dialect.name == "sqlite":
         # SQLAlchemy's own SQLite DateTime storage format, so typed reads agree.
-        return lambda micros: from_micros(micros).isoformat(sep=" ", timespec="microseconds")
+        return datetime_text
     return from_micros
 
 

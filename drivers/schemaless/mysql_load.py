@@ -22,7 +22,7 @@ from typing import BinaryIO
 from sqlalchemy.engine import Connection
 
 from backstop.drivers.errors import PermanentError
-from backstop.drivers.schemaless.cells import COLUMN_LIST, Cell, from_micros
+from backstop.drivers.schemaless.cells import COLUMN_LIST, Cell, datetime_text
 
 _INSERT_BYTES = 4 << 20  # one statement's size: well under max_allowed_packet's 16 MB default
 _DUPLICATE_KEY = 1062
@@ -46,7 +46,7 @@ class LiteralInserter:
         values: list[str] = []
         size = 0
         for added_id, rk, col, ref, body, micros in batch:
-            stamp = from_micros(micros).isoformat(sep=" ", timespec="microseconds")
+            stamp = datetime_text(micros)
             value = (
                 f"({int(added_id)},X'{hexlify(rk.encode()).decode()}',"
                 f"X'{hexlify(col.encode()).decode()}',{int(ref)},"
@@ -126,7 +126,7 @@ class LoadDataStreamer:
                 _escape(col.encode()),
                 ref,
                 _escape(body),
-                from_micros(micros).isoformat(sep=" ", timespec="microseconds").encode(),
+                datetime_text(micros).encode(),
             )
             for added_id, rk, col, ref, body, micros in batch
         )

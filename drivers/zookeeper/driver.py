@@ -269,7 +269,7 @@ class ZooKeeperDriver(Driver):
         mode = plan.mode
         if unit.meta.get("mode") != "logical":
             return admin.verify_snapshot_restore(unit, target, source)
-        selection = Selection(unit.meta.get("include"), unit.meta.get("exclude"))
+        selection = _unit_selection(unit)
         problems: list[str] = []
         chroot = parse_zk_url(target).chroot
         with reader(target) as zk:
@@ -321,22 +321,29 @@ class ZooKeeperDriver(Driver):
                     final.pop(node.path, None)
                 else:
                     final[node.path] = None
-        yield from _path_chunks(unit, iter(final))
+        yield from _path_chunks(unit, iter(final), _unit_selection(unit))
 
     def target_quality_chunks(
         self, unit: StoredUnit, target: str, plan: RestorePlan
     ) -> Iterator[QualityChunk]:
         self.quality_parts(unit)
-        selection = Selection(unit.meta.get("include"), unit.meta.get("exclude"))
+        selection = _unit_selection(unit)
         with reader(target) as zk:
             nodes = walk(zk, ["/"], selection, skip_system=not parse_zk_url(target).chroot)
-            yield from _path_chunks(unit, (n.path for n in nodes if not n.ephemeral_owner))
+            paths = (n.path for n in nodes if not n.ephemeral_owner)
+            yield from _path_chunks(unit, paths, selection)
 
 
-def _path_chunks(unit: StoredUnit, paths: Iterator[str]) -> Iterator[QualityChunk]:
+def _unit_selection(unit: StoredUnit) -> Selection:
+    """The subtrees a logical backup holds (its --include/--exclude)."""
+    return Selection(unit.meta.get("include"), unit.meta.get("exclude"))
+
+
+def _path_chunks(
+    unit: StoredUnit, paths: Iterator[str], selection: Selection
+) -> Iterator[QualityChunk]:
     """Paths with the parent each must have; a parent outside the backed-up selection
     (above an --include subtree) is not required."""
-    selection = Selection(unit.meta.get("include"), unit.meta.get("exclude"))
     batch: list[str] = []
     parents: list[str | None] = []
     for path in paths:
