@@ -57,11 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="fsspec filesystem option, e.g. endpoint_url=http://127.0.0.1:9000",
         )
 
+    def source_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--source",
+            action="append",
+            required=True,
+            metavar="URL",
+            help="source URL; one per shard",
+        )
+
     sub = command("backup", "back up a source into a store")
     sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
-    sub.add_argument(
-        "--source", action="append", required=True, metavar="URL", help="source URL; one per shard"
-    )
+    source_args(sub)
     store_args(sub)
     sub.add_argument("--incremental", action="store_true")
     sub.add_argument(
@@ -133,9 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("drill", "back up, restore into a scratch target and verify: a restore test")
     sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
-    sub.add_argument(
-        "--source", action="append", required=True, metavar="URL", help="source URL; one per shard"
-    )
+    source_args(sub)
     sub.add_argument(
         "--scratch",
         action="append",
