@@ -111,6 +111,7 @@ class RestorePlan:
     include: tuple[str, ...] = ()  # only these parts (driver-specific patterns)
     until: str | None = None  # a point in time within the backup chain
     rename: tuple[tuple[str, str], ...] = ()  # (source pattern, target pattern), driver-specific
+    options: Mapping[str, Any] = field(default_factory=dict)  # driver options (--option K=V)
 
 
 @dataclass

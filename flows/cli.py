@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--until", metavar="POINT")
     sub.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="driver option, e.g. ignore_extra_columns=true",
+    )
+    sub.add_argument(
         "--dry-run",
         action="store_true",
         help="verify the backup and check the targets; write nothing",
@@ -267,6 +274,7 @@ def cmd_restore(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         include=args.include,
         until=args.until,
         rename=_key_values(args.rename, "--rename", "FROM=TO"),
+        options=_key_values(args.option, "--option"),
         dry_run=args.dry_run,
         force=args.force,
         safety_backup=args.safety_backup,

@@ -35,6 +35,7 @@ class RestoreRequest(BaseModel):
         description="restore under other names: source pattern -> target pattern "
         "(Docstore: shop=shop_copy, shop.*=archive.*)",
     )
+    options: dict[str, Any] = Field(default_factory=dict, description="driver options")
     dry_run: bool = False
     force: bool = Field(False, description="restore a backup whose data-quality checks failed")
     safety_backup: bool = Field(

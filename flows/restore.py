@@ -82,6 +82,7 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
         include=tuple(request.include),
         until=request.until,
         rename=tuple(request.rename.items()),
+        options=dict(request.options),
     )
 
     store = spec.open()
