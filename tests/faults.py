@@ -23,3 +23,137 @@ class KillOnFirstWrite:
 
     def finish(self, label: str) -> None:
         pass
+
+
+class _CountingStream:
+    """A store stream that tells its call's counter how much it delivered."""
+
+    def __init__(self, stream, counted: Callable[[int], None]) -> None:
+        self._stream, self._counted = stream, counted
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._counted(len(data))
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+class ReadFault:
+    """Wraps a driver's FileSource: counts the bytes each restore_unit call reads from
+    the store (`read_by_unit`) and, once a call has read `after_bytes[unit]`, raises
+    `error`; `times` times in all, so a retried task meets it once and then runs clean.
+    With no thresholds it only measures (a clean run, to place the fault of the next)."""
+
+    def __init__(
+        self,
+        error: Callable[[], BaseException],
+        after_bytes: dict[str, int] | None = None,
+        times: int = 1,
+    ) -> None:
+        import threading
+
+        self.error, self.after_bytes, self.times = error, after_bytes or {}, times
+        self.read_by_unit: dict[str, int] = {}
+        self.fired: list[str] = []
+        self._lock = threading.Lock()
+
+    def source(self, unit: str, source):
+        import contextlib
+
+        read = {"bytes": 0}
+
+        def counted(nbytes: int) -> None:
+            read["bytes"] += nbytes
+            with self._lock:
+                self.read_by_unit[unit] = read["bytes"]
+                limit = self.after_bytes.get(unit)
+                if limit is None or read["bytes"] < limit or len(self.fired) >= self.times:
+                    return
+                self.fired.append(unit)
+            raise self.error()
+
+        class Source:
+            @contextlib.contextmanager
+            def open(self, *args, **kwargs):
+                with source.open(*args, **kwargs) as stream:
+                    yield _CountingStream(stream, counted)
+
+        return Source()
+
+
+def fail_restore_reads(monkeypatch, driver_class, fault: ReadFault, backup_id: str) -> None:
+    """Restores of `backup_id` (not a rollback's restore of its safety backup) read
+    through `fault`."""
+    original = driver_class.restore_unit
+
+    def restore_unit(self, unit, target, source, plan):
+        if getattr(source, "_backup_id", None) == backup_id:
+            source = fault.source(unit.name, source)
+        return original(self, unit, target, source, plan)
+
+    monkeypatch.setattr(driver_class, "restore_unit", restore_unit)
+
+
+def fail_after_restore_writes(
+    monkeypatch, driver_class, error: Callable[[], BaseException], backup_id: str, times: int
+) -> list[str]:
+    """Each of the first `times` restore_unit calls for `backup_id` writes its unit
+    completely, then raises `error` (a failure between the load and its report)."""
+    original = driver_class.restore_unit
+    failed: list[str] = []
+
+    def restore_unit(self, unit, target, source, plan):
+        result = original(self, unit, target, source, plan)
+        if getattr(source, "_backup_id", None) == backup_id and len(failed) < times:
+            failed.append(unit.name)
+            raise error()
+        return result
+
+    monkeypatch.setattr(driver_class, "restore_unit", restore_unit)
+    return failed
+
+
+def fail_backup_write_once(monkeypatch, driver_class, error: Callable[[], BaseException]):
+    """The second block any backup_unit writes raises `error`, once: the unit has
+    written part of its data when it fails."""
+    original = driver_class.backup_unit
+    writes = {"n": 0, "fired": 0}
+
+    class Writer:
+        def __init__(self, writer) -> None:
+            self._writer = writer
+
+        def write(self, data, *args, **kwargs):
+            writes["n"] += 1
+            if writes["n"] >= 2 and not writes["fired"]:
+                writes["fired"] = 1
+                raise error()
+            return self._writer.write(data, *args, **kwargs)
+
+        def __getattr__(self, name: str):
+            return getattr(self._writer, name)
+
+    class Sink:
+        def __init__(self, sink) -> None:
+            self._sink = sink
+
+        def open(self, *args, **kwargs):
+            import contextlib
+
+            @contextlib.contextmanager
+            def opened():
+                with self._sink.open(*args, **kwargs) as writer:
+                    yield Writer(writer)
+
+            return opened()
+
+        def __getattr__(self, name: str):
+            return getattr(self._sink, name)
+
+    def backup_unit(self, unit, sink):
+        return original(self, unit, Sink(sink))
+
+    monkeypatch.setattr(driver_class, "backup_unit", backup_unit)
+    return writes

@@ -37,6 +37,7 @@ class Harness:
     technology: str
     include: str | None = None  # an --include pattern selecting one part; None: not supported
     included_part: str | None = None  # the part `include` selects
+    include_nothing: str | None = None  # a valid pattern that selects nothing of the backup
     # What an overwrite without --include replaces: "target" (the whole target becomes the
     # backup: a ZooKeeper chroot, a kvdir folder) or "parts" (the parts the backup holds;
     # a collection or table it does not hold is left alone: Docstore, Schemaless).
@@ -60,8 +61,9 @@ class Harness:
         raise NotImplementedError
 
     def mutate(self, urls: list[str]) -> None:
-        """Change one record, delete one and add one in `changed_part`, and add a part
-        named `new_part`, all through the client library."""
+        """Change one record, delete one and add one in `changed_part`, change one record
+        of another part the backup holds (where there is one), and add a part named
+        `new_part`, all through the client library."""
         raise NotImplementedError
 
     def digest(self, urls: list[str]) -> dict[str, str]:
@@ -207,6 +209,9 @@ class SchemalessHarness(Harness):
             conn.execute(update(table).where(table.c.added_id == first).values(body=b"mutated"))
             conn.execute(delete(table).where(table.c.added_id == first + 1))
             conn.execute(insert(table), _cells(seed=99, count=1))
+            odd = cell_table(ODD_TABLE)
+            oldest = conn.execute(select(func.min(odd.c.added_id))).scalar_one()
+            conn.execute(update(odd).where(odd.c.added_id == oldest).values(body=b"mutated"))
             new = cell_table("new_part")
             new.create(conn)
             conn.execute(insert(new), _cells(seed=98, count=3))
@@ -272,6 +277,7 @@ class ZooKeeperHarness(Harness):
     technology = "zookeeper"
     include = "/alpha"
     included_part = "alpha"
+    include_nothing = "/no-such-subtree"
     overwrite_scope = "target"
     changed_part = "alpha"
     new_part = "new-part"
@@ -350,6 +356,7 @@ class ZooKeeperHarness(Harness):
         zk.set(f"{root}/alpha/n00", b"mutated")
         zk.delete(f"{root}/alpha/n01")
         zk.create(f"{root}/alpha/added", b"added")
+        zk.set(f"{root}/beta/sp ace", b"mutated-other")
         zk.create(f"{root}/{self.new_part}/child", b"new", makepath=True)
 
 
@@ -397,6 +404,7 @@ class DocstoreHarness(Harness):
     database = "conf_db"
     include = "conf_db.docs"
     included_part = "conf_db.docs"
+    include_nothing = "no_such_db.nothing"
     changed_part = "conf_db.docs"
     new_part = "conf_db.new_part"
 
@@ -459,6 +467,7 @@ class DocstoreHarness(Harness):
         db.docs.update_one({"_id": 100}, {"$set": {"v": "mutated"}})
         db.docs.delete_one({"_id": 101})
         db.docs.insert_one({"_id": "added", "v": "added"})
+        db["ünï cödé.dot ted"].update_one({"_id": 0}, {"$set": {"x": "mutated-other"}})
         db.new_part.insert_one({"_id": 1, "v": "new"})
 
 
@@ -509,6 +518,34 @@ class KvDirHarness(Harness):
         (folder / "key-000").write_bytes(b"mutated")
         (folder / "key-001").unlink()
         (folder / "added").write_bytes(b"added")
+
+
+def after_overwrite(
+    harness: Harness,
+    backup: dict[str, str],
+    before: dict[str, str],
+    include_part: str | None = None,
+) -> dict[str, str]:
+    """The digest an overwrite restore must leave: the included part replaced and all else
+    as before; or without --include, the backup's parts replaced and (scope "parts")
+    every other part as before."""
+    if include_part is not None:
+        expected = dict(before)
+        expected[include_part] = backup[include_part]
+        return expected
+    if harness.overwrite_scope == "target":
+        return dict(backup)
+    return {p: d for p, d in before.items() if p not in backup} | backup
+
+
+def after_merge(backup: Records, before: Records, include_part: str | None = None) -> Records:
+    """The records a merge restore must leave: every record the target held, as it was,
+    plus the backup's records it lacked (of the included part only, with --include)."""
+    expected = {part: dict(records) for part, records in before.items()}
+    for part, records in backup.items():
+        if include_part is None or part == include_part:
+            expected[part] = dict(records) | expected.get(part, {})
+    return expected
 
 
 HARNESSES: dict[str, type[Harness]] = {
