@@ -19,6 +19,7 @@ from typing import Any
 
 from backstop.drivers.errors import BackstopError, BadInputError
 from backstop.drivers.redact import mask_secrets, strip_url_password
+from backstop.flows.signals import Interrupted, exit_if_stuck, stop_on_signals
 
 TECH_HELP = "zookeeper, docstore or schemaless"
 
@@ -536,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_prefect(args.verbose)
+    with stop_on_signals():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         data, text = COMMANDS[args.command](args)
     except _Reported as reported:
@@ -550,9 +556,11 @@ def main(argv: list[str] | None = None) -> int:
             error=True,
         )
         return exc.exit_code
-    except KeyboardInterrupt:
-        _emit(args, {"status": "interrupted", "exit_code": 130}, "interrupted", error=True)
-        return 130
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (Interrupted): cleaned up by now
+        code = exc.exit_code if isinstance(exc, Interrupted) else 130
+        _emit(args, {"status": "interrupted", "exit_code": code}, "interrupted", error=True)
+        exit_if_stuck(code)
+        return code
     except Exception as exc:  # a bug or an unclassified failure: exit 1, say what it was
         message = f"{type(exc).__name__}: {exc}"
         _emit(

@@ -1,4 +1,5 @@
-"""What every flow shares: the bounded task runner and waiting on mapped tasks."""
+"""What every flow shares: the bounded task runner and waiting on mapped tasks, both
+aware of stopping (backstop.flows.signals, backstop.drivers.stop)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,45 @@ from typing import Any
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from backstop.drivers.stop import STOP
+from backstop.flows.signals import STOP_GRACE_S
+
 # Units (shards, collections) run concurrently, but never more than this many.
 WORKERS = int(os.environ.get("BACKSTOP_WORKERS", "4"))
 
 
+class StoppableTaskRunner(ThreadPoolTaskRunner):
+    """Prefect's thread pool, except that a flow interrupted by a signal does not wait
+    for its units on the way out: they stop at their next block (STOP), and one stuck
+    in a blocking call must not keep the process alive."""
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            STOP.set()  # a signal (KeyboardInterrupt, Prefect's TerminationSignal)
+        executor = getattr(self, "_executor", None)
+        if STOP.is_set() and executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        super().__exit__(exc_type, exc_value, traceback)
+
+
 def task_runner() -> ThreadPoolTaskRunner:
-    return ThreadPoolTaskRunner(max_workers=WORKERS)
+    return StoppableTaskRunner(max_workers=WORKERS)
 
 
 def gather(futures: Sequence[PrefectFuture[Any]]) -> list[Any]:
     """Wait for all, then return results or raise the first failure.
 
     Waiting for every future first matters: a failed backup is cleaned up only once
-    no other unit can still be writing into it.
+    no other unit can still be writing into it. Interrupted (a signal), the units are
+    told to stop and given STOP_GRACE_S to do so before the cleanup runs.
     """
-    wait(list(futures))
+    try:
+        wait(list(futures))
+    except BaseException:
+        STOP.set()
+        wait(list(futures), timeout=STOP_GRACE_S)
+        raise
     return [future.result() for future in futures]
 
 

@@ -20,6 +20,7 @@ import zstandard
 
 from backstop.drivers.contract import StoredFile
 from backstop.drivers.errors import IntegrityError
+from backstop.drivers.stop import check_stop
 from backstop.tasks.store import ArtifactStore
 
 COMPRESSION = "zstd"
@@ -31,6 +32,11 @@ ZSTD_THREADS = 1
 _READ_SIZE = 1 << 20
 _STAGE_QUEUE = 8  # blocks waiting for a pipeline stage
 _STAGE_BLOCK = 256 << 10  # smaller writes are gathered into blocks of this size
+
+# The largest zstd window a stored file may ask for. backstop writes level 3 (a 2 MiB
+# window at most); every level but --ultra stays within 8 MiB. A crafted frame cannot
+# make the reader allocate more than this, whatever its header says.
+MAX_WINDOW = 32 << 20
 
 Progress = Callable[[int, int], None]  # (records, raw bytes) just written or read
 
@@ -121,6 +127,7 @@ class PackagedWriter:
         self._zstd.write(block)
 
     def write(self, data: bytes, records: int = 0) -> None:
+        check_stop()
         self.raw_bytes += len(data)
         self.records += records
         if self._pending or len(data) < _STAGE_BLOCK:
@@ -224,7 +231,10 @@ class CheckedStream:
     """The decompressed content of a stored file, verified when read to its end.
 
     Reaching the end raises IntegrityError if the stored size or SHA-256, or the
-    decompressed size or SHA-256, differ from what the manifest recorded.
+    decompressed size or SHA-256, differ from what the manifest recorded. Decoding is
+    bounded: the zstd window by MAX_WINDOW, the content by the manifest's raw_bytes
+    (decompressing past it fails at once; a frame's own content size is not trusted),
+    which `remaining` tells the driver's record readers (backstop.drivers.framing).
     """
 
     def __init__(
@@ -238,11 +248,12 @@ class CheckedStream:
     ):
         self._rehash_raw = rehash_raw
         self._source = _CountingReader(fh)
-        self._zstd = zstandard.ZstdDecompressor().stream_reader(
+        self._zstd = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(
             self._source, read_across_frames=True, closefd=False
         )
         self._file = file
         self._label = label
+        self.name = label  # as a file's name: record readers say which file is wrong
         self._progress = progress
         self._raw_sha = hashlib.sha256()
         self._raw_bytes = 0
@@ -252,13 +263,27 @@ class CheckedStream:
     def readable(self) -> bool:
         return True
 
+    @property
+    def remaining(self) -> int:
+        """Decompressed bytes left to read, as the manifest records the file's size."""
+        return self._file.raw_bytes - self._raw_bytes
+
     def read(self, size: int = -1) -> bytes:
         if self._done:
             return b""
+        check_stop()
+        want = size if size and size > 0 else _READ_SIZE
         try:
-            data = self._zstd.read(size if size and size > 0 else _READ_SIZE)
+            # One byte beyond the recorded size is enough to tell the content is longer.
+            data = self._zstd.read(max(1, min(want, self.remaining + 1)))
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{self._label}: cannot be decompressed ({exc})") from None
+        if len(data) > self.remaining:
+            self._done = True
+            raise IntegrityError(
+                f"{self._label}: decompresses to more than the {self._file.raw_bytes:,} bytes "
+                "the manifest records (file altered)"
+            )
         if data:
             if self._rehash_raw:
                 self._raw_sha.update(data)

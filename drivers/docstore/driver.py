@@ -41,6 +41,7 @@ from backstop.drivers.docstore.bsonfile import (
     document_hash,
     id_key,
     read_documents,
+    read_metadata,
 )
 from backstop.drivers.docstore.client import classify, connect, explain
 from backstop.drivers.docstore.names import (
@@ -234,7 +235,7 @@ class DocstoreDriver(Driver):
         data, metadata_file = _files(unit)
         db, name = _target(unit, plan)
         with source.open(metadata_file) as stream:
-            metadata = json_util.loads(b"".join(iter(lambda: stream.read(1 << 20), b"")))
+            metadata = read_metadata(stream)
         written = skipped = 0
         with connect(target) as client:
             database = client[db]

@@ -24,20 +24,31 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from backstop.drivers.digests import SetDigest
-from backstop.drivers.zookeeper.znodes import node_hash
+from backstop.drivers.errors import IntegrityError
+from backstop.drivers.framing import bytes_left
+from backstop.drivers.zookeeper.znodes import MAX_DATA, node_hash
 
 MAGIC = 0x5A4B534E  # "ZKSN"
 GZIP_MAGIC = b"\x1f\x8b"
 SNAPPY_MAGIC = b"\x82SNAPPY\x00"
+# Every length and count in the file is checked before it is used (the file may be
+# crafted): strings (paths, ACL parts) and node data against these limits, counts
+# against the bytes the file can still hold where that is known.
 MAX_STRING = 1 << 20
-MAX_BUFFER = 256 << 20
+MAX_BUFFER = MAX_DATA
 MAX_COUNT = 50_000_000
+# The ACL cache is held in memory while the nodes are read: ZooKeeper keeps one entry
+# per distinct ACL list (a handful, usually), so these bounds are generous.
+MAX_ACL_LISTS = 100_000
+MAX_ACLS = 200_000  # ACL entries over the whole cache
+MAX_ACL_TEXT = 16 << 20  # bytes of schemes and ids over the whole cache
+MAX_SNAPPY_BLOCK = 64 << 20  # xerial snappy writes 32 KiB blocks
 _DIGEST_SECTION = 8 + 4 + 8 + 8 + 4 + 1  # ZxidDigest + seal
 _ZXID_SECTION = 8 + 8 + 4 + 1  # lastProcessedZxid + seal
 _OPEN_ACL = ((31, "world", "anyone"),)
 
 
-class SnapshotError(ValueError):
+class SnapshotError(IntegrityError, ValueError):
     def __init__(self, offset: int, reason: str) -> None:
         super().__init__(f"invalid ZooKeeper snapshot at byte {offset}: {reason}")
         self.offset = offset
@@ -67,24 +78,42 @@ class _SnappyStream:
         import cramjam
 
         self._raw = raw
-        self._decompress = cramjam.snappy.decompress_raw
+        self._snappy = cramjam.snappy
         header = raw.read(16)
         if len(header) < 16 or not header.startswith(SNAPPY_MAGIC):
             raise SnapshotError(0, "bad snappy stream header")
         self._buf = b""
+        self._pos = 0
 
     def read(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            size = self._raw.read(4)
-            if len(size) < 4:
-                break
-            (length,) = struct.unpack(">i", size)
-            block = self._raw.read(length)
-            if len(block) < length:
-                raise SnapshotError(-1, "snappy block truncated")
-            self._buf += bytes(self._decompress(block))
-        out, self._buf = self._buf[:n], self._buf[n:]
+        if len(self._buf) - self._pos < n:
+            parts, have = [self._buf[self._pos :]], len(self._buf) - self._pos
+            while have < n and (block := self._block()):
+                parts.append(block)
+                have += len(block)
+            self._buf, self._pos = b"".join(parts), 0
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += len(out)
         return out
+
+    def _block(self) -> bytes:
+        """The next block decompressed; b"" at the end. Both its stored and its declared
+        decompressed length are checked before anything is allocated."""
+        size = self._raw.read(4)
+        if len(size) < 4:
+            return b""
+        (length,) = struct.unpack(">i", size)
+        if not 0 <= length <= MAX_SNAPPY_BLOCK:
+            raise SnapshotError(-1, f"implausible snappy block length {length}")
+        block = self._raw.read(length)
+        if len(block) < length:
+            raise SnapshotError(-1, "snappy block truncated")
+        try:
+            if self._snappy.decompress_raw_len(block) > MAX_SNAPPY_BLOCK:
+                raise SnapshotError(-1, "a snappy block claims an implausible decompressed size")
+            return bytes(self._snappy.decompress_raw(block))
+        except self._snappy.DecompressionError as exc:
+            raise SnapshotError(-1, f"snappy block cannot be decompressed ({exc})") from None
 
 
 class _Jute:
@@ -115,11 +144,18 @@ class _Jute:
     def long(self, what: str) -> int:
         return struct.unpack(">q", self.take(8, what))[0]
 
-    def count(self, what: str) -> int:
+    def count(self, what: str, entry_bytes: int, limit: int = MAX_COUNT) -> int:
+        """A count of entries of at least `entry_bytes` each, checked against `limit`
+        and, where known, against the bytes the file still holds."""
         at = self.offset
         value = self.int(what)
-        if not 0 <= value <= MAX_COUNT:
+        if not 0 <= value <= limit:
             raise SnapshotError(at, f"implausible {what} {value}")
+        left = bytes_left(self._stream)
+        if left is not None and value * entry_bytes > left:
+            raise SnapshotError(
+                at, f"{what} {value} needs more bytes than the file holds ({left} left)"
+            )
         return value
 
     def buffer(self, what: str, limit: int = MAX_BUFFER) -> bytes | None:
@@ -129,6 +165,9 @@ class _Jute:
             return None
         if not 0 <= length <= limit:
             raise SnapshotError(at, f"implausible length {length} of {what}")
+        left = bytes_left(self._stream)
+        if left is not None and length > left:
+            raise SnapshotError(at, f"{what} claims {length} bytes, the file holds {left} more")
         return self.take(length, what)
 
     def string(self, what: str) -> str | None:
@@ -170,6 +209,11 @@ class _Prefixed:
     def __init__(self, head: bytes, stream: BinaryIO) -> None:
         self._head, self._stream = head, stream
 
+    @property
+    def remaining(self) -> int | None:
+        left = bytes_left(self._stream)
+        return None if left is None else len(self._head) + left
+
     def read(self, n: int = -1) -> bytes:
         if self._head:
             if n < 0:
@@ -193,6 +237,27 @@ def validate(
         raise SnapshotError(-1, f"{compression} decompression failed: {exc}") from None
 
 
+def _acl_cache(j: _Jute) -> dict[int, tuple]:
+    """The ACL lists nodes refer to, within the bounds on what it may hold in memory."""
+    acl_cache: dict[int, tuple] = {}
+    entries = text = 0
+    for _ in range(j.count("ACL cache size", 12, MAX_ACL_LISTS)):
+        ref = j.long("ACL reference")
+        acls = []
+        for _ in range(j.count("ACL list length", 12, MAX_ACLS - entries)):
+            at = j.offset
+            perms = j.int("ACL perms")
+            scheme = j.string("ACL scheme") or ""
+            ident = j.string("ACL id") or ""
+            text += len(scheme) + len(ident)
+            if text > MAX_ACL_TEXT:
+                raise SnapshotError(at, f"the ACL cache holds more than {MAX_ACL_TEXT} bytes")
+            acls.append((perms, scheme, ident))
+        entries += len(acls)
+        acl_cache[ref] = tuple(acls)
+    return acl_cache
+
+
 def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
     magic = j.int("magic")
     if magic != MAGIC:
@@ -202,21 +267,12 @@ def _validate(j: _Jute, compression: str, on_node) -> SnapshotSummary:
         raise SnapshotError(4, f"unsupported snapshot version {version}")
     dbid = j.long("dbid")
 
-    sessions = j.count("session count")
+    sessions = j.count("session count", 12)
     for _ in range(sessions):
         j.long("session id")
         j.int("session timeout")
 
-    acl_cache: dict[int, tuple] = {}
-    for _ in range(j.count("ACL cache size")):
-        ref = j.long("ACL reference")
-        acls = []
-        for _ in range(j.count("ACL list length")):
-            perms = j.int("ACL perms")
-            scheme = j.string("ACL scheme") or ""
-            ident = j.string("ACL id") or ""
-            acls.append((perms, scheme, ident))
-        acl_cache[ref] = tuple(acls)
+    acl_cache = _acl_cache(j)
 
     digest = SetDigest()
     nodes = 0

@@ -22,6 +22,8 @@ from typing import BinaryIO
 import xxhash
 
 from backstop.drivers.digests import SetDigest, algorithm_problem
+from backstop.drivers.errors import IntegrityError, PermanentError
+from backstop.drivers.framing import RecordReader
 
 FORMAT = "zookeeper-znodes/1"
 NODE, DELETED = 1, 2
@@ -31,12 +33,17 @@ _I32 = struct.Struct("<i")
 _U16 = struct.Struct("<H")
 _ACL = struct.Struct("<iH")
 _STAT = struct.Struct("<qqqqiiiqq")
-_READ_BLOCK = 1 << 20
+# ZooKeeper itself caps a node's data, and a request's size, at jute.maxbuffer (1 MiB
+# by default); these limits leave room for servers configured far above it while
+# bounding the memory a stored record can claim.
+MAX_DATA = 64 << 20
+MAX_PATH = 1 << 20
+MAX_ACL_BYTES = 1 << 20
 
 Acl = tuple[int, str, str]  # perms, scheme, id
 
 
-class ZnodeFormatError(ValueError):
+class ZnodeFormatError(IntegrityError, ValueError):
     """A znode stream that is truncated, altered, or holds an unsafe path."""
 
 
@@ -85,6 +92,11 @@ def pack_parts(node: Znode) -> list[bytes]:
     parts = [_HEAD.pack(node.kind, len(path)), path]
     if node.kind == NODE:
         data = node.data
+        if data and len(data) > MAX_DATA:
+            raise PermanentError(
+                f"znode {node.path} holds {len(data):,} bytes; backstop's znode records hold "
+                f"at most {MAX_DATA:,}"
+            )
         parts.append(_I32.pack(-1 if data is None else len(data)))
         if data:
             parts.append(data)
@@ -96,60 +108,36 @@ def pack_parts(node: Znode) -> list[bytes]:
     return parts
 
 
-class _Cursor:
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self._buf = b""
-        self._pos = 0
-        self.offset = 0  # of the record being parsed, for messages
-        self._eof = False
-
-    def _fill(self, n: int) -> bool:
-        while len(self._buf) - self._pos < n and not self._eof:
-            block = self._stream.read(_READ_BLOCK)
-            if not block:
-                self._eof = True
-                break
-            self._buf = self._buf[self._pos :] + block
-            self.offset += self._pos
-            self._pos = 0
-        return len(self._buf) - self._pos >= n
-
-    def take(self, n: int) -> bytes:
-        if not self._fill(n):
-            raise ZnodeFormatError(f"znode stream truncated near byte {self.offset + self._pos}")
-        out = self._buf[self._pos : self._pos + n]
-        self._pos += n
-        return out
-
-    def at_end(self) -> bool:
-        return not self._fill(1)
-
-
 def read(stream: BinaryIO) -> Iterator[Znode]:
-    cur = _Cursor(stream)
+    cur = RecordReader(stream, ZnodeFormatError)
     while not cur.at_end():
-        kind, path_len = _HEAD.unpack(cur.take(_HEAD.size))
+        at = cur.offset
+        kind, path_len = _HEAD.unpack(cur.take(_HEAD.size, "record header", _HEAD.size))
         if kind not in (NODE, DELETED):
-            raise ZnodeFormatError(f"unknown record kind {kind} near byte {cur.offset}")
+            raise cur.fail(f"unknown record kind {kind}", at)
+        path = cur.text(path_len, "znode path", MAX_PATH)
         try:
-            path = cur.take(path_len).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ZnodeFormatError(f"znode path is not UTF-8 near byte {cur.offset}") from exc
-        check_path(path)
+            check_path(path)
+        except ZnodeFormatError as exc:
+            raise cur.fail(str(exc), at) from None
         if kind == DELETED:
             yield Znode(DELETED, path)
             continue
-        (data_len,) = _I32.unpack(cur.take(4))
-        data = None if data_len < 0 else cur.take(data_len)
-        (n_acl,) = _U16.unpack(cur.take(2))
+        (data_len,) = _I32.unpack(cur.take(4, "data length", 4))
+        if data_len < -1:
+            raise cur.fail(f"negative data length {data_len} of {path}")
+        data = None if data_len < 0 else cur.take(data_len, f"data of {path}", MAX_DATA)
+        (n_acl,) = _U16.unpack(cur.take(2, "ACL count", 2))
         acls = []
+        budget = MAX_ACL_BYTES  # the ACL strings of one node, together
         for _ in range(n_acl):
-            perms, s_len = _ACL.unpack(cur.take(_ACL.size))
-            scheme = cur.take(s_len).decode()
-            (i_len,) = _U16.unpack(cur.take(2))
-            acls.append((perms, scheme, cur.take(i_len).decode()))
-        stat = _STAT.unpack(cur.take(_STAT.size))
+            perms, s_len = _ACL.unpack(cur.take(_ACL.size, "ACL", _ACL.size))
+            scheme = cur.text(s_len, f"ACL scheme of {path}", budget)
+            (i_len,) = _U16.unpack(cur.take(2, "ACL id length", 2))
+            ident = cur.text(i_len, f"ACL id of {path}", budget - s_len)
+            budget -= s_len + i_len
+            acls.append((perms, scheme, ident))
+        stat = _STAT.unpack(cur.take(_STAT.size, "stat", _STAT.size))
         yield Znode(NODE, path, data, tuple(acls), stat)
 
 
@@ -157,7 +145,9 @@ def node_hash(path: str, data: bytes | None, acls: tuple[Acl, ...] | list[Acl]) 
     """A 128-bit hash of what a restore must reproduce: path, data and ACLs (XXH3-128,
     see backstop.drivers.digests)."""
     acl_text = ";".join(f"{p}:{s}:{i}" for p, s, i in sorted(acls))
-    h = xxhash.xxh3_128(path.encode("utf-8") + b"\x00")
+    # Null data and empty data differ (a restore must keep which): the separator after
+    # the path says which (\x01 cannot occur in a ZooKeeper path).
+    h = xxhash.xxh3_128(path.encode("utf-8") + (b"\x01" if data is None else b"\x00"))
     if data:
         h.update(data)  # fed separately: no copy of up to 1 MB per node
     h.update(b"\x00" + acl_text.encode())

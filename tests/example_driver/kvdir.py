@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from backstop.drivers.contract import (
     Capabilities,
@@ -31,8 +31,10 @@ from backstop.drivers.contract import (
     UnitResult,
 )
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
+from backstop.drivers.framing import RecordReader
 
 _HEADER = struct.Struct("<HI")
+MAX_VALUE = 64 << 20  # what one record may claim: bounds the memory a crafted file takes
 
 
 def _folder(url: str) -> Path:
@@ -44,6 +46,20 @@ def _digest(items) -> str:
     for key, value in sorted(items):
         digest.update(_HEADER.pack(len(key), len(value)) + key + value)
     return digest.hexdigest()
+
+
+def read_records(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """The (key, value) records of a backup file, read to its end (which checks its
+    checksums). A stored file may be crafted: every length is checked before it is
+    read, and every key must be a plain file name inside the target folder."""
+    reader = RecordReader(stream)
+    while not reader.at_end():
+        at = reader.offset
+        key_len, value_len = _HEADER.unpack(reader.take(_HEADER.size, "record header", 6))
+        key = reader.text(key_len, "key", 0xFFFF)
+        if key in ("", ".", "..") or "/" in key or "\x00" in key:
+            raise reader.fail(f"unsafe key {key!r}", at)
+        yield key, reader.take(value_len, f"value of {key}", MAX_VALUE)
 
 
 def _files(folder: Path) -> dict[bytes, bytes]:
@@ -97,21 +113,13 @@ class KvDirDriver(Driver):
                 path.unlink()
         written = skipped = 0
         with source.open(unit.files[0]) as stream:
-            data = stream.read()  # a toy: real drivers stream in blocks
-            while stream.read():
-                pass  # to the end, so the checksums are checked
-        pos = 0
-        while pos < len(data):
-            key_len, value_len = _HEADER.unpack_from(data, pos)
-            pos += _HEADER.size
-            key, value = data[pos : pos + key_len], data[pos + key_len : pos + key_len + value_len]
-            pos += key_len + value_len
-            path = folder / key.decode()
-            if plan.mode is RestoreMode.MERGE and path.exists():
-                skipped += 1
-                continue
-            path.write_bytes(value)
-            written += 1
+            for key, value in read_records(stream):
+                path = folder / key
+                if plan.mode is RestoreMode.MERGE and path.exists():
+                    skipped += 1
+                    continue
+                path.write_bytes(value)
+                written += 1
         return RestoreResult(records_written=written, records_skipped=skipped)
 
     def verify_unit(
