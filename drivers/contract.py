@@ -2,6 +2,7 @@
 
 A driver is plain Python (no Prefect). The tasks layer calls it in this order:
 
+    identity: identity (per resolved URL: where it points, to compare places)
     backup:  check_urls -> plan_backup -> quiesce -> backup_unit (per unit, in
              parallel) -> release (always) -> consistency
     restore: check_urls -> prepare_restore (all targets, before any write) ->
@@ -196,6 +197,17 @@ class Driver(ABC):
                     f"{self.name} {role} {redact_url(url)!r} is not a URL this driver "
                     f"understands (expected {' or '.join(s + '://' for s in self.url_schemes)})"
                 )
+
+    def identity(self, url: str) -> str:
+        """Where a resolved URL points, the same text however it is spelled (aliases,
+        `./`, symlinks, host names), as `<kind>://<server>[/<path>]` so that a place
+        inside another has the other's identity as a path prefix. Compared, never
+        parsed, by the flows: a drill never writes into one of its sources, and two
+        targets of one restore are never one place. Never holds a password.
+        The default is the URL without credentials or query, normalized."""
+        from backstop.drivers.identity import normalized_url
+
+        return normalized_url(url)
 
     # -- backup -------------------------------------------------------------------
     @abstractmethod

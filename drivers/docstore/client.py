@@ -63,3 +63,24 @@ def connect(url: str) -> Iterator[MongoClient]:
         yield client
     finally:
         client.close()
+
+
+def deployment_identity(url: str) -> str:
+    """Which deployment a URL reaches (Driver.identity): `hello` names a replica set and
+    its members from the server's side; a standalone server (FerretDB included) is its
+    resolved address, so `localhost` and `127.0.0.1` agree."""
+    import hashlib
+
+    from pymongo.uri_parser import parse_uri
+
+    from backstop.drivers.identity import canonical_host
+
+    with connect(url) as client:
+        hello = client.admin.command("hello")
+    set_name = hello.get("setName")
+    if set_name:
+        members = sorted(str(h).lower() for h in hello.get("hosts", []))
+        digest = hashlib.sha256("\n".join([set_name, *members]).encode()).hexdigest()[:20]
+        return f"replset-{digest}"
+    seeds = sorted({canonical_host(host, port) for host, port in parse_uri(url)["nodelist"]})
+    return ",".join(seeds)

@@ -43,7 +43,7 @@ from backstop.drivers.docstore.bsonfile import (
     read_documents,
     read_metadata,
 )
-from backstop.drivers.docstore.client import classify, connect, explain
+from backstop.drivers.docstore.client import classify, connect, deployment_identity, explain
 from backstop.drivers.docstore.names import (
     SYSTEM_DATABASES,
     Renames,
@@ -89,6 +89,13 @@ class DocstoreDriver(Driver):
             parse_uri(urls[0])
         except (pm.InvalidURI, pm.ConfigurationError, ValueError) as exc:
             raise BadInputError(f"{role} {redact_url(urls[0])!r}: {exc}") from None
+
+    def identity(self, url: str) -> str:
+        """The deployment, whatever the URL's spelling: a replica set by its name and
+        members as the set itself reports them; a standalone server by its resolved
+        address. The URL's database is only where to authenticate: a restore writes
+        the backup's own namespaces, so the place is the whole deployment."""
+        return f"mongodb://{deployment_identity(url)}"
 
     # -- backup ---------------------------------------------------------------------
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:

@@ -152,6 +152,9 @@ class SchemalessDriver(Driver):
         if len(set(urls)) != len(urls):
             raise BadInputError(f"the same {role} is given twice; each shard is one database")
 
+    def identity(self, url: str) -> str:
+        return engines.place_identity(url)
+
     # -- backup ---------------------------------------------------------------------
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
         tables = list(options.get("tables") or [])

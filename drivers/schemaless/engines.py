@@ -288,3 +288,63 @@ def timestamp_converter(conn: Connection) -> Callable[[int], object]:
 
 def sqlite_file_exists(url: str) -> bool:
     return _sqlite_path(url).is_file()
+
+
+# -- identity ------------------------------------------------------------------------------
+def place_identity(url: str) -> str:
+    """Where a shard URL points (Driver.identity): a SQLite file as it is on disk, a
+    server database by what the server says it is, whatever host name reached it."""
+    from backstop.drivers.identity import file_identity
+
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return file_identity("sqlite", _sqlite_path(url))
+    if backend not in ("postgresql", "mysql", "mariadb"):
+        raise BadInputError(f"{redact_url(url)!r}: unsupported SQL backend {backend!r}")
+    engine = create_engine(_fastest_mysql_driver(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            if backend == "postgresql":
+                server, database = _postgres_identity(conn)
+            else:
+                server, database = _mysql_identity(conn)
+    finally:
+        engine.dispose()
+    kind = "postgresql" if backend == "postgresql" else "mysql"
+    return f"{kind}://{server}/{database}"
+
+
+def _postgres_identity(conn: Connection) -> tuple[str, str]:
+    """The cluster's system identifier (initdb's, the same on every address and port
+    that reaches it) and the database; the server's address where pg_control_system()
+    is not granted."""
+    from sqlalchemy import exc as sa_exc
+
+    database = conn.exec_driver_sql("SELECT current_database()").scalar_one()
+    try:
+        with conn.begin_nested():
+            system = conn.exec_driver_sql(
+                "SELECT system_identifier FROM pg_control_system()"
+            ).scalar_one()
+        return f"system-{system}", database
+    except sa_exc.DBAPIError:
+        address, port = conn.exec_driver_sql(
+            "SELECT host(inet_server_addr()), inet_server_port()"
+        ).one()
+        return f"{address or 'local-socket'}:{port or ''}", database
+
+
+def _mysql_identity(conn: Connection) -> tuple[str, str]:
+    """MySQL's server_uuid; MariaDB has none, so its host name, port and data folder
+    (what the server reports, not how the client reached it)."""
+    from sqlalchemy import exc as sa_exc
+
+    database = conn.exec_driver_sql("SELECT DATABASE()").scalar() or ""
+    try:
+        uuid = conn.exec_driver_sql("SELECT @@server_uuid").scalar()
+        return f"uuid-{uuid}", database
+    except sa_exc.DBAPIError:
+        conn.rollback()
+    host, port, datadir = conn.exec_driver_sql("SELECT @@hostname, @@port, @@datadir").one()
+    return f"{host}:{port}{datadir.rstrip('/')}".replace("/", "|"), database

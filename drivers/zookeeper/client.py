@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -13,8 +14,9 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
 from backstop.drivers.errors import ErrorKind, PermanentError, TransientError
+from backstop.drivers.identity import canonical_host
 from backstop.drivers.redact import redact_url, register_secret
-from backstop.drivers.zookeeper.paths import parse_zk_url
+from backstop.drivers.zookeeper.paths import ZkUrl, parse_zk_url
 from backstop.drivers.zookeeper.wire import ReadSession
 
 CONNECT_TIMEOUT_S = float(os.environ.get("BACKSTOP_ZK_CONNECT_TIMEOUT", "15"))
@@ -118,3 +120,26 @@ def readers(url: str, count: int) -> Iterator[list[ReadSession]]:
     finally:
         for session in sessions:
             session.close()
+
+
+def ensemble_identity(parsed: ZkUrl) -> str:
+    """Which ensemble a URL's hosts reach, however they are spelled: the members of its
+    dynamic configuration (`/zookeeper/config`, the same text from every member) when
+    it has any, else the resolved addresses of the hosts (a standalone server)."""
+    with connect(f"zk://{parsed.hosts}") as client:
+        try:
+            config, _ = client.get("/zookeeper/config")
+        except (kz.NoNodeError, kz.NoAuthError):  # before 3.5, or the config is not ours to read
+            config = b""
+    members = sorted(
+        line.strip()
+        for line in config.decode("utf-8", "replace").splitlines()
+        if line.startswith("server.")
+    )
+    if members:
+        return "ensemble-" + hashlib.sha256("\n".join(members).encode()).hexdigest()[:20]
+    hosts = []
+    for host in parsed.hosts.split(","):
+        name, _, port = host.rpartition(":")
+        hosts.append(canonical_host(name.strip("[]"), int(port)))
+    return ",".join(sorted(set(hosts)))

@@ -31,7 +31,14 @@ from backstop.drivers.digests import ALGORITHM, SetDigest
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.zookeeper import admin
-from backstop.drivers.zookeeper.client import classify, connect, explain, reader, readers
+from backstop.drivers.zookeeper.client import (
+    classify,
+    connect,
+    ensemble_identity,
+    explain,
+    reader,
+    readers,
+)
 from backstop.drivers.zookeeper.paths import Selection, parse_zk_url
 from backstop.drivers.zookeeper.walk import (
     child_path,
@@ -104,6 +111,13 @@ class ZooKeeperDriver(Driver):
     def check_urls(self, urls: Sequence[str], role: str) -> None:
         super().check_urls(urls, role)
         parse_zk_url(urls[0])
+
+    def identity(self, url: str) -> str:
+        """The ensemble (as its members' configuration names it, or the resolved
+        addresses of a standalone server) plus the chroot: a chroot inside another is
+        inside its place."""
+        parsed = parse_zk_url(url)
+        return f"zookeeper://{ensemble_identity(parsed)}{parsed.chroot}"
 
     # -- backup ---------------------------------------------------------------------
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:

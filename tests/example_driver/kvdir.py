@@ -31,6 +31,7 @@ from backstop.drivers.contract import (
     UnitResult,
 )
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
+from backstop.drivers.identity import file_identity
 from backstop.drivers.framing import RecordReader
 
 _HEADER = struct.Struct("<HI")
@@ -76,6 +77,10 @@ class KvDirDriver(Driver):
     def classify(self, exc: BaseException) -> ErrorKind:
         # A busy disk may clear up; anything else will not.
         return ErrorKind.TRANSIENT if isinstance(exc, TimeoutError) else ErrorKind.PERMANENT
+
+    def identity(self, url: str) -> str:
+        # The folder as it is on disk (symlinks and ./ resolved): what a drill compares.
+        return file_identity("kvdir", _folder(url))
 
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
         folder = _folder(sources[0])
