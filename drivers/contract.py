@@ -5,8 +5,10 @@ A driver is plain Python (no Prefect). The tasks layer calls it in this order:
     identity: identity (per resolved URL: where it points, to compare places)
     backup:  check_urls -> plan_backup -> quiesce -> backup_unit (per unit, in
              parallel) -> release (always) -> consistency
-    restore: check_urls -> prepare_restore (all targets, before any write) ->
-             restore_unit (per unit) -> verify_unit (per unit)
+    restore: check_urls -> restore_parts -> prepare_restore (all targets, before
+             any write) -> [overwrite: absent_parts, safety backup] -> restore_unit
+             (per unit, retried on transient errors) -> verify_unit (per unit)
+             [failed overwrite: drop_parts(absent parts), restore the safety backup]
     quality: quality_parts + quality_chunks (the packaged backup, in place of a
              plain read-back), target_quality_chunks (the restored target)
 
@@ -113,6 +115,12 @@ class RestorePlan:
     until: str | None = None  # a point in time within the backup chain
     rename: tuple[tuple[str, str], ...] = ()  # (source pattern, target pattern), driver-specific
     options: Mapping[str, Any] = field(default_factory=dict)  # driver options (--option K=V)
+    # What prepare_restore saw in the targets before anything was written (JSON-able,
+    # driver-specific, e.g. ZooKeeper's zxid). Every attempt of restore_unit, retries
+    # included, gets the same, so a retry tells what an earlier attempt wrote from what
+    # the target held before the restore began.
+    before: Mapping[str, Any] = field(default_factory=dict)
+
 
 
 @dataclass
@@ -238,14 +246,19 @@ class Driver(ABC):
     @abstractmethod
     def prepare_restore(
         self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
-    ) -> None:
-        """Check every target before anything is written; refuse with BadInputError."""
+    ) -> Mapping[str, Any] | None:
+        """Check every target before anything is written; refuse with BadInputError.
+        May return what a retried `restore_unit` needs to know about the targets' state
+        before the first attempt; the flow hands it over as `plan.before`."""
 
     @abstractmethod
     def restore_unit(
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> RestoreResult:
-        """Load one unit into its target."""
+        """Load one unit into its target. A transient failure retries it: a retry must
+        end as the first attempt would have (what the earlier attempt wrote counts as
+        done, what the target held before stays as each mode says)."""
+
 
     @abstractmethod
     def verify_unit(
@@ -260,6 +273,28 @@ class Driver(ABC):
         replace in the targets, or None when they hold none of it (nothing to lose).
         The default backs up the targets whole."""
         return {}
+
+    # -- the parts a restore writes (selection checks; exact rollback) --------------------
+    def restore_parts(
+        self, units: Sequence[StoredUnit], source: FileSource, plan: RestorePlan
+    ) -> list[str] | None:
+        """The parts (tables, collections, subtrees: driver-specific names, after
+        `plan.include` and `plan.rename`) the restore writes into its targets; None when
+        the driver cannot name them. Writes nothing. The flow refuses an --include that
+        selects no part (bad input), and before an overwrite asks `absent_parts`
+        which of them the targets lack, so that a failed overwrite's rollback removes
+        what the restore created (`drop_parts`) besides restoring the safety backup."""
+        return None
+
+    def absent_parts(self, targets: Sequence[str], parts: Sequence[str]) -> list[str]:
+        """Those of `parts` that the targets do not hold at all (the restore creates them)."""
+        return []
+
+    def drop_parts(self, targets: Sequence[str], parts: Sequence[str]) -> None:
+        """Remove these parts (named as `restore_parts` names them) from the targets,
+        whole; a part already absent is no error."""
+        if parts:
+            raise NotImplementedError(f"{self.name} cannot remove the parts {list(parts)}")
 
     # -- data quality (optional) ----------------------------------------------------
     def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:

@@ -27,11 +27,13 @@ from backstop.tasks.backup import (
     validate_unit,
 )
 from backstop.tasks.events import reported
+from backstop.tasks.identity import identify
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import (
     ConsistencyInfo,
     DriverInfo,
     Manifest,
+    Role,
     new_backup_id,
     totals_of,
 )
@@ -60,6 +62,8 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         raise BadInputError(f"{driver.name} does not support incremental backups")
     store = request.store.open()
     technology, spec = driver.name, request.store
+    role = request.role or default_role()
+    source_ids = identify(technology, request.sources)
     backup_id = new_backup_id()
     started = datetime.now(UTC)
     sources = [redact_url(s) for s in request.sources]
@@ -102,6 +106,8 @@ def _backup(request: BackupRequest) -> BackupOutcome:
             backstop_version=backstop.__version__,
             driver=DriverInfo(name=driver.name, version=driver.version),
             sources=sources,
+            role=role,
+            source_ids=source_ids,
             started_at=started,
             finished_at=datetime.now(UTC),
             parent=parent.backup_id if parent else None,
@@ -135,6 +141,7 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         technology=technology,
         status="completed",
         parent=manifest.parent,
+        role=manifest.role,
         records=manifest.totals.records,
         bytes=manifest.totals.bytes,
         raw_bytes=manifest.totals.raw_bytes,
@@ -156,6 +163,14 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         "backup %s completed: %s records in %.1f s", backup_id, outcome.records, outcome.duration_s
     )
     return outcome
+
+
+def default_role() -> Role:
+    """Scheduled when the run belongs to a deployment (its schedule, the UI's run
+    button, an automation), ad hoc otherwise (the CLI, a script calling the flow)."""
+    from prefect.runtime import deployment
+
+    return Role.SCHEDULED if deployment.id else Role.ADHOC
 
 
 def _snapshot(

@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="source URL; one per shard",
         )
 
+    def source_filter_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--source",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="latest means the newest backup of these sources (as backed up; "
+            "repeatable); needed when the store holds backups of several sources",
+        )
+
     sub = command("backup", "back up a source into a store")
     sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
     source_args(sub)
@@ -101,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="target URL; one per shard, in the backup's order",
     )
     sub.add_argument("--backup", default="latest", metavar="ID", help="backup id or latest")
+    source_filter_args(sub)
     sub.add_argument(
         "--mode", default="fail-if-exists", choices=["fail-if-exists", "overwrite", "merge"]
     )
@@ -141,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_args(sub)
     sub.add_argument("--technology", metavar="TECH")
     sub.add_argument("--backup", metavar="ID", help="backup id or latest (default: all)")
+    source_filter_args(sub)
 
     sub = command("list", "list the complete backups in a store")
     store_args(sub)
@@ -188,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
     store_args(sub)
     sub.add_argument("--backup", default="latest", metavar="ID", help="backup id or latest")
+    source_filter_args(sub)
     sub.add_argument("--dir", required=True, help="an empty or new local folder")
 
     sub = command("demo", "back up, restore and compare a generated Schemaless datastore")
@@ -271,6 +284,7 @@ def cmd_restore(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         store=_store(args),
         targets=_hide_passwords(args.target, "target"),
         backup=args.backup,
+        sources=_hide_passwords(args.source, "source"),
         mode=args.mode,
         include=args.include,
         until=args.until,
@@ -304,7 +318,12 @@ def cmd_verify(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from backstop.flows.params import VerifyRequest
     from backstop.flows.verify import VerificationFailed, verify
 
-    request = VerifyRequest(store=_store(args), technology=args.technology, backup=args.backup)
+    request = VerifyRequest(
+        store=_store(args),
+        technology=args.technology,
+        backup=args.backup,
+        sources=_hide_passwords(args.source, "source"),
+    )
     try:
         outcome = verify(request=request)
     except VerificationFailed as failed:
@@ -328,13 +347,16 @@ def cmd_list(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             "files": m.totals.files,
             "consistency": m.consistency.kind,
             "parent": m.parent,
+            "role": m.role.value,
             "sources": m.sources,
         }
         for m in store.list_backups(args.technology)
     ]
-    lines = [f"{'BACKUP':<22} {'TECHNOLOGY':<11} {'RECORDS':>12} {'SIZE':>10}  CONSISTENCY"]
+    lines = [
+        f"{'BACKUP':<22} {'TECHNOLOGY':<11} {'ROLE':<9} {'RECORDS':>12} {'SIZE':>10}  CONSISTENCY"
+    ]
     lines += [
-        f"{b['backup_id']:<22} {b['technology']:<11} {b['records']:>12,} "
+        f"{b['backup_id']:<22} {b['technology']:<11} {b['role']:<9} {b['records']:>12,} "
         f"{_human_size(b['bytes']):>10}  {b['consistency']}"
         for b in backups
     ]
@@ -382,12 +404,16 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     }
     if not rows:
         return data, "no complete backups"
-    lines = [f"{'TECHNOLOGY':<11} {'NEWEST BACKUP':<22} {'AGE':>8} {'SIZE':>10}  STATE  SOURCES"]
+    lines = [
+        f"{'TECHNOLOGY':<11} {'NEWEST BACKUP':<22} {'ROLE':<9} {'AGE':>8} {'SIZE':>10}  STATE  "
+        "SOURCES"
+    ]
     for r in rows:
         state = "STALE" if r["stale"] else "ok"
         lines.append(
-            f"{r['technology']:<11} {r['newest_backup']:<22} {r['age_hours']:>7.1f}h "
-            f"{_human_size(r['bytes']):>10}  {state:<5}  {', '.join(r['sources'])}"
+            f"{r['technology']:<11} {r['newest_backup']:<22} {r['role']:<9} "
+            f"{r['age_hours']:>7.1f}h {_human_size(r['bytes']):>10}  {state:<5}  "
+            f"{', '.join(r['sources'])}"
         )
     if data["incomplete"]:
         lines.append(f"incomplete backup folders: {', '.join(data['incomplete'])}")
@@ -426,7 +452,11 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
     outcome = export(
         request=ExportRequest(
-            technology=args.technology, store=_store(args), backup=args.backup, dir=args.dir
+            technology=args.technology,
+            store=_store(args),
+            backup=args.backup,
+            sources=_hide_passwords(args.source, "source"),
+            dir=args.dir,
         )
     )
     text = (

@@ -6,31 +6,35 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from backstop.drivers.contract import RestoreMode
-from backstop.drivers.errors import BadInputError
-from backstop.drivers.redact import redact_url
+from backstop.drivers.identity import check_apart, check_distinct
+from backstop.drivers.registry import get_driver
 from backstop.flows.backup import backup
 from backstop.flows.params import BackupRequest, DrillOutcome, DrillRequest, RestoreRequest
 from backstop.flows.restore import restore
 from backstop.flows.runtime import Stopwatch
 from backstop.tasks.artifacts import publish_table
 from backstop.tasks.events import reported
+from backstop.tasks.identity import identify
+from backstop.tasks.manifest import Role
 
 
-def check_scratch(sources: list[str], scratch: list[str]) -> None:
-    """A drill overwrites its scratch targets: never one of the sources."""
-    shown = {redact_url(s) for s in sources}
-    clashes = [redact_url(s) for s in scratch if redact_url(s) in shown]
-    if clashes:
-        raise BadInputError(
-            f"--scratch {', '.join(clashes)} is also a --source; a drill overwrites its "
-            "scratch targets, so they must be other servers, databases or paths"
-        )
+def check_scratch(technology: str, sources: list[str], scratch: list[str]) -> None:
+    """A drill overwrites its scratch targets: never one of its sources, nor one place
+    twice, compared by identity (a symlink, a hard link, `./`, another host name for the
+    same server all name the same place), before anything is read or written."""
+    driver = get_driver(technology)
+    driver.check_urls(sources, "source")
+    driver.check_urls(scratch, "scratch")
+    source_ids = identify(technology, sources)
+    scratch_ids = identify(technology, scratch)
+    check_distinct(scratch_ids, scratch, "scratch")
+    check_apart(scratch_ids, scratch, source_ids, sources, "scratch", "source")
 
 
 @flow(name="backstop-drill", flow_run_name="drill-{request.technology}")
 def drill(request: DrillRequest) -> DrillOutcome:
     with reported("drill", request.technology, request.sources, ok="passed") as report:
-        check_scratch(request.sources, request.scratch)
+        check_scratch(request.technology, request.sources, request.scratch)
         clock = Stopwatch()
         backed_up = backup(
             request=BackupRequest(
@@ -38,6 +42,7 @@ def drill(request: DrillRequest) -> DrillOutcome:
                 sources=request.sources,
                 store=request.store,
                 options=request.options,
+                role=Role.DRILL,  # the drill's own: never what `latest` means
             )
         )
         report.payload = {"backup_id": backed_up.backup_id}

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from backstop.drivers.errors import BadInputError, IntegrityError
+from backstop.flows.params import source_filter
 from backstop.flows.runtime import Stopwatch
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.packaging import SUFFIX, StoreSource
@@ -26,6 +27,7 @@ class ExportRequest(BaseModel):
     technology: str
     store: StoreSpec
     backup: str = "latest"
+    sources: list[str] = source_filter()
     dir: str
 
 
@@ -45,7 +47,7 @@ def export(request: ExportRequest) -> ExportOutcome:
     folder = Path(request.dir)
     if folder.exists() and any(folder.iterdir()):
         raise BadInputError(f"export folder {folder} is not empty")
-    manifest = load_manifest(request.store, request.technology, request.backup)
+    manifest = load_manifest(request.store, request.technology, request.backup, request.sources)
     source = StoreSource(request.store.open(), manifest.technology, manifest.backup_id)
     written = 0
     for file in manifest.files:

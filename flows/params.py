@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from backstop.drivers.contract import RestoreMode
+from backstop.tasks.manifest import Role
 from backstop.tasks.store import StoreSpec
 
 
@@ -20,6 +21,20 @@ class BackupRequest(BaseModel):
     store: StoreSpec
     incremental: bool = False
     options: dict[str, Any] = Field(default_factory=dict, description="driver options")
+    role: Role | None = Field(
+        None,
+        description="why it is taken: scheduled, adhoc, safety or drill; empty: scheduled "
+        "when run from a deployment, else adhoc",
+    )
+
+
+def source_filter() -> Any:
+    """Restore, verify and export: which backup `latest` means in a store holding
+    backups of several sources."""
+    return Field(
+        default_factory=list,
+        description="with backup latest: the newest backup of these sources (URLs as backed up)",
+    )
 
 
 class RestoreRequest(BaseModel):
@@ -27,6 +42,7 @@ class RestoreRequest(BaseModel):
     store: StoreSpec
     targets: list[str] = Field(min_length=1)
     backup: str = Field("latest", description="a backup id, or latest")
+    sources: list[str] = source_filter()
     mode: RestoreMode = RestoreMode.FAIL_IF_EXISTS
     include: list[str] = Field(default_factory=list)
     until: str | None = None
@@ -49,6 +65,7 @@ class VerifyRequest(BaseModel):
     store: StoreSpec
     technology: str | None = None
     backup: str | None = Field(None, description="a backup id or latest; all when empty")
+    sources: list[str] = source_filter()
 
 
 class BackupOutcome(BaseModel):
@@ -56,6 +73,7 @@ class BackupOutcome(BaseModel):
     technology: str
     status: str
     parent: str | None = Field(None, description="the backup an incremental builds on")
+    role: Role = Role.ADHOC
     records: int
     bytes: int
     raw_bytes: int

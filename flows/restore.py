@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NoReturn
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -16,6 +17,7 @@ from backstop.drivers.errors import (
     PermanentError,
     QualityError,
 )
+from backstop.drivers.identity import check_distinct
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.flows.backup import backup
@@ -23,10 +25,19 @@ from backstop.flows.params import BackupRequest, RestoreOutcome, RestoreRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
 from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.events import Report, emit, reported
+from backstop.tasks.identity import identify
 from backstop.tasks.logs import install_log_masking
-from backstop.tasks.manifest import Manifest
+from backstop.tasks.manifest import Manifest, Role
 from backstop.tasks.quality import quality_of
-from backstop.tasks.restore import prepare_targets, restore_unit, safety_options
+from backstop.tasks.restore import (
+    absent_parts,
+    drop_parts,
+    prepare_targets,
+    restore_parts,
+    restore_unit,
+    safety_options,
+)
+from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls
 from backstop.tasks.store import StoreSpec
 from backstop.tasks.verify import target_quality, verify_backup_files, verify_target
 
@@ -85,8 +96,16 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
         options=dict(request.options),
     )
 
+    if len(request.targets) > 1:  # before any slow step: two targets must be two places
+        check_distinct(identify(technology, request.targets), request.targets, "target")
+
     store = spec.open()
-    manifest = store.resolve(technology, request.backup)
+    manifest = store.resolve(
+        technology,
+        request.backup,
+        [redact_url(s) for s in request.sources],
+        identify=lambda: identify(technology, request.sources),
+    )
     backup_id = manifest.backup_id
     report.sources = manifest.sources
     report.payload = {"backup_id": backup_id}
@@ -129,27 +148,32 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
         targets=targets,
         verified=False,
     )
-    prepare_targets(technology, units, request.targets, plan)
+    parts = restore_parts(technology, spec, backup_id, units, plan)
+    before = prepare_targets(technology, units, request.targets, plan)
+    plan = replace(plan, before=before)  # what every restore attempt must start from
     if request.dry_run:
         logger.info("dry run: backup %s verified and targets accepted; nothing written", backup_id)
         outcome.duration_s = clock.seconds
         return outcome
 
-    safety = None
+    safety, created = None, []
     if mode is RestoreMode.OVERWRITE and request.safety_backup:
+        # What the overwrite would create counts as much as what it replaces: a rollback
+        # removes the former and restores the latter.
+        created = absent_parts(technology, request.targets, parts) if parts else []
         safety = _safety_backup(request, units, plan)
         outcome.safety_backup = safety
-    if safety is None:
+    if safety is None and not created:
         return _load_and_verify(request, units, plan, manifest, outcome, phases, clock)
     txn = None
     try:
         with transaction() as txn:
-            guard_targets(technology, spec, safety, request.targets)
+            guard_targets(technology, spec, safety, request.targets, created)
             return _load_and_verify(request, units, plan, manifest, outcome, phases, clock)
     except BackstopError as exc:
         # The guard's rollback hook left what it did on its own (child) transaction.
         notes = [c.get(_ROLLED_BACK, None) for c in (txn.children if txn else [])]
-        note = next((n for n in notes if n), f"rolling back to safety backup {safety} failed")
+        note = next((n for n in notes if n), "rolling the targets back failed")
         exc.args = (f"{exc}\n{note}",)  # same error, same exit code, now saying so
         raise
 
@@ -283,6 +307,7 @@ def _safety_backup(
             sources=request.targets,
             store=request.store,
             options=options,
+            role=Role.SAFETY,  # never what `latest` means: see ArtifactStore.resolve
         )
     )
     get_run_logger().info("safety backup of the targets before overwriting: %s", taken.backup_id)
@@ -290,20 +315,34 @@ def _safety_backup(
 
 
 @task(name="guard-targets", cache_policy=NO_CACHE)
-def guard_targets(technology: str, store: StoreSpec, safety: str, targets: list[str]) -> None:
-    """Holds the safety backup in the restore's transaction: its rollback hook puts the
-    targets back as they were if the restore or its verification fails."""
+def guard_targets(
+    technology: str, store: StoreSpec, safety: str | None, targets: list[str], created: list[str]
+) -> None:
+    """Holds the safety backup and the parts the restore creates in the restore's
+    transaction: its rollback hook puts the targets back as they were if the restore or
+    its verification fails."""
     txn = get_transaction()
     txn.set("technology", technology)
     txn.set("store", store.model_dump())
     txn.set("safety", safety)
     txn.set("targets", list(targets))
+    txn.set("created", list(created))
 
 
 @guard_targets.on_rollback
 def _roll_back_targets(txn: Transaction) -> None:
-    safety = txn.get("safety")
+    safety, created = txn.get("safety"), txn.get("created", [])
     logger = get_run_logger()
+    if created:
+        logger.warning("restore failed: removing what it created (%s)", ", ".join(created))
+        try:
+            drop_parts(txn.get("technology"), txn.get("targets"), created)
+        except Exception as exc:
+            txn.set(_ROLLED_BACK, f"ROLLING BACK FAILED: removing {created} failed: {exc}")
+            raise
+    if safety is None:
+        txn.set(_ROLLED_BACK, f"the targets were rolled back: {', '.join(created)} removed")
+        return
     logger.warning("restore failed: rolling the targets back to safety backup %s", safety)
     try:
         back = restore(
@@ -323,5 +362,6 @@ def _roll_back_targets(txn: Transaction) -> None:
     txn.set(
         _ROLLED_BACK,
         f"the targets were rolled back to safety backup {safety} "
-        f"({back.records} records restored and verified)",
+        f"({back.records} records restored and verified"
+        + (f"; {', '.join(created)} removed)" if created else ")"),
     )

@@ -26,10 +26,11 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
     logger = get_run_logger()
     clock = Stopwatch()
     spec = request.store
-    if request.backup:
+    if request.backup or request.sources:
         if not request.technology:
-            raise BadInputError("--backup needs --technology")
-        manifests = [load_manifest(spec, request.technology, request.backup)]
+            raise BadInputError("--backup and --source need --technology")
+        ref = request.backup or "latest"  # --source alone: the latest of those sources
+        manifests = [load_manifest(spec, request.technology, ref, request.sources)]
     else:
         manifests = spec.open().list_backups(request.technology)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -21,6 +22,20 @@ def new_backup_id(now: datetime | None = None) -> str:
     """A time-sortable id: UTC second + 4 random hex digits, e.g. 20261126T120501Z-3fa2."""
     now = now or datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+
+
+class Role(StrEnum):
+    """Why a backup was taken. Only ordinary backups (scheduled and ad hoc) are what
+    `latest` and incrementals mean; a safety backup holds a target's content from
+    before an overwrite, a drill's backup is the drill's own."""
+
+    SCHEDULED = "scheduled"  # run from a deployment
+    ADHOC = "adhoc"  # run by hand (the CLI, a script)
+    SAFETY = "safety"  # taken of the targets before an overwrite restore
+    DRILL = "drill"  # taken by a restore drill
+
+
+ORDINARY_ROLES = frozenset({Role.SCHEDULED, Role.ADHOC})
 
 
 class DriverInfo(BaseModel):
@@ -53,6 +68,11 @@ class Manifest(BaseModel):
     backstop_version: str
     driver: DriverInfo
     sources: list[str]  # redacted
+    # Manifests written before roles existed were all taken by hand or on schedule.
+    role: Role = Role.ADHOC
+    source_ids: list[str] = Field(
+        default_factory=list, description="each source's identity (Driver.identity)"
+    )
     started_at: datetime
     finished_at: datetime
     consistency: ConsistencyInfo
@@ -65,6 +85,16 @@ class Manifest(BaseModel):
     @property
     def files(self) -> list[StoredFile]:
         return [f for unit in self.units for f in unit.files]
+
+    @property
+    def ordinary(self) -> bool:
+        """A scheduled or ad hoc backup: what `latest` and incrementals may mean."""
+        return self.role in ORDINARY_ROLES
+
+    @property
+    def source_set(self) -> tuple[str, ...]:
+        """The sources this backup is of, by identity where recorded."""
+        return tuple(self.source_ids or self.sources)
 
     @property
     def duration_s(self) -> float:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prefect import task
 
 from backstop.drivers.contract import RestorePlan, RestoreResult, StoredUnit
+from backstop.drivers.errors import BadInputError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
+from backstop.tasks.identity import identities
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import StoreSource
 from backstop.tasks.progress import reporter
@@ -20,10 +23,44 @@ from backstop.tasks.store import StoreSpec
 @task(name="prepare-targets", **RETRYING)
 def prepare_targets(
     technology: str, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
-) -> None:
+) -> dict[str, Any]:
+    """Check the targets; what they held before any write, for every restore attempt."""
     driver = get_driver(technology)
     with classified(driver, "checking the restore targets"):
-        driver.prepare_restore(units, [resolve_url(t) for t in targets], plan)
+        return dict(driver.prepare_restore(units, [resolve_url(t) for t in targets], plan) or {})
+
+
+@task(name="restore-parts", **RETRYING)
+def restore_parts(
+    technology: str, store: StoreSpec, backup_id: str, units: Sequence[StoredUnit], plan: RestorePlan
+) -> list[str] | None:
+    """The parts the restore writes; an --include that selects none of the backup is
+    bad input, refused before any target is looked at."""
+    driver = get_driver(technology)
+    source = StoreSource(store.open(), technology, backup_id)
+    with classified(driver, "reading which parts the backup holds"):
+        parts = driver.restore_parts(units, source, plan)
+    if plan.include and parts is not None and not parts:
+        raise BadInputError(
+            f"--include {' '.join(plan.include)} matches nothing in backup "
+            f"{technology}/{backup_id}; nothing was restored"
+        )
+    return parts
+
+
+@task(name="absent-parts", **RETRYING)
+def absent_parts(technology: str, targets: Sequence[str], parts: Sequence[str]) -> list[str]:
+    driver = get_driver(technology)
+    with classified(driver, "looking at what the targets lack"):
+        return driver.absent_parts([resolve_url(t) for t in targets], parts)
+
+
+@task(name="drop-parts", **RETRYING)
+def drop_parts(technology: str, targets: Sequence[str], parts: Sequence[str]) -> None:
+    """Remove what a failed overwrite created (its rollback)."""
+    driver = get_driver(technology)
+    with classified(driver, f"removing {', '.join(parts)} (created by the failed restore)"):
+        driver.drop_parts([resolve_url(t) for t in targets], parts)
 
 
 @task(name="restore-unit", task_run_name="restore-{unit.name}", **RETRYING)
@@ -48,8 +85,17 @@ def restore_unit(
 
 
 @task(name="load-manifest", **RETRYING)
-def load_manifest(store: StoreSpec, technology: str, ref: str) -> Manifest:
-    return store.open().resolve(technology, ref)
+def load_manifest(
+    store: StoreSpec, technology: str, ref: str, sources: Sequence[str] = ()
+) -> Manifest:
+    """A backup id, or `latest` (of these sources, when given: see ArtifactStore.resolve)."""
+    return store.open().resolve(
+        technology,
+        ref,
+        [redact_url(s) for s in sources],
+        identify=lambda: identities(technology, sources),
+    )
+
 
 
 @task(name="safety-options", **RETRYING)

@@ -63,6 +63,7 @@ def status_rows(inventory: Inventory, now: datetime, stale_after: timedelta) -> 
                 "technology": technology,
                 "sources": list(sources),
                 "newest_backup": newest.backup_id,
+                "role": newest.role.value,
                 "finished_at": newest.finished_at.isoformat(),
                 "age_hours": round(age.total_seconds() / 3600, 2),
                 "stale": age > stale_after,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -161,7 +161,13 @@ class ArtifactStore:
         an incremental builds on."""
         for folder in reversed([f for f in self.folders(technology) if f.complete]):
             manifest = self.read_manifest(technology, folder.backup_id)
-            if manifest.sources == sources and manifest.quality.status == "passed":
+            # A safety or drill backup may be of the same sources, but holds a target's
+            # old content or a drill's copy: never what the next incremental continues.
+            if (
+                manifest.sources == sources
+                and manifest.quality.status == "passed"
+                and manifest.ordinary
+            ):
                 return manifest
         return None
 
@@ -185,17 +191,70 @@ class ArtifactStore:
                 ) from None
         return links
 
-    def resolve(self, technology: str, ref: str = "latest") -> Manifest:
-        if ref == "latest":
-            complete = [f for f in self.folders(technology) if f.complete]
-            if not complete:
-                raise BadInputError(f"no complete {technology} backup in {redact_url(self.url)}")
-            return self.read_manifest(technology, complete[-1].backup_id)
-        if not BACKUP_ID.match(ref):
+    def resolve(
+        self,
+        technology: str,
+        ref: str = "latest",
+        sources: Sequence[str] = (),
+        identify: Callable[[], list[str]] | None = None,
+    ) -> Manifest:
+        """A backup by id, or `latest`: the newest complete, validated, ordinary
+        (scheduled or ad hoc) backup, never a safety or drill backup.
+
+        `sources` (redacted URLs) narrows `latest` to backups of those sources;
+        `identify` gives their identities, asked only when no backup's URLs match. With
+        no `sources`, a store holding backups of different sources has no one latest:
+        refused, naming each source set's newest backup.
+        """
+        if ref != "latest":
+            if sources:
+                raise BadInputError(
+                    "--source chooses the latest backup of those sources; give either "
+                    "--source or --backup ID, not both"
+                )
+            if not BACKUP_ID.match(ref):
+                raise BadInputError(
+                    f"{ref!r} is not a backup id (like 20261126T120501Z-3fa2) or 'latest'"
+                )
+            return self.read_manifest(technology, ref)
+        candidates = self._ordinary_backups(technology)
+        if sources:
+            return _newest_of_sources(candidates, technology, sources, identify, self.url)
+        newest: dict[tuple[str, ...], Manifest] = {}
+        for manifest in candidates:  # oldest first: the last one seen is the newest
+            newest[manifest.source_set] = manifest
+        if not newest:
             raise BadInputError(
-                f"{ref!r} is not a backup id (like 20261126T120501Z-3fa2) or 'latest'"
+                f"no complete, validated {technology} backup in {redact_url(self.url)} "
+                "(safety and drill backups are restored only by --backup ID)"
             )
-        return self.read_manifest(technology, ref)
+        if len(newest) > 1:
+            raise BadInputError(
+                f"{redact_url(self.url)} holds {technology} backups of {len(newest)} different "
+                "sources, so 'latest' could restore the wrong one; choose with --source URL "
+                "(repeatable) or --backup ID:\n  "
+                + "\n  ".join(
+                    f"{', '.join(m.sources)} -> {m.backup_id}"
+                    for m in sorted(newest.values(), key=lambda m: m.backup_id, reverse=True)
+                )
+            )
+        return next(iter(newest.values()))
+
+    def _ordinary_backups(self, technology: str) -> list[Manifest]:
+        """Complete, validated, ordinary backups, oldest first. A manifest that cannot
+        be read (or was pruned meanwhile) is no candidate: it could not be restored."""
+        found = []
+        for folder in self.folders(technology):
+            if not folder.complete:
+                continue
+            try:
+                manifest = self.read_manifest(technology, folder.backup_id)
+            except (IntegrityError, BadInputError):
+                continue
+            if manifest.ordinary and manifest.quality.status == "passed":
+                found.append(manifest)
+        return found
+
 
     def delete_backup(self, technology: str, backup_id: str) -> None:
         """Remove a backup folder, its manifest first: a deletion cut short leaves an
@@ -227,6 +286,30 @@ class ArtifactStore:
     def relative(self, path: str) -> str:
         """A store path as shown to people: technology/backup_id/file."""
         return path[len(self.root) :].lstrip("/")
+
+
+def _newest_of_sources(
+    candidates: list[Manifest],
+    technology: str,
+    sources: Sequence[str],
+    identify: Callable[[], list[str]] | None,
+    store_url: str,
+) -> Manifest:
+    """The newest candidate backed up from these sources: by their URLs as the manifest
+    shows them, else by identity (the same place spelled another way)."""
+    wanted = set(sources)
+    matching = [m for m in candidates if set(m.sources) == wanted]
+    if not matching and identify is not None:
+        ids = set(identify())
+        matching = [m for m in candidates if m.source_ids and set(m.source_ids) == ids]
+    if not matching:
+        known = sorted({", ".join(m.sources) for m in candidates})
+        raise BadInputError(
+            f"no complete, validated {technology} backup of {', '.join(sorted(wanted))} in "
+            f"{redact_url(store_url)}"
+            + (f"; its backups are of: {'; '.join(known)}" if known else "")
+        )
+    return matching[-1]
 
 
 def _check_name(value: str, pattern, what: str) -> None:

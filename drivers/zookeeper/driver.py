@@ -50,6 +50,7 @@ from backstop.drivers.zookeeper.walk import (
 from backstop.drivers.zookeeper.znodes import (
     DELETED,
     FORMAT,
+    NODE,
     Znode,
     digest_problems,
     node_hash,
@@ -229,7 +230,7 @@ class ZooKeeperDriver(Driver):
     # -- restore --------------------------------------------------------------------
     def prepare_restore(
         self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
-    ) -> None:
+    ) -> dict[str, Any] | None:
         mode = plan.mode
         self.check_urls(targets, "target")
         Selection(list(plan.include))  # reject bad patterns before touching the target
@@ -237,11 +238,14 @@ class ZooKeeperDriver(Driver):
         target = parse_zk_url(targets[0])
         if unit.meta.get("mode") != "logical":
             admin.check_physical_restore_target(unit, targets[0])
-            return
+            return None
         with connect(_without_chroot(targets[0])) as zk:
+            # Nodes created after this zxid are the restore's own (a retried attempt
+            # finds its earlier attempt's nodes by it); older ones are the target's.
+            before = {"zxid": _current_zxid(zk)}
             root = target.chroot or "/"
             if zk.exists(root) is None:
-                return
+                return before
             children = [c for c in zk.get_children(root) if target.chroot or c != "zookeeper"]
             if children and mode is RestoreMode.FAIL_IF_EXISTS:
                 raise BadInputError(
@@ -249,6 +253,7 @@ class ZooKeeperDriver(Driver):
                     f"{root} ({', '.join(sorted(children)[:5])}); restore refuses to write into a "
                     "non-empty target and left it untouched; choose --mode overwrite or --mode merge"
                 )
+        return before
 
     def restore_unit(
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
@@ -262,20 +267,23 @@ class ZooKeeperDriver(Driver):
         # (.., NUL) must refuse the restore while the target is still untouched. The same
         # pass collects the ACLs to set once every node exists.
         with source.open(file) as stream:
-            acls = _final_acls(_selected(read(stream), plan.include))
+            acls = _final_acls(_refuse_system(_selected(read(stream), plan.include), chroot, plan))
         with connect(_without_chroot(target)) as zk:
             root = chroot or "/"
             zk.ensure_path(root)
             if mode is RestoreMode.OVERWRITE:
-                _clear(zk, root, keep_system=not chroot)
-            loader = _Loader(zk, chroot, merge=mode is RestoreMode.MERGE)
+                # Every attempt starts by removing what it replaces (an earlier attempt's
+                # nodes included); with --include, only the selected subtrees.
+                _clear(zk, root, keep_system=not chroot, include=plan.include)
+            before = plan.before.get("zxid")
+            loader = _Loader(zk, chroot, merge=mode is RestoreMode.MERGE, before_zxid=before)
             with source.open(file) as stream:
                 for node in _selected(read(stream), plan.include):
                     loader.apply(node)
             loader.finish()
             # The real ACLs last, once every node exists (an ACL may deny us CREATE).
-            _apply_acls(zk, chroot, acls, loader.skipped)
-        return RestoreResult(records_written=loader.created, records_skipped=len(loader.skipped))
+            _apply_acls(zk, chroot, acls, loader.kept if loader.merge else set())
+        return RestoreResult(records_written=loader.created, records_skipped=len(loader.kept))
 
     def verify_unit(
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
@@ -291,7 +299,9 @@ class ZooKeeperDriver(Driver):
                 [file] = unit.files
                 with source.open(file) as stream:
                     expected = _final_hashes(_selected(read(stream), plan.include))
-                found, differing, missing = _compare_present(zk, expected)
+                # Merge keeps the nodes the target held before the restore as they were.
+                kept_before = plan.before.get("zxid") if mode is RestoreMode.MERGE else None
+                found, differing, missing = _compare_present(zk, expected, kept_before)
                 if missing:
                     problems.append(f"{missing} backed-up node(s) are missing from the target")
                 if differing:
@@ -316,6 +326,51 @@ class ZooKeeperDriver(Driver):
                 return None
             children = [c for c in zk.get_children(root) if target.chroot or c != "zookeeper"]
         return {} if children else None
+
+    def restore_parts(
+        self, units: Sequence[StoredUnit], source: FileSource, plan: RestorePlan
+    ) -> list[str] | None:
+        """The subtrees the restore writes, as paths under the target's root: the
+        backup's top-level nodes, or with --include the topmost selected nodes."""
+        [unit] = units
+        if unit.meta.get("mode") != "logical":
+            return None
+        [file] = unit.files
+        with source.open(file) as stream:
+            paths = _final_hashes(_selected(read(stream), plan.include))
+        paths.pop("/", None)
+        if not plan.include:
+            return sorted({"/" + p[1:].split("/", 1)[0] for p in paths})
+        return sorted(p for p in paths if (p.rsplit("/", 1)[0] or "/") not in paths)
+
+    def absent_parts(self, targets: Sequence[str], parts: Sequence[str]) -> list[str]:
+        """For each part the target lacks, its topmost missing node (a restore creates
+        missing parents too); "/" when even the target's chroot is missing."""
+        chroot = parse_zk_url(targets[0]).chroot
+        absent: set[str] = set()
+        with connect(_without_chroot(targets[0])) as zk:
+            if chroot and zk.exists(chroot) is None:
+                return ["/"]
+            for part in parts:
+                segments = part[1:].split("/")
+                for depth in range(1, len(segments) + 1):
+                    path = "/" + "/".join(segments[:depth])
+                    if zk.exists(_join(chroot or "/", path)) is None:
+                        absent.add(path)
+                        break
+        return sorted(absent)
+
+    def drop_parts(self, targets: Sequence[str], parts: Sequence[str]) -> None:
+        chroot = parse_zk_url(targets[0]).chroot
+        with connect(_without_chroot(targets[0])) as zk:
+            for part in parts:
+                if part == "/" and not chroot:
+                    _clear(zk, "/", keep_system=True)
+                    continue
+                if not chroot and (part == "/zookeeper" or part.startswith("/zookeeper/")):
+                    continue  # ZooKeeper's own namespace is never removed
+                with contextlib.suppress(kz.NoNodeError):
+                    zk.delete(_join(chroot or "/", part), recursive=True)
 
     # -- data quality ---------------------------------------------------------------
     def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
@@ -460,23 +515,78 @@ def _rescan_children(zk, path, index, digest, selection, skip_system, chunker) -
             _record(node, index, digest, chunker)
 
 
-def _clear(zk, root: str, keep_system: bool) -> None:
-    for child in zk.get_children(root):
-        if keep_system and child == "zookeeper":
-            continue
-        zk.delete(child_path(root, child), recursive=True)
+def _clear(zk, root: str, keep_system: bool, include: Sequence[str] = ()) -> None:
+    """Delete what an overwrite replaces: every subtree under `root`, or with --include
+    only the subtrees the patterns select (the rest of the target stays as it is)."""
+    patterns = Selection(list(include)).include
+    pending = ["/"]
+    while pending:
+        path = pending.pop()
+        target = root if path == "/" else _join(root, path)
+        with contextlib.suppress(kz.NoNodeError):
+            for child in zk.get_children(target):
+                if keep_system and path == "/" and child == "zookeeper":
+                    continue
+                below = child_path(path, child)
+                if not patterns or any(p.selects(below) for p in patterns):
+                    with contextlib.suppress(kz.NoNodeError):
+                        zk.delete(_join(root, below), recursive=True)
+                elif any(p.may_select_below(below) for p in patterns):
+                    pending.append(below)
+
+
+def _join(root: str, path: str) -> str:
+    """A backup-relative path under the target's root (its chroot or /)."""
+    return path if root == "/" else (root if path == "/" else root + path)
+
+
+def _current_zxid(zk) -> int:
+    """The server's last zxid, as this session sees it after a sync."""
+    zk.sync("/")
+    zk.exists("/")
+    return int(zk.last_zxid)
+
+
+SYSTEM_OPTION = "include_system"
+
+
+def _system_allowed(plan: RestorePlan) -> bool:
+    return str(plan.options.get(SYSTEM_OPTION, "")).lower() in ("1", "true", "yes")
+
+
+def _refuse_system(nodes, chroot: str, plan: RestorePlan):
+    """The records, refusing any that would land in /zookeeper (ZooKeeper's own
+    namespace) unless --option include_system=true asks for it."""
+    allowed = chroot or _system_allowed(plan)
+    for node in nodes:
+        if not allowed and (node.path == "/zookeeper" or node.path.startswith("/zookeeper/")):
+            raise BadInputError(
+                f"the backup holds {node.path}, which would be written into ZooKeeper's system "
+                "namespace /zookeeper; nothing was written. Restore under a chroot, leave it out "
+                f"with --include, or allow it with --option {SYSTEM_OPTION}=true"
+            )
+        yield node
 
 
 class _Loader:
-    """Creates nodes in multi-op transactions (merge: pipelined creates that may exist)."""
+    """Creates nodes in multi-op transactions (merge: pipelined creates that may exist).
 
-    def __init__(self, zk, chroot: str, merge: bool) -> None:
+    A node that exists already is the restore's own when it was created after
+    `before_zxid` (an earlier attempt of a retried restore wrote it: it counts as done
+    and gets the backup's content), else the target's: merge keeps it as it is (`kept`),
+    the other modes refuse it.
+    """
+
+    def __init__(self, zk, chroot: str, merge: bool, before_zxid: int | None = None) -> None:
         self.zk, self.chroot, self.merge = zk, chroot, merge
+        self.before_zxid = before_zxid
         self.created = 0
-        self.skipped: set[str] = set()
+        self.kept: set[str] = set()  # nodes the target held before the restore
         self._present: set[str] = {"/"}
+        if merge:
+            self.kept.add("/")  # merge keeps what the target root holds
         self._txn = None
-        self._txn_ops = 0
+        self._txn_nodes: list[Znode] = []
         self._txn_bytes = 0
         self._pending: list = []
 
@@ -487,17 +597,13 @@ class _Loader:
 
     def apply(self, node: Znode) -> None:
         if node.kind == DELETED:
-            self._flush()
-            if node.path != "/":
-                with contextlib.suppress(kz.NoNodeError):
-                    self.zk.delete(self.target(node.path), recursive=True)
-            self._forget(node.path)
+            self._delete(node.path)
             return
         if node.path in self._present:
-            if node.path == "/" and self.merge:
-                return  # merge keeps what the target root holds
             self._flush()
-            self.zk.set(self.target(node.path), node.data or b"")
+            if node.path in self.kept:
+                return  # the target's own node: merge leaves it as it was
+            self.zk.set(self.target(node.path), node.data)
             if node.path == "/":
                 self.created += 1  # the root exists already; its content is restored
             return
@@ -505,72 +611,117 @@ class _Loader:
         self._present.add(node.path)
         if self.merge:
             self._pending.append(
-                (
-                    node.path,
-                    self.zk.create_async(
-                        self.target(node.path), node.data or b"", acl=OPEN_ACL_UNSAFE
-                    ),
-                )
+                (node, self.zk.create_async(self.target(node.path), node.data, acl=OPEN_ACL_UNSAFE))
             )
             if len(self._pending) >= WINDOW:
                 self._drain()
             return
-        size = len(node.data or b"") + len(node.path) + 64
+        if node.data is None:
+            # kazoo's transactions take bytes only: a null-data node is created alone.
+            self._flush()
+            self._create_one(node)
+            return
+        size = len(node.data) + len(node.path) + 64
         if self._txn is not None and (
-            self._txn_ops >= BATCH_OPS or self._txn_bytes + size > BATCH_BYTES
+            len(self._txn_nodes) >= BATCH_OPS or self._txn_bytes + size > BATCH_BYTES
         ):
             self._flush()
         if self._txn is None:
             self._txn = self.zk.transaction()
-        self._txn.create(self.target(node.path), node.data or b"", acl=OPEN_ACL_UNSAFE)
-        self._txn_ops += 1
+        self._txn.create(self.target(node.path), node.data, acl=OPEN_ACL_UNSAFE)
+        self._txn_nodes.append(node)
         self._txn_bytes += size
+
+    def _delete(self, path: str) -> None:
+        """A later record says the node was deleted during the backup. Merge removes it
+        only if this restore created it."""
+        self._flush()
+        if path != "/" and not (self.merge and path in self.kept):
+            with contextlib.suppress(kz.NoNodeError):
+                self.zk.delete(self.target(path), recursive=True)
+        if path != "/":
+            self._forget(path)
 
     def _ensure_parent(self, path: str) -> None:
         parent = path.rsplit("/", 1)[0] or "/"
-        if parent not in self._present:
-            self._flush()
-            self.zk.ensure_path(self.target(parent))
-            node = parent
-            while node not in self._present:
-                self._present.add(node)
-                node = node.rsplit("/", 1)[0] or "/"
+        if parent in self._present:
+            return
+        self._flush()
+        missing = []
+        while parent not in self._present:
+            missing.append(parent)
+            parent = parent.rsplit("/", 1)[0] or "/"
+        for ancestor in reversed(missing):  # top down
+            self._create_one(Znode(NODE, ancestor, b""), counted=False)
+            self._present.add(ancestor)
+
+    def _create_one(self, node: Znode, counted: bool = True) -> None:
+        try:
+            self.zk.create(self.target(node.path), node.data, acl=OPEN_ACL_UNSAFE)
+        except kz.NodeExistsError:
+            self._exists(node, self.zk.exists(self.target(node.path)), counted)
+            return
+        except kz.ZookeeperError as exc:
+            raise explain(exc, node.path) from None
+        self.created += counted
+
+    def _exists(self, node: Znode, stat, counted: bool) -> None:
+        """A create found the node there: the restore's own from an earlier attempt, or
+        the target's."""
+        if stat is not None and self._ours(stat):
+            if counted:
+                self.zk.set(self.target(node.path), node.data)  # the backup's content
+                self.created += 1
+            return
+        if self.merge or not counted:
+            self.kept.add(node.path)  # a parent made by ensure_path is only a parent
+            return
+        raise PermanentError(
+            f"node {node.path} of the backup already exists in the target (it was created "
+            "there during the restore, by someone else)"
+        )
+
+    def _ours(self, stat) -> bool:
+        return self.before_zxid is not None and stat.czxid > self.before_zxid
 
     def _forget(self, path: str) -> None:
         prefix = path.rstrip("/") + "/"
         self._present = {p for p in self._present if p != path and not p.startswith(prefix)}
+        self.kept = {p for p in self.kept if p != path and not p.startswith(prefix)}
         self._present.add("/")
 
     def _flush(self) -> None:
         self._drain()
         if self._txn is None:
             return
-        results = self._txn.commit()
+        nodes, txn = self._txn_nodes, self._txn
+        self._txn, self._txn_nodes, self._txn_bytes = None, [], 0
+        results = txn.commit()
         failures = [r for r in results if isinstance(r, Exception)]
-        if failures:
-            first = next(
-                (r for r in failures if not isinstance(r, kz.RolledBackError)), failures[0]
-            )
-            raise (
-                explain(first)
-                if not isinstance(first, kz.NodeExistsError)
-                else PermanentError(
-                    "a node of the backup already exists in the target (it changed during restore)"
-                )
-            )
-        self.created += self._txn_ops
-        self._txn, self._txn_ops, self._txn_bytes = None, 0, 0
+        if not failures:
+            self.created += len(nodes)
+            return
+        first = next((r for r in failures if not isinstance(r, kz.RolledBackError)), failures[0])
+        if not isinstance(first, kz.NodeExistsError):
+            raise explain(first)
+        # Nothing of the batch was applied: one by one, an earlier attempt's nodes
+        # count as done (a retried restore re-runs its batches).
+        for node in nodes:
+            self._create_one(node)
 
     def _drain(self) -> None:
-        for path, result in self._pending:
+        existing = []
+        for node, result in self._pending:
             try:
                 result.get()
                 self.created += 1
             except kz.NodeExistsError:
-                self.skipped.add(path)
+                existing.append((node, self.zk.exists_async(self.target(node.path))))
             except kz.ZookeeperError as exc:
-                raise explain(exc, path) from None
+                raise explain(exc, node.path) from None
         self._pending = []
+        for node, stat in existing:
+            self._exists(node, stat.get(), counted=True)
 
     def finish(self) -> None:
         self._flush()
@@ -621,12 +772,17 @@ def _final_hashes(nodes) -> dict[str, int]:
     return final
 
 
-def _compare_present(zk, expected: dict[str, int]) -> tuple[int, int, int]:
+def _compare_present(
+    zk, expected: dict[str, int], kept_before: int | None = None
+) -> tuple[int, int, int]:
+    """(equal, differing, missing) backed-up nodes; a node created at or before
+    `kept_before` (merge: the target's own) counts as equal whatever it holds."""
     found = differing = 0
     seen = set()
     for node in read_nodes(zk, list(expected)):
         seen.add(node.path)
-        if node_hash(node.path, node.data, node.acls) == expected[node.path]:
+        kept = kept_before is not None and node.stat[0] <= kept_before
+        if kept or node_hash(node.path, node.data, node.acls) == expected[node.path]:
             found += 1
         else:
             differing += 1

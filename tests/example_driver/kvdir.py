@@ -31,8 +31,8 @@ from backstop.drivers.contract import (
     UnitResult,
 )
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
-from backstop.drivers.identity import file_identity
 from backstop.drivers.framing import RecordReader
+from backstop.drivers.identity import file_identity
 
 _HEADER = struct.Struct("<HI")
 MAX_VALUE = 64 << 20  # what one record may claim: bounds the memory a crafted file takes

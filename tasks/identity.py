@@ -1,0 +1,30 @@
+"""Where URLs point, asked of their driver inside a task (placeholders resolved here)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prefect import task
+
+from backstop.drivers.redact import mask_secrets, redact_url
+from backstop.drivers.registry import get_driver
+from backstop.tasks.retry import RETRYING, classified
+from backstop.tasks.secrets import resolve_url
+
+
+@task(name="identify", **RETRYING)
+def identify(technology: str, urls: Sequence[str]) -> list[str]:
+    """Each URL's identity (Driver.identity): compared to tell places apart, and
+    recorded in manifests as the identity of a backup's sources."""
+    return identities(technology, urls)
+
+
+def identities(technology: str, urls: Sequence[str]) -> list[str]:
+    """`identify`'s work, for a task that needs it on the way."""
+    driver = get_driver(technology)
+    identities = []
+    for url in urls:
+        with classified(driver, f"identifying {redact_url(url)}"):
+            # Masked as a belt: an identity is stored and shown, never a secret.
+            identities.append(mask_secrets(driver.identity(resolve_url(url))))
+    return identities
