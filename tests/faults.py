@@ -157,3 +157,27 @@ def fail_backup_write_once(monkeypatch, driver_class, error: Callable[[], BaseEx
 
     monkeypatch.setattr(driver_class, "backup_unit", backup_unit)
     return writes
+
+
+def fail_once_after(
+    monkeypatch,
+    owner: object,
+    method: str,
+    error: Callable[[], BaseException],
+    when: Callable[[object], bool] = lambda self: True,
+) -> list[bool]:
+    """Patch `owner.method` so that the first call after which `when(self)` holds runs
+    in full and then raises `error()` (a fault right after a batch was committed); later
+    calls are untouched. The returned list holds one entry once the fault has fired."""
+    original = getattr(owner, method)
+    fired: list[bool] = []
+
+    def wrapper(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if not fired and when(self):
+            fired.append(True)
+            raise error()
+        return result
+
+    monkeypatch.setattr(owner, method, wrapper)
+    return fired
