@@ -222,10 +222,12 @@ class Driver(ABC):
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
         """Split the backup into units that can run in parallel."""
 
-    def quiesce(self, sources: Sequence[str]) -> dict[str, Any] | None:
+    def quiesce(
+        self, sources: Sequence[str], options: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         """Stop writes, or fix the point every unit will read at, if the technology
-        needs it; return a JSON-able handle for `release`. The flow hands the handle to
-        every unit as `unit.options["quiesce"]`."""
+        needs it (and the backup's `options` allow it); return a JSON-able handle for
+        `release`. The flow hands the handle to every unit as `unit.options["quiesce"]`."""
         return None
 
     def release(self, handle: dict[str, Any] | None, sources: Sequence[str]) -> None:

@@ -179,7 +179,7 @@ def _snapshot(
     """Quiesce, stream every unit into the store, and release the quiesce on every path."""
     technology, spec = request.technology, request.store
     units = plan_backup(technology, request.sources, options)
-    handle = quiesce(technology, request.sources)
+    handle = quiesce(technology, request.sources, options)
     if handle is not None:  # e.g. the cluster time every unit's snapshot reads at
         units = [dataclasses.replace(u, options={**u.options, "quiesce": handle}) for u in units]
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -168,7 +168,7 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
     txn = None
     try:
         with transaction() as txn:
-            guard_targets(technology, spec, safety, request.targets, created)
+            guard_targets(technology, spec, safety, request.targets, created, request.options)
             return _load_and_verify(request, units, plan, manifest, outcome, phases, clock)
     except BackstopError as exc:
         # The guard's rollback hook left what it did on its own (child) transaction.
@@ -316,7 +316,12 @@ def _safety_backup(
 
 @task(name="guard-targets", cache_policy=NO_CACHE)
 def guard_targets(
-    technology: str, store: StoreSpec, safety: str | None, targets: list[str], created: list[str]
+    technology: str,
+    store: StoreSpec,
+    safety: str | None,
+    targets: list[str],
+    created: list[str],
+    options: dict[str, Any],
 ) -> None:
     """Holds the safety backup and the parts the restore creates in the restore's
     transaction: its rollback hook puts the targets back as they were if the restore or
@@ -327,6 +332,7 @@ def guard_targets(
     txn.set("safety", safety)
     txn.set("targets", list(targets))
     txn.set("created", list(created))
+    txn.set("options", dict(options))  # what the restore was allowed, its rollback is too
 
 
 @guard_targets.on_rollback
@@ -352,6 +358,7 @@ def _roll_back_targets(txn: Transaction) -> None:
                 targets=txn.get("targets"),
                 backup=safety,
                 mode=RestoreMode.OVERWRITE,
+                options=txn.get("options", {}),
                 force=True,
                 safety_backup=False,
             )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect import task
@@ -32,10 +32,12 @@ def plan_backup(technology: str, sources: Sequence[str], options: dict[str, Any]
 
 
 @task(name="quiesce", **RETRYING)
-def quiesce(technology: str, sources: Sequence[str]) -> dict[str, Any] | None:
+def quiesce(
+    technology: str, sources: Sequence[str], options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
     driver = get_driver(technology)
     with classified(driver, "quiescing the source"):
-        return driver.quiesce([resolve_url(s) for s in sources])
+        return driver.quiesce([resolve_url(s) for s in sources], options or {})
 
 
 @task(name="release-quiesce", **RETRYING)

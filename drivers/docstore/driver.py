@@ -102,6 +102,7 @@ class DocstoreDriver(Driver):
         include = check_patterns(_list(options.get("include")))
         exclude = check_patterns(_list(options.get("exclude")))
         with_system = str(options.get("include_system", "")).lower() in ("1", "true", "yes")
+        _quiesce_option(options)  # refused before connecting
         units = []
         with connect(sources[0]) as client:
             for db in sorted(client.list_database_names()):
@@ -125,14 +126,28 @@ class DocstoreDriver(Driver):
                         )
         return units
 
-    def quiesce(self, sources: Sequence[str]) -> dict[str, Any] | None:
+    def quiesce(
+        self, sources: Sequence[str], options: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         """Fix the point every collection is read at: on a replica set, one cluster time
-        for snapshot reads; on a standalone, fsyncLock held until `release`. Where the
-        server has neither, record why the copy is fuzzy."""
+        for snapshot reads; on a standalone, fsyncLock held until `release` only when
+        asked for (--option quiesce=fsynclock: it blocks every write of every client for
+        the whole backup). Otherwise record why the copy is fuzzy."""
+        wanted = _quiesce_option(options or {})
         with connect(sources[0]) as client:
             hello = client.admin.command("hello")
             if hello.get("setName"):
                 return _snapshot_point(client, hello)
+            if wanted == "none":
+                return {
+                    "kind": "none",
+                    "reason": (
+                        "a standalone server, not quiesced: fsyncLock would block every write "
+                        "for the whole backup, so it is only taken with --option "
+                        "quiesce=fsynclock; documents written during the backup may or may "
+                        "not be in it"
+                    ),
+                }
             try:
                 client.admin.command("fsyncLock")
             except pm.OperationFailure as exc:
@@ -218,8 +233,9 @@ class DocstoreDriver(Driver):
         renames = Renames(list(plan.rename))
         chosen = list(_chosen(units, include))
         renames.check_distinct([u.name for u in chosen])
+        _refuse_system([_target(u, plan) for u in chosen], plan)
         if plan.mode is not RestoreMode.FAIL_IF_EXISTS:
-            return
+            return None
         held = []
         with connect(targets[0]) as client:
             for unit in chosen:
@@ -233,6 +249,7 @@ class DocstoreDriver(Driver):
                 "write into a non-empty target and left it untouched; choose --mode overwrite "
                 "or --mode merge"
             )
+        return None
 
     def restore_unit(
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
@@ -247,8 +264,10 @@ class DocstoreDriver(Driver):
         with connect(target) as client:
             database = client[db]
             if plan.mode is RestoreMode.OVERWRITE:
+                # Every attempt (a retry too) starts from the collection dropped.
                 database.drop_collection(name)
-            if name not in database.list_collection_names(filter={"name": name}):
+            existed = name in database.list_collection_names(filter={"name": name})
+            if not existed:
                 options = {k: v for k, v in metadata.get("options", {}).items()}
                 with contextlib.suppress(pm.CollectionInvalid):
                     database.create_collection(name, **options)
@@ -257,8 +276,14 @@ class DocstoreDriver(Driver):
                 written, skipped = _insert_all(
                     collection, _batches(read_documents(stream)), plan.mode, f"{db}.{name}"
                 )
+            # Merge adds the indexes the target lacks and leaves its own as they are.
+            held = (
+                {i["name"] for i in collection.list_indexes()}
+                if plan.mode is RestoreMode.MERGE and existed
+                else set()
+            )
             for index in metadata.get("indexes", []):
-                if index.get("name") == "_id_":
+                if index.get("name") == "_id_" or index.get("name") in held:
                     continue
                 keys = list(index["key"].items())
                 extra = {k: v for k, v in index.items() if k not in ("key", "v", "ns")}
@@ -294,6 +319,9 @@ class DocstoreDriver(Driver):
         elif digest.hex != unit.meta["digest"]:
             problems.append(f"{unit.name}: the digest of (_id, raw document) differs")
         missing = [i for i in unit.meta.get("indexes", []) if i not in indexes]
+        if plan.mode is RestoreMode.MERGE:  # a same-named index of the target's is kept
+            names = {i["name"] for i in indexes}
+            missing = [i for i in missing if i["name"] not in names]
         if missing:
             problems.append(f"{unit.name}: indexes missing or different: {missing}")
         return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
@@ -301,13 +329,41 @@ class DocstoreDriver(Driver):
     def safety_backup_options(
         self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
     ) -> dict[str, Any] | None:
+        # Every collection the overwrite replaces, an empty one too (its options and
+        # indexes are replaced as well).
+        held = self._existing(targets, [f"{db}.{name}" for db, name in _targets(units, plan)])
+        if not held:
+            return None
+        options: dict[str, Any] = {"include": held}
+        if any(h.split(".", 1)[0] in SYSTEM_DATABASES for h in held):
+            options["include_system"] = "true"  # the restore was allowed to replace them
+        return options
+
+    def restore_parts(
+        self, units: Sequence[StoredUnit], source: FileSource, plan: RestorePlan
+    ) -> list[str] | None:
+        return sorted(f"{db}.{name}" for db, name in _targets(units, plan))
+
+    def absent_parts(self, targets: Sequence[str], parts: Sequence[str]) -> list[str]:
+        held = set(self._existing(targets, parts))
+        return [p for p in parts if p not in held]
+
+    def drop_parts(self, targets: Sequence[str], parts: Sequence[str]) -> None:
+        with connect(targets[0]) as client:
+            for part in parts:
+                db, _, name = part.partition(".")
+                client[db].drop_collection(name)
+
+    @staticmethod
+    def _existing(targets: Sequence[str], namespaces: Sequence[str]) -> list[str]:
+        """Those of the namespaces that exist in the target (empty or not)."""
         held = []
         with connect(targets[0]) as client:
-            for unit in _chosen(units, list(plan.include)):
-                db, name = _target(unit, plan)
-                if client[db][name].estimated_document_count():
-                    held.append(f"{db}.{name}")
-        return {"include": held} if held else None
+            for namespace in namespaces:
+                db, _, name = namespace.partition(".")
+                if name in client[db].list_collection_names(filter={"name": name}):
+                    held.append(namespace)
+        return held
 
     # -- data quality ---------------------------------------------------------------
     def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
@@ -330,6 +386,19 @@ class DocstoreDriver(Driver):
         with connect(target) as client:
             cursor = client[db][name].find({}, {"_id": 1}, batch_size=READ_BATCH)
             yield from _id_chunks(f"{db}.{name}", (d.raw for d in cursor))
+
+
+QUIESCE_CHOICES = ("none", "fsynclock")
+
+
+def _quiesce_option(options: Mapping[str, Any]) -> str:
+    """How a standalone server is quiesced: `none` (the default) or `fsynclock`."""
+    wanted = str(options.get("quiesce") or "none").lower()
+    if wanted not in QUIESCE_CHOICES:
+        raise BadInputError(
+            f"--option quiesce={wanted}: choose one of {', '.join(QUIESCE_CHOICES)}"
+        )
+    return wanted
 
 
 def _snapshot_point(client, hello) -> dict[str, Any]:
@@ -401,6 +470,25 @@ def _documents(database, name: str, handle: Mapping[str, Any] | None) -> Iterato
                 "backup's duration, or back up fewer collections per run"
             ) from None
         raise
+
+
+def _targets(units: Sequence[StoredUnit], plan: RestorePlan) -> list[tuple[str, str]]:
+    """Where the chosen collections of the backup go."""
+    return [_target(u, plan) for u in _chosen(units, list(plan.include))]
+
+
+def _refuse_system(targets: list[tuple[str, str]], plan: RestorePlan) -> None:
+    """Nothing is written into admin, local or config, nor into a system.* collection,
+    whether the name comes from the backup or from --rename, unless asked for."""
+    if str(plan.options.get("include_system", "")).lower() in ("1", "true", "yes"):
+        return
+    system = [f"{db}.{n}" for db, n in targets if db in SYSTEM_DATABASES or n.startswith("system.")]
+    if system:
+        raise BadInputError(
+            f"the restore would write into system namespaces ({', '.join(sorted(system)[:5])}); "
+            "nothing was written. Leave them out with --include or --rename them, or allow "
+            "it with --option include_system=true"
+        )
 
 
 def _target(unit: StoredUnit, plan: RestorePlan) -> tuple[str, str]:
@@ -477,6 +565,14 @@ def _chosen(units, include: list[str]):
             yield unit
 
 
+def _identical_in_target(collection, documents: list[RawBSONDocument]) -> bool:
+    """Does the target hold each of these documents, byte for byte, under its _id?"""
+    wanted = {id_key(d.raw): d.raw for d in documents}
+    ids = [d["_id"] for d in documents]
+    found = {id_key(d.raw): d.raw for d in collection.find({"_id": {"$in": ids}})}
+    return found == wanted
+
+
 def _insert(collection, batch, mode: RestoreMode, namespace: str) -> tuple[int, int]:
     try:
         collection.insert_many(batch, ordered=False)
@@ -484,8 +580,14 @@ def _insert(collection, batch, mode: RestoreMode, namespace: str) -> tuple[int, 
     except pm.BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
         duplicates = [e for e in errors if e.get("code") == 11000]
-        if mode is RestoreMode.MERGE and len(duplicates) == len(errors):
-            return exc.details.get("nInserted", 0), len(duplicates)
+        inserted = exc.details.get("nInserted", 0)
+        if len(duplicates) == len(errors):
+            if mode is RestoreMode.MERGE:  # the target's documents stay as they are
+                return inserted, len(duplicates)
+            # The target was checked empty (or emptied), so a duplicate is an earlier
+            # attempt's insert (a retried restore): done, if it is the backup's document.
+            if _identical_in_target(collection, [batch[e["index"]] for e in duplicates]):
+                return inserted + len(duplicates), 0
         raise explain(exc, f"restoring {namespace}") from None
     except pm.DocumentTooLarge as exc:
         raise PermanentError(f"restoring {namespace}: document too large ({exc})") from None
