@@ -15,16 +15,17 @@ import time
 def main() -> None:
     kind, payload = sys.argv[1], json.loads(sys.argv[2])
     from backstop.flows.params import BackupRequest, RestoreRequest
+    from backstop.tasks.secrets import hide_secrets  # the payload's URLs carry passwords
 
     started = time.perf_counter()
     if kind == "backup":
         from backstop.flows.backup import backup
 
-        outcome = backup(request=BackupRequest.model_validate(payload))
+        outcome = backup(request=hide_secrets(BackupRequest.model_validate(payload)))
     else:
         from backstop.flows.restore import restore
 
-        outcome = restore(request=RestoreRequest.model_validate(payload))
+        outcome = restore(request=hide_secrets(RestoreRequest.model_validate(payload)))
     result = outcome.model_dump(mode="json")
     result["process_s"] = round(time.perf_counter() - started, 3)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -12,6 +12,14 @@ A driver is plain Python (no Prefect). The tasks layer calls it in this order:
     quality: quality_parts + quality_chunks (the packaged backup, in place of a
              plain read-back), target_quality_chunks (the restored target)
 
+Every URL a driver method receives is resolved: the `${env:NAME}` and
+`${secret:BLOCK}` references that requests carry in place of secrets (anywhere in a
+URL: password, query, host) are expanded by the tasks layer before the call, and
+each secret is registered for masking. A driver never sees a reference, and never
+needs Prefect to resolve one. The units `plan_backup` returns must name their source
+by one of the URLs it was given (the tasks layer puts the reference form back before
+a unit travels on as a task parameter).
+
 Data never passes through the driver as a whole: `backup_unit` pushes serialized
 records into a `FileSink` (which compresses, hashes and writes them as they come),
 and `restore_unit` pulls them from a `FileSource` stream.

@@ -38,6 +38,7 @@ from backstop.tasks.manifest import (
     totals_of,
 )
 from backstop.tasks.quality import quality_of
+from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls
 
 
 @flow(
@@ -53,11 +54,12 @@ def backup(request: BackupRequest) -> BackupOutcome:
 
 
 def _backup(request: BackupRequest) -> BackupOutcome:
+    refuse_literal_secrets(request)
     install_log_masking()
     logger = get_run_logger()
     clock = Stopwatch()
     driver = get_driver(request.technology)
-    driver.check_urls(request.sources, "source")
+    driver.check_urls(resolve_urls(request.sources), "source")
     if request.incremental and not driver.capabilities.incremental:
         raise BadInputError(f"{driver.name} does not support incremental backups")
     store = request.store.open()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backstop.drivers.errors import BackstopError, BadInputError
-from backstop.drivers.redact import mask_secrets, strip_url_password
+from backstop.drivers.redact import mask_secrets, stash_option_secrets, stash_url_secrets
 from backstop.flows.signals import Interrupted, exit_if_stuck, stop_on_signals
 
 TECH_HELP = "zookeeper, docstore or schemaless"
@@ -220,17 +220,17 @@ def _configure_prefect(verbose: bool) -> None:
 
 
 def _hide_passwords(urls: list[str], role: str) -> list[str]:
-    """Inline passwords move to this process's environment; parameters get placeholders."""
-    return [
-        strip_url_password(url, f"BACKSTOP_{role.upper()}_{i}_PASSWORD")
-        for i, url in enumerate(urls)
-    ]
+    """Plain-text secrets in the `role` URLs (passwords, secret query parameters) move
+    to this process's environment; the flow's parameters get ${env:} references."""
+    return [stash_url_secrets(url) for url in urls]
 
 
 def _store(args: argparse.Namespace):
     from backstop.tasks.store import StoreSpec
 
-    return StoreSpec(url=args.store, options=_key_values(args.store_option, "--store-option"))
+    # The store URL and options travel as flow parameters too: same treatment.
+    options = _key_values(args.store_option, "--store-option")
+    return StoreSpec(url=stash_url_secrets(args.store), options=stash_option_secrets(options))
 
 
 def _progress(args: argparse.Namespace):

@@ -16,6 +16,7 @@ from backstop.tasks.artifacts import publish_table
 from backstop.tasks.events import reported
 from backstop.tasks.identity import identify
 from backstop.tasks.manifest import Role
+from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls
 
 
 def check_scratch(technology: str, sources: list[str], scratch: list[str]) -> None:
@@ -23,8 +24,8 @@ def check_scratch(technology: str, sources: list[str], scratch: list[str]) -> No
     twice, compared by identity (a symlink, a hard link, `./`, another host name for the
     same server all name the same place), before anything is read or written."""
     driver = get_driver(technology)
-    driver.check_urls(sources, "source")
-    driver.check_urls(scratch, "scratch")
+    driver.check_urls(resolve_urls(sources), "source")
+    driver.check_urls(resolve_urls(scratch), "scratch")
     source_ids = identify(technology, sources)
     scratch_ids = identify(technology, scratch)
     check_distinct(scratch_ids, scratch, "scratch")
@@ -34,6 +35,7 @@ def check_scratch(technology: str, sources: list[str], scratch: list[str]) -> No
 @flow(name="backstop-drill", flow_run_name="drill-{request.technology}")
 def drill(request: DrillRequest) -> DrillOutcome:
     with reported("drill", request.technology, request.sources, ok="passed") as report:
+        refuse_literal_secrets(request)
         check_scratch(request.technology, request.sources, request.scratch)
         clock = Stopwatch()
         backed_up = backup(

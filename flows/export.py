@@ -18,6 +18,7 @@ from backstop.flows.runtime import Stopwatch
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.packaging import SUFFIX, StoreSource
 from backstop.tasks.restore import load_manifest
+from backstop.tasks.secrets import refuse_literal_secrets
 from backstop.tasks.store import StoreSpec
 
 _CHUNK = 1 << 20
@@ -42,6 +43,7 @@ class ExportOutcome(BaseModel):
 
 @flow(name="backstop-export")
 def export(request: ExportRequest) -> ExportOutcome:
+    refuse_literal_secrets(request)
     install_log_masking()
     clock = Stopwatch()
     folder = Path(request.dir)

@@ -13,6 +13,7 @@ from backstop.tasks.artifacts import publish_table
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.retention import check_policy, plan_retention, take_inventory
 from backstop.tasks.retry import RETRYING
+from backstop.tasks.secrets import refuse_literal_secrets
 from backstop.tasks.store import StoreSpec
 
 
@@ -23,6 +24,7 @@ def delete_backup(store: StoreSpec, technology: str, backup_id: str) -> None:
 
 @flow(name="backstop-prune")
 def prune(request: PruneRequest) -> PruneOutcome:
+    refuse_literal_secrets(request)
     install_log_masking()
     logger = get_run_logger()
     clock = Stopwatch()

@@ -75,11 +75,12 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
 
 
 def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
+    refuse_literal_secrets(request)
     install_log_masking()
     logger = get_run_logger()
     clock = Stopwatch()
     driver = get_driver(request.technology)
-    driver.check_urls(request.targets, "target")
+    driver.check_urls(resolve_urls(request.targets), "target")
     caps = driver.capabilities
     if request.include and not caps.selective_restore:
         raise BadInputError(f"{driver.name} does not support --include (selective restore)")

@@ -11,6 +11,7 @@ from backstop.tasks.artifacts import publish_table
 from backstop.tasks.events import emit
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.restore import load_manifest
+from backstop.tasks.secrets import refuse_literal_secrets
 from backstop.tasks.verify import verify_backup_files
 
 
@@ -22,6 +23,7 @@ class VerificationFailed(PermanentError):
 
 @flow(name="backstop-verify", task_runner=task_runner())
 def verify(request: VerifyRequest) -> VerifyOutcome:
+    refuse_literal_secrets(request)
     install_log_masking()
     logger = get_run_logger()
     clock = Stopwatch()

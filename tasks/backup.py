@@ -10,7 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from backstop.drivers.contract import StoredUnit, Unit
-from backstop.drivers.errors import IntegrityError
+from backstop.drivers.errors import IntegrityError, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.tasks.manifest import Manifest
@@ -26,9 +26,20 @@ READ_BACK = "read-back"  # a check of the stored bytes, as opposed to the data's
 
 @task(name="plan-backup", **RETRYING)
 def plan_backup(technology: str, sources: Sequence[str], options: dict[str, Any]) -> list[Unit]:
+    """The driver plans with resolved URLs; the units it returns travel on as task
+    parameters, so each carries its source as given (references, not secrets)."""
     driver = get_driver(technology)
+    resolved = [resolve_url(s) for s in sources]
     with classified(driver, "planning the backup"):
-        return driver.plan_backup(sources, options)
+        units = driver.plan_backup(resolved, options)
+    as_given = dict(zip(resolved, sources, strict=True))
+    for unit in units:
+        if unit.source not in as_given:
+            raise PermanentError(
+                f"driver {driver.name} planned unit {unit.name} with a source that is none "
+                f"of the URLs it was given ({redact_url(unit.source)})"
+            )
+    return [dataclasses.replace(u, source=as_given[u.source]) for u in units]
 
 
 @task(name="quiesce", **RETRYING)

@@ -27,15 +27,21 @@ from backstop.tasks.manifest import BACKUP_ID, MANIFEST_NAME, TECHNOLOGY_NAME, M
 class StoreSpec(BaseModel):
     """Where backups live: an fsspec URL or a local path, plus filesystem options.
 
-    Credentials belong in the environment (AWS_ACCESS_KEY_ID, ...) or fsspec's
-    FSSPEC_S3_* variables, not here: these options are stored with flow runs.
+    This travels as a flow parameter, which Prefect stores: a secret in the URL or
+    the options (s3fs `key`/`secret`/`token`, `client_kwargs` credentials, a URL
+    password) is a `${env:NAME}` or `${secret:BLOCK}` reference, resolved by `open`
+    in the process that talks to the store (the CLI turns plain-text ones into
+    references; a flow refuses them). Credentials may also come from the environment
+    (AWS_ACCESS_KEY_ID, ...) or fsspec's FSSPEC_S3_* variables.
     """
 
     url: str
     options: dict[str, Any] = Field(default_factory=dict)
 
     def open(self) -> ArtifactStore:
-        return ArtifactStore(self.url, self.options)
+        from backstop.tasks.secrets import resolve_options, resolve_url
+
+        return ArtifactStore(resolve_url(self.url), resolve_options(self.options))
 
     def display(self) -> str:
         return redact_url(self.url)
