@@ -12,6 +12,7 @@ import pytest
 from faults import KillOnFirstWrite
 from sqlalchemy import create_engine, func, insert, inspect, select, text
 
+from backstop.drivers.contract import RestoreMode
 from backstop.drivers.errors import BackstopError, IntegrityError
 from backstop.drivers.schemaless.cells import to_micros
 from backstop.drivers.schemaless.engines import cell_table
@@ -26,12 +27,14 @@ ENGINES = ["postgresql", "mariadb"]
 START = datetime(2026, 11, 1, 8, 0, 0)
 
 
-def fill(url: str, count: int, *, seed: int = 1, start: datetime = START) -> None:
+def fill(
+    url: str, count: int, *, seed: int = 1, start: datetime = START, table_name: str = "cells"
+) -> None:
     """`count` more cells: bodies of 0-3,000 bytes (all byte values), timestamps with
     microseconds, one second apart from `start`."""
     rng = random.Random(seed)
     engine = create_engine(url)
-    table = cell_table("cells")
+    table = cell_table(table_name)
     table.create(engine, checkfirst=True)
     rows = [
         {
@@ -49,9 +52,9 @@ def fill(url: str, count: int, *, seed: int = 1, start: datetime = START) -> Non
     engine.dispose()
 
 
-def cells_of(url: str, up_to: int | None = None) -> list[tuple]:
+def cells_of(url: str, up_to: int | None = None, table_name: str = "cells") -> list[tuple]:
     """Every cell as engine-neutral values, in added_id order."""
-    table = cell_table("cells")
+    table = cell_table(table_name)
     query = select(table).order_by(table.c.added_id)
     if up_to is not None:
         query = query.where(table.c.added_id <= up_to)
@@ -363,3 +366,75 @@ def test_mariadb_a_load_the_server_aborts_mid_stream_fails_and_leaves_nothing(
     with pytest.raises(BackstopError, match="refused by trigger"):
         restore_into([target], local_store)
     assert cells_of(target) == []
+
+
+# Table names that must only ever reach SQL quoted by the engine's dialect: the first
+# one ran its DROP TABLE on PostgreSQL (pasted inside the sequence-advance literal).
+HOSTILE_TABLE_NAMES = [
+    "x', 'y'), 1, false) WHERE false; DROP TABLE victim; --",
+    "it's",
+    'say "hi"',
+    "back`tick",
+    "back\\slash",
+    "50% off",
+    ":wm",
+]
+
+
+def _make_victim(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE victim (id INTEGER PRIMARY KEY, note VARCHAR(20))"))
+        conn.execute(text("INSERT INTO victim VALUES (1, 'keep me')"))
+    engine.dispose()
+
+
+def _victim_rows(url: str) -> list[tuple]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(text("SELECT id, note FROM victim"))]
+    engine.dispose()
+    return rows
+
+
+def _add_cell_without_id(url: str, table_name: str) -> int:
+    """What the application does next: insert with the engine choosing added_id."""
+    table = cell_table(table_name)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        added = conn.execute(
+            insert(table).values(
+                row_key=str(uuid.uuid4()),
+                column_name="after",
+                ref_key=1,
+                body=b"{}",
+                created_at=START,
+            )
+        ).inserted_primary_key[0]
+    engine.dispose()
+    return added
+
+
+@pytest.mark.parametrize("engine", ["sqlite", *ENGINES])
+def test_hostile_table_names_restore_exactly_into_every_engine_and_run_nothing(
+    engine, new_databases, local_store, tmp_path
+):
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    for seed, name in enumerate(HOSTILE_TABLE_NAMES):
+        fill(source, 40, seed=seed, table_name=name)
+    outcome = back_up([source], local_store)
+    assert outcome.records == 40 * len(HOSTILE_TABLE_NAMES)
+
+    [target] = (
+        [f"sqlite:///{tmp_path / 'target.db'}"] if engine == "sqlite" else new_databases(engine, 1)
+    )
+    _make_victim(target)
+    for mode in (RestoreMode.FAIL_IF_EXISTS, RestoreMode.MERGE, RestoreMode.OVERWRITE):
+        restored = restore_into([target], local_store, backup=outcome.backup_id, mode=mode)
+        assert restored.verified, mode
+        for name in HOSTILE_TABLE_NAMES:
+            assert cells_of(target, table_name=name) == cells_of(source, table_name=name), name
+        assert _victim_rows(target) == [(1, "keep me")]
+    # The auto-increment was moved past the restored ids under each odd name.
+    for name in HOSTILE_TABLE_NAMES:
+        assert _add_cell_without_id(target, name) > max(c[0] for c in cells_of(source, None, name))

@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
-from sqlalchemy import bindparam, inspect, text
+from sqlalchemy import BigInteger, Select, bindparam, func, inspect, literal_column, select
+from sqlalchemy import column as sql_column
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.sql.expression import TableClause
 
 from backstop.drivers.contract import (
     Capabilities,
@@ -37,13 +41,20 @@ from backstop.drivers.redact import redact_url
 from backstop.drivers.schemaless import engines
 from backstop.drivers.schemaless.cells import (
     CELL_COLUMNS,
-    COLUMN_LIST,
     FORMAT,
     pack_cells,
     read_cells,
     to_micros,
 )
 from backstop.drivers.schemaless.errors import classify
+from backstop.drivers.schemaless.inputs import (
+    IGNORE_EXTRA_COLUMNS,
+    check_restore_options,
+    check_stored_table_name,
+    fits_engine,
+    flag,
+    table_list,
+)
 from backstop.drivers.schemaless.until import Limit, parse_until
 
 BATCH_CELLS = 10_000
@@ -51,8 +62,8 @@ QUALITY_CHUNK = 100_000  # cells per quality chunk: a few MB of keys
 # MySQL/MariaDB hand DATETIME to Python as text that mysqlclient parses in Python (half
 # of a backup's read time); the server computes the microseconds far cheaper. DATETIME
 # has no time zone, so this is exact whatever the session's time zone.
-_SELECT_MYSQL = COLUMN_LIST.replace(
-    "created_at", "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', created_at)"
+_MYSQL_CREATED_MICROS = literal_column(
+    "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', created_at)"
 )
 
 
@@ -60,72 +71,176 @@ def shard_name(index: int) -> str:
     return f"shard-{index:03d}"
 
 
-def _quote(conn: Connection, table: str) -> str:
-    return conn.dialect.identifier_preparer.quote(table)
+def _file_name(shard: str, table: str) -> str:
+    """A table's file in the store: the name percent-encoded, so that a table named
+    `a/b` or `..` stays one file in its shard's folder (restore reads the table's
+    name from the file's meta, not from this)."""
+    return f"{shard}/{quote(table, safe='')}.cells"
+
+
+def _cells(table: str) -> TableClause:
+    """A cell table for building statements: SQLAlchemy quotes its name for the dialect
+    (and escapes it for the DB-API's paramstyle) and binds every value, so no name from
+    a source, a manifest or a user reaches SQL text. Only added_id is typed (bound as
+    BIGINT); other columns come back as the DB-API returns them, as pack_cells expects."""
+    return table_clause(
+        table, sql_column("added_id", BigInteger), *map(sql_column, CELL_COLUMNS[1:])
+    )
+
+
+def _shard_tables(conn: Connection) -> dict[str, list[str]]:
+    """Every table in the shard, by name, with its columns (from the engine's catalog,
+    which SQLAlchemy queries with the names bound or quoted)."""
+    inspector = inspect(conn)
+    return {
+        table: [c["name"] for c in inspector.get_columns(table)]
+        for table in sorted(inspector.get_table_names())
+    }
+
+
+def _is_cell_table(columns: Sequence[str]) -> bool:
+    return {c.lower() for c in columns}.issuperset(CELL_COLUMNS)
+
+
+def _extra_columns(columns: Sequence[str]) -> list[str]:
+    """The columns a cell file cannot hold: a backup would leave them out, and an
+    overwrite (or its rollback) would reset them."""
+    return sorted(c for c in columns if c.lower() not in CELL_COLUMNS)
 
 
 def _cell_tables(conn: Connection) -> tuple[list[str], list[str]]:
     """(tables with every cell column, other tables) in the shard."""
-    inspector = inspect(conn)
     cells, others = [], []
-    for table in sorted(inspector.get_table_names()):
-        columns = {c["name"].lower() for c in inspector.get_columns(table)}
-        (cells if columns.issuperset(CELL_COLUMNS) else others).append(table)
+    for table, columns in _shard_tables(conn).items():
+        (cells if _is_cell_table(columns) else others).append(table)
     return cells, others
 
 
-def _table_columns(conn: Connection, table: str) -> set[str] | None:
+def _tables_to_back_up(
+    conn: Connection, shard: str, options: Mapping[str, Any]
+) -> dict[str, list[str]]:
+    """The cell tables a backup of this shard reads (the `tables` option's, or every
+    one), each with the extra columns it leaves out: refused unless
+    ignore_extra_columns is given, since a restore could not put them back."""
+    shard_tables = _shard_tables(conn)
+    cells = [t for t, columns in shard_tables.items() if _is_cell_table(columns)]
+    wanted = table_list(options) or cells
+    missing = [t for t in wanted if t not in cells]
+    if missing:
+        raise BadInputError(
+            f"{shard}: no cell table named {', '.join(map(repr, missing))} "
+            f"(cell tables here: {', '.join(map(repr, cells)) or 'none'})"
+        )
+    if not wanted:
+        others = ", ".join(map(repr, shard_tables)) or "none"
+        raise PermanentError(
+            f"{shard}: no cell table (a table with columns {', '.join(CELL_COLUMNS)});"
+            f" tables present: {others}"
+        )
+    extra = {t: _extra_columns(shard_tables[t]) for t in wanted}
+    refused = {t: columns for t, columns in extra.items() if columns}
+    if refused and not flag(options, IGNORE_EXTRA_COLUMNS):
+        listed = "; ".join(f"table {t!r}: {', '.join(cols)}" for t, cols in refused.items())
+        raise BadInputError(
+            f"{shard}: columns the cell model does not hold would be left out of the backup "
+            f"({listed}); back up other tables with --option tables=..., or leave these "
+            f"columns out knowingly with --option {IGNORE_EXTRA_COLUMNS}=true"
+        )
+    return extra
+
+
+def _table_columns(conn: Connection, table: str) -> list[str] | None:
     inspector = inspect(conn)
     if not inspector.has_table(table):
         return None
-    return {c["name"].lower() for c in inspector.get_columns(table)}
+    return [c["name"] for c in inspector.get_columns(table)]
+
+
+def _parts_by_shard(parts: Sequence[str]) -> dict[int, list[str]]:
+    """Restore parts ("<shard index>:<table>") grouped by shard."""
+    by_shard: dict[int, list[str]] = {}
+    for part in parts:
+        index, _, table = part.partition(":")
+        by_shard.setdefault(int(index), []).append(table)
+    return by_shard
+
+
+def _stored_tables(unit: StoredUnit) -> dict[str, list[StoredFile]]:
+    """The tables a backed-up shard holds, each with its files in chain order (full
+    backup first); every name from the manifest is checked before it goes near SQL."""
+    by_table: dict[str, list[StoredFile]] = {}
+    for file in unit.files:
+        table = check_stored_table_name(file.meta.get("table"), unit.name)
+        by_table.setdefault(table, []).append(file)
+    return by_table
 
 
 def _count(conn: Connection, table: str, watermark: int | None = None) -> int:
-    sql = f"SELECT COUNT(*) FROM {_quote(conn, table)}"
-    if watermark is None:
-        return conn.execute(text(sql)).scalar_one()
-    return conn.execute(text(sql + " WHERE added_id <= :wm"), {"wm": watermark}).scalar_one()
+    cells = _cells(table)
+    query = select(func.count()).select_from(cells)
+    if watermark is not None:
+        query = query.where(cells.c.added_id <= watermark)
+    return conn.execute(query).scalar_one()
 
 
 def _holds_cells(conn: Connection, table: str) -> bool:
-    return conn.execute(text(f"SELECT 1 FROM {_quote(conn, table)} LIMIT 1")).first() is not None
+    cells = _cells(table)
+    return conn.execute(select(cells.c.added_id).limit(1)).first() is not None
 
 
 def _count_since(conn: Connection, table: str, since: int) -> int:
-    sql = f"SELECT COUNT(*) FROM {_quote(conn, table)}"
-    if not since:
-        return conn.execute(text(sql)).scalar_one()
-    return conn.execute(text(sql + " WHERE added_id > :since"), {"since": since}).scalar_one()
+    cells = _cells(table)
+    query = select(func.count()).select_from(cells)
+    if since:
+        query = query.where(cells.c.added_id > since)
+    return conn.execute(query).scalar_one()
+
+
+def _newest_added_id(conn: Connection, table: str) -> int:
+    cells = _cells(table)
+    return conn.execute(select(func.coalesce(func.max(cells.c.added_id), 0))).scalar_one()
+
+
+def _select_cells(
+    conn: Connection, table: str, watermark: int, since: int, columns: Sequence[str]
+) -> Select:
+    cells = _cells(table)
+    chosen = [
+        _MYSQL_CREATED_MICROS
+        if name == "created_at" and conn.dialect.name in ("mysql", "mariadb")
+        else cells.c[name]
+        for name in columns
+    ]
+    return (
+        select(*chosen)
+        .where(cells.c.added_id > since, cells.c.added_id <= watermark)
+        .order_by(cells.c.added_id)
+    )
 
 
 def _stream_cells(
-    conn: Connection, table: str, watermark: int, since: int = 0, columns: str = COLUMN_LIST
+    conn: Connection,
+    table: str,
+    watermark: int,
+    since: int = 0,
+    columns: Sequence[str] = CELL_COLUMNS,
 ):
     """Batches of cells (or of their first `columns`) with since < added_id <= watermark,
     in added_id order, streamed from a server-side cursor."""
-    where = "WHERE added_id > {since} AND added_id <= {wm} ORDER BY added_id"
+    query = _select_cells(conn, table, watermark, since, columns)
     if conn.dialect.name == "postgresql":
         # psycopg's own server-side cursor, in binary: SQLAlchemy's streaming fetched a
         # few rows per round trip here (200k cells: 32,000 FETCHes, 2.3 s against 0.6 s).
+        # The statement is SQLAlchemy's, compiled for psycopg with its bound values.
+        compiled = query.compile(dialect=conn.dialect)
         raw = conn.connection.driver_connection
-        sql = f"SELECT {columns} FROM {_quote(conn, table)} " + where.format(
-            since="%(since)s", wm="%(wm)s"
-        )
         with raw.cursor(name="backstop_cells", binary=True) as cursor:
             cursor.itersize = BATCH_CELLS
-            cursor.execute(sql, {"wm": watermark, "since": since})
+            cursor.execute(str(compiled), compiled.params)
             while rows := cursor.fetchmany(BATCH_CELLS):
                 yield rows
         return
-    if columns == COLUMN_LIST and conn.dialect.name in ("mysql", "mariadb"):
-        columns = _SELECT_MYSQL
-    sql = text(
-        f"SELECT {columns} FROM {_quote(conn, table)} " + where.format(since=":since", wm=":wm")
-    )
-    result = conn.execution_options(stream_results=True, yield_per=BATCH_CELLS).execute(
-        sql, {"wm": watermark, "since": since}
-    )
+    result = conn.execution_options(stream_results=True, yield_per=BATCH_CELLS).execute(query)
     yield from result.partitions(BATCH_CELLS)
 
 
@@ -157,7 +272,8 @@ class SchemalessDriver(Driver):
 
     # -- backup ---------------------------------------------------------------------
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
-        tables = list(options.get("tables") or [])
+        tables = table_list(options)
+        ignore_extra = flag(options, IGNORE_EXTRA_COLUMNS)
         parent = options.get("parent")
         if parent and len(parent["units"]) != len(sources):
             raise BadInputError(
@@ -166,7 +282,13 @@ class SchemalessDriver(Driver):
             )
         units = []
         for i, url in enumerate(sources):
-            unit_options: dict[str, Any] = {"tables": tables}
+            # Before anything is written: the tables exist and the backup can hold them.
+            with engines.connection(engines.source_engine(url)) as conn:
+                _tables_to_back_up(conn, shard_name(i), options)
+            unit_options: dict[str, Any] = {
+                "tables": tables,
+                IGNORE_EXTRA_COLUMNS: ignore_extra,
+            }
             if parent:
                 # Cells up to the parent's watermarks are in the chain already.
                 unit_options["since"] = parent["units"][shard_name(i)].get("watermarks", {})
@@ -179,24 +301,11 @@ class SchemalessDriver(Driver):
         tables_meta: dict[str, dict[str, int]] = {}
         total = 0
         with engines.connection(engine) as conn:
-            tables, others = _cell_tables(conn)
-            wanted = unit.options.get("tables") or tables
-            missing = sorted(set(wanted) - set(tables))
-            if missing:
-                raise PermanentError(
-                    f"{unit.name}: no cell table named {', '.join(missing)} "
-                    f"(cell tables here: {', '.join(tables) or 'none'})"
-                )
-            if not wanted:
-                raise PermanentError(
-                    f"{unit.name}: no cell table (a table with columns {', '.join(CELL_COLUMNS)});"
-                    f" tables present: {', '.join(others) or 'none'}"
-                )
+            # Checked again in the snapshot itself: a column may have come since planning.
+            extra_of = _tables_to_back_up(conn, unit.name, unit.options)
             since_of = unit.options.get("since") or {}
-            for table in wanted:
-                watermark = conn.execute(
-                    text(f"SELECT COALESCE(MAX(added_id), 0) FROM {_quote(conn, table)}")
-                ).scalar_one()
+            for table, extra in extra_of.items():
+                watermark = _newest_added_id(conn, table)
                 since = since_of.get(table, 0)
                 if watermark < since:
                     raise PermanentError(
@@ -211,7 +320,7 @@ class SchemalessDriver(Driver):
                 # table (InnoDB then scans its smallest index, not the cells).
                 source_count = _count_since(conn, table, since)
                 meta = {"table": table, "watermark": watermark, "since": since}
-                with sink.open(f"{unit.name}/{table}.cells", format=FORMAT, meta=meta) as out:
+                with sink.open(_file_name(unit.name, table), format=FORMAT, meta=meta) as out:
                     for rows in _stream_cells(conn, table, watermark, since):
                         data, n = pack_cells(rows)
                         out.write(data, n)
@@ -223,6 +332,8 @@ class SchemalessDriver(Driver):
                     "records": records,
                     "source_count": source_count,
                 }
+                if extra:  # left out with ignore_extra_columns: a restore may reset them
+                    tables_meta[table]["ignored_columns"] = extra
                 total += records
         return UnitResult(
             records=total,
@@ -244,6 +355,8 @@ class SchemalessDriver(Driver):
     ) -> None:
         mode = plan.mode
         self.check_urls(targets, "target")
+        check_restore_options(plan.options)
+        ignore_extra = flag(plan.options, IGNORE_EXTRA_COLUMNS)
         for unit in units:
             parse_until(plan.until, unit.name)  # bad input is refused before any target check
         if len(targets) != len(units):
@@ -254,20 +367,46 @@ class SchemalessDriver(Driver):
             )
         problems: list[str] = []
         for unit, target in zip(units, targets, strict=True):
+            tables = _stored_tables(unit)
             engine = engines.target_engine(target)
+            problems += [
+                f"{unit.name} -> {redact_url(target)}: table name {table!r} is longer than "
+                f"{engine.dialect.name} allows ({engine.dialect.max_identifier_length})"
+                for table in tables
+                if not fits_engine(table, engine.dialect)
+            ]
             if engine.dialect.name == "sqlite" and not engines.sqlite_file_exists(target):
                 engine.dispose()
                 continue  # a new file: empty by definition, and nothing is created yet
             with engines.connection(engine) as conn:
-                for table in unit.meta.get("tables", {}):
+                for table in tables:
                     columns = _table_columns(conn, table)
                     if columns is None:
                         continue
-                    lacking = sorted(set(CELL_COLUMNS) - columns)
+                    lacking = sorted(set(CELL_COLUMNS) - {c.lower() for c in columns})
                     if lacking:
                         problems.append(
                             f"{unit.name} -> {redact_url(target)}: table {table!r} exists but is "
                             f"not a cell table (lacks {', '.join(lacking)})"
+                        )
+                        continue
+                    extra = _extra_columns(columns)
+                    # A backup taken with ignore_extra_columns (an overwrite's safety
+                    # backup, when the overwrite was told so) may be restored over the
+                    # very columns it recorded leaving out: that is its rollback.
+                    left_out = unit.meta.get("tables", {}).get(table, {}).get("ignored_columns")
+                    if (
+                        extra
+                        and mode is not RestoreMode.FAIL_IF_EXISTS
+                        and not ignore_extra
+                        and not set(extra) <= set(left_out or ())
+                    ):
+                        problems.append(
+                            f"{unit.name} -> {redact_url(target)}: table {table!r} has columns "
+                            f"the cell model does not hold ({', '.join(extra)}): the restore "
+                            "would write cells without them and a safety backup could not "
+                            "keep them; restore into another table or database, or accept "
+                            f"that with --option {IGNORE_EXTRA_COLUMNS}=true"
                         )
                         continue
                     held = _count(conn, table)
@@ -293,11 +432,12 @@ class SchemalessDriver(Driver):
         written = skipped = 0
         engine = engines.target_engine(target)
         prepared: set[str] = set()
+        table_of = {file.name: t for t, files in _stored_tables(unit).items() for file in files}
         # One transaction per shard: a failure leaves the shard as it was. The files of
         # a chain come full backup first; a table's later files only add cells.
         with engines.connection(engine) as conn:
             for file in unit.files:
-                table = file.meta["table"]
+                table = table_of[file.name]
                 if table not in prepared:
                     prepared.add(table)
                     engines.cell_table(table).create(conn, checkfirst=True)
@@ -306,7 +446,7 @@ class SchemalessDriver(Driver):
                             f"{unit.name}: table {table!r} filled up during restore"
                         )
                     if mode is RestoreMode.OVERWRITE:
-                        conn.execute(text(f"DELETE FROM {_quote(conn, table)}"))
+                        conn.execute(_cells(table).delete())
                 merge = mode is RestoreMode.MERGE
                 sent = 0
                 with (
@@ -332,9 +472,7 @@ class SchemalessDriver(Driver):
         limit = parse_until(plan.until, unit.name)
         problems: list[str] = []
         records = 0
-        by_table: dict[str, list[StoredFile]] = {}
-        for file in unit.files:
-            by_table.setdefault(file.meta["table"], []).append(file)
+        by_table = _stored_tables(unit)
         engine = engines.source_engine(target)
         with engines.connection(engine) as conn:
             for table, files in by_table.items():
@@ -356,7 +494,7 @@ class SchemalessDriver(Driver):
     def safety_backup_options(
         self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
     ) -> dict[str, Any] | None:
-        tables = sorted({t for unit in units for t in unit.meta.get("tables", {})})
+        tables = sorted({t for unit in units for t in _stored_tables(unit)})
         held = set()
         for target in targets:
             engine = engines.target_engine(target)
@@ -366,7 +504,36 @@ class SchemalessDriver(Driver):
             with engines.connection(engine) as conn:
                 present, _ = _cell_tables(conn)
                 held |= {t for t in tables if t in present and _holds_cells(conn, t)}
-        return {"tables": sorted(held)} if held else None
+        if not held:
+            return None
+        # prepare_restore refused extra columns unless the restore was told to ignore
+        # them; the safety backup then leaves them out too (and records so).
+        ignore_extra = flag(plan.options, IGNORE_EXTRA_COLUMNS)
+        return {"tables": sorted(held), IGNORE_EXTRA_COLUMNS: ignore_extra}
+
+    # Parts are "<shard index>:<table>": a table of one target shard.
+    def restore_parts(
+        self, units: Sequence[StoredUnit], source: FileSource, plan: RestorePlan
+    ) -> list[str] | None:
+        return [f"{i}:{table}" for i, unit in enumerate(units) for table in _stored_tables(unit)]
+
+    def absent_parts(self, targets: Sequence[str], parts: Sequence[str]) -> list[str]:
+        absent = []
+        for index, tables in _parts_by_shard(parts).items():
+            engine = engines.target_engine(targets[index])
+            if engine.dialect.name == "sqlite" and not engines.sqlite_file_exists(targets[index]):
+                engine.dispose()
+                absent += [f"{index}:{t}" for t in tables]
+                continue
+            with engines.connection(engine) as conn:
+                absent += [f"{index}:{t}" for t in tables if _table_columns(conn, t) is None]
+        return absent
+
+    def drop_parts(self, targets: Sequence[str], parts: Sequence[str]) -> None:
+        for index, tables in _parts_by_shard(parts).items():
+            with engines.connection(engines.target_engine(targets[index])) as conn:
+                for table in tables:  # SQLAlchemy quotes the name
+                    engines.cell_table(table).drop(conn, checkfirst=True)
 
     # -- data quality ---------------------------------------------------------------
     def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
@@ -385,15 +552,14 @@ class SchemalessDriver(Driver):
     def target_quality_chunks(
         self, unit: StoredUnit, target: str, plan: RestorePlan
     ) -> Iterator[QualityChunk]:
-        tables = dict.fromkeys(file.meta["table"] for file in unit.files)
+        tables = _stored_tables(unit)
         engine = engines.source_engine(target)
         with engines.connection(engine) as conn:
             for table in tables:
-                batches = _stream_cells(conn, table, _NO_LIMIT, columns=_QUALITY_COLUMNS)
+                batches = _stream_cells(conn, table, _NO_LIMIT, columns=CELL_COLUMNS[:4])
                 yield from _quality_chunks(table, batches)
 
 
-_QUALITY_COLUMNS = ", ".join(CELL_COLUMNS[:4])  # added_id, row_key, column_name, ref_key
 _NO_LIMIT = 2**63 - 1  # every cell the target holds
 
 
@@ -461,10 +627,10 @@ def _compare_by_key(
     conn: Connection, table: str, file: StoredFile, source: FileSource, limit: Limit
 ) -> tuple[int, list[str]]:
     """Merge mode: every backed-up cell must be present, by key, with equal content."""
-    lookup = text(
-        f"SELECT row_key, column_name, ref_key, body, created_at FROM {_quote(conn, table)} "
-        "WHERE row_key IN :keys"
-    ).bindparams(bindparam("keys", expanding=True))
+    cells = _cells(table)
+    lookup = select(
+        cells.c.row_key, cells.c.column_name, cells.c.ref_key, cells.c.body, cells.c.created_at
+    ).where(cells.c.row_key.in_(bindparam("keys", expanding=True)))
     found = missing = differing = 0
     with source.open(file) as stream:
         for batch in read_cells(stream, 500):

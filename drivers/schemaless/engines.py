@@ -25,9 +25,14 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
+    func,
+    select,
 )
+from sqlalchemy import column as sql_column
+from sqlalchemy import table as sql_table
 from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql import LONGBLOB
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -210,15 +215,23 @@ def cell_writer(conn: Connection, table: str, *, skip_existing: bool) -> Iterato
     through one LOAD DATA stream (both several times faster than INSERTs); merge mode
     on PostgreSQL, and SQLite, insert in batches.
     """
-    quoted = conn.dialect.identifier_preparer.quote(table)
     if conn.dialect.name == "postgresql" and not skip_existing:
+        from psycopg import sql
+
         raw = conn.connection.driver_connection  # psycopg, inside the same transaction
-        command = f"COPY {quoted} ({COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+        # psycopg quotes the name itself: COPY runs without parameters, so the
+        # %-escaping SQLAlchemy's quoting adds for psycopg would stay in the name.
+        command = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(table), sql.SQL(COLUMN_LIST)
+        )
         with raw.cursor() as cursor, cursor.copy(command) as copy:
             copy.set_types(["int8", "text", "text", "int8", "bytea", "timestamp"])
             yield _CopyWriter(copy)
         return
     writer: CellWriter
+    # Statements below run through SQLAlchemy's exec_driver_sql, which always passes
+    # parameters to the DB-API: the quoted name's %-escaping is what they expect.
+    quoted = conn.dialect.identifier_preparer.quote(table)
     if conn.dialect.name in ("mysql", "mariadb"):
         kind = LoadDataStreamer if local_infile_enabled(conn) else LiteralInserter
         writer = kind(conn, quoted, skip_existing=skip_existing)
@@ -270,11 +283,14 @@ class _InsertWriter:
 def advance_counter(conn: Connection, table: str) -> None:
     """Keep the auto-increment ahead of the ids we inserted explicitly."""
     if conn.dialect.name == "postgresql":
-        quoted = conn.dialect.identifier_preparer.quote(table)
-        conn.exec_driver_sql(
-            f"SELECT setval(pg_get_serial_sequence('{quoted}', 'added_id'), "
-            f"(SELECT COALESCE(MAX(added_id), 0) + 1 FROM {quoted}), false)"
+        # pg_get_serial_sequence takes the table as SQL text to parse: the name is
+        # bound as a value and quoted by the server (quote_ident), never pasted in.
+        cells = sql_table(table, sql_column("added_id", BigInteger))
+        sequence = func.pg_get_serial_sequence(
+            func.quote_ident(bindparam("table", table, String)), "added_id"
         )
+        next_id = select(func.coalesce(func.max(cells.c.added_id), 0) + 1).scalar_subquery()
+        conn.execute(select(func.setval(sequence, next_id, False)))
     # SQLite and MariaDB move their counters past explicit ids by themselves.
 
 

@@ -101,9 +101,10 @@ class LoadDataStreamer:
         self._folder = tempfile.mkdtemp(prefix="backstop-load-")  # private: mode 0700
         self._pipe = os.path.join(self._folder, "cells.tsv")
         os.mkfifo(self._pipe, 0o600)
-        path = self._pipe.replace("\\", "\\\\").replace("'", "\\'")
+        # The file name is a bound value (the DB-API quotes it as the server's
+        # sql_mode requires); `quoted` is the dialect's quoting of the table.
         self._statement = (
-            f"LOAD DATA LOCAL INFILE '{path}' {'IGNORE ' if skip_existing else ''}"
+            f"LOAD DATA LOCAL INFILE %s {'IGNORE ' if skip_existing else ''}"
             f"INTO TABLE {quoted} CHARACTER SET binary "
             "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
             f"({COLUMN_LIST})"
@@ -158,7 +159,7 @@ class LoadDataStreamer:
 
     def _load(self) -> None:
         try:
-            self._rowcount = self._conn.exec_driver_sql(self._statement).rowcount
+            self._rowcount = self._conn.exec_driver_sql(self._statement, (self._pipe,)).rowcount
         except BaseException as exc:  # handed to the writing thread
             self._error = exc
 
