@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, ClassVar, Protocol
 from pydantic import BaseModel, Field
 
 from backstop.drivers.errors import ErrorKind
+from backstop.drivers.quality import QualitySuite
 
 
 class RestoreMode(StrEnum):
@@ -190,6 +191,9 @@ class Driver(ABC):
     capabilities: ClassVar[Capabilities]
     url_schemes: ClassVar[tuple[str, ...]]
     single_url: ClassVar[str | None] = None  # why one URL serves, when only one may be given
+    # What must hold of the records (drivers/quality.py); None: the read-back alone.
+    # A driver with a suite implements quality_parts and the two chunk readers.
+    quality_suite: ClassVar[QualitySuite | None] = None
 
     # -- errors -------------------------------------------------------------------
     @abstractmethod

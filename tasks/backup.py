@@ -16,7 +16,7 @@ from backstop.drivers.registry import get_driver
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import ReadBackSource, StoreSink, StoreSource, check_file
 from backstop.tasks.progress import reporter
-from backstop.tasks.quality import run_suite
+from backstop.tasks.quality import checked_parts, run_suite
 from backstop.tasks.retry import RETRYING, classified
 from backstop.tasks.secrets import resolve_url
 from backstop.tasks.store import StoreSpec
@@ -92,10 +92,7 @@ def validate_unit(
     source = StoreSource(store.open(), technology, backup_id)
     reading = ReadBackSource(source)
     checks: list[dict[str, Any]] = []
-    try:
-        parts = driver.quality_parts(unit)
-    except NotImplementedError:
-        parts = None
+    parts = checked_parts(driver, unit)
     if parts is not None:
         try:
             checks += run_suite(technology, driver.quality_chunks(unit, reading), parts, unit.name)

@@ -2,13 +2,9 @@
 target, chunk by chunk, plus the checks that span a whole part (uniqueness, parents,
 counts) kept on disk so memory stays bounded however large the part.
 
-A suite per technology (the driver supplies the records as column chunks):
-
-    schemaless  row_key UUID-shaped and not null; ref_key >= 0; added_id <= the
-                watermark and strictly increasing (so unique); (row_key, column_name,
-                ref_key) unique; count equal to the source's count at the watermark
-    docstore    _id present and unique per collection; count equal to the backup's
-    zookeeper   paths absolute and unique; every parent present; count equal
+Each driver declares its technology's suite (drivers/<tech>/quality.py, through
+drivers/quality.py's QualitySuite) and supplies the records as column chunks; this
+module runs any declared suite, a plugin driver's included.
 
 Great Expectations runs each chunk (an ephemeral context, no project folder) for the
 per-record expectations. Uniqueness is a property of the whole part, which a chunk
@@ -21,17 +17,17 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backstop.drivers.contract import QualityChunk, QualityPart
+from backstop.drivers.contract import Driver, QualityChunk, QualityPart, StoredUnit
+from backstop.drivers.quality import QualitySuite
 from backstop.tasks.manifest import QualityResult
 
-UUID_SHAPE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _SAMPLE = 5
 
 
@@ -87,61 +83,43 @@ def key_hashes(frame: Any) -> np.ndarray:
 
 
 # -- suites -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Suite:
-    expectations: Callable[[QualityPart], list[Any]]  # Great Expectations, per chunk
-    unique: tuple[tuple[str, ...], ...] = ()  # keys unique across the whole part
-    increasing: str | None = None  # a column strictly increasing across the part
-    parents: tuple[str, str] | None = None  # (path, parent): every parent present
+def suite_of(technology: str) -> QualitySuite | None:
+    """The suite the technology's driver declares (drivers/quality.py), if any."""
+    from backstop.drivers.registry import get_driver
 
-    @property
-    def ledger_names(self) -> list[str]:
-        return ["+".join(key) for key in self.unique] + (["parents"] if self.parents else [])
+    return get_driver(technology).quality_suite
 
 
-def _schemaless(part: QualityPart) -> list[Any]:
+def checked_parts(driver: Driver, unit: StoredUnit) -> dict[str, QualityPart] | None:
+    """The parts of a unit the driver's suite checks; None when its driver declares no
+    suite, or this unit's kind has none (e.g. ZooKeeper's physical snapshots)."""
+    if driver.quality_suite is None:
+        return None
+    try:
+        return driver.quality_parts(unit)
+    except NotImplementedError:
+        return None
+
+
+def expectations(suite: QualitySuite, part: QualityPart) -> list[Any]:
+    """The suite's per-record rules as Great Expectations expectations for one part."""
     import great_expectations as gx
 
     e = gx.expectations
-    out = [
-        e.ExpectColumnValuesToNotBeNull(column="row_key"),
-        e.ExpectColumnValuesToMatchRegex(column="row_key", regex=UUID_SHAPE),
-        e.ExpectColumnValuesToNotBeNull(column="column_name"),
-        e.ExpectColumnValuesToBeBetween(column="ref_key", min_value=0),
-    ]
-    if "added_id" in part.max_values:
-        out.append(
-            e.ExpectColumnValuesToBeBetween(
-                column="added_id", min_value=1, max_value=part.max_values["added_id"]
+    out: list[Any] = []
+    for rule in suite.rules:
+        if rule.not_null:
+            out.append(e.ExpectColumnValuesToNotBeNull(column=rule.column))
+        if rule.regex is not None:
+            out.append(e.ExpectColumnValuesToMatchRegex(column=rule.column, regex=rule.regex))
+        upper = part.max_values.get(rule.max_value_of) if rule.max_value_of else None
+        if rule.min_value is not None or upper is not None:
+            out.append(
+                e.ExpectColumnValuesToBeBetween(
+                    column=rule.column, min_value=rule.min_value, max_value=upper
+                )
             )
-        )
     return out
-
-
-def _docstore(part: QualityPart) -> list[Any]:
-    import great_expectations as gx
-
-    e = gx.expectations
-    return [e.ExpectColumnValuesToNotBeNull(column="_id")]
-
-
-def _zookeeper(part: QualityPart) -> list[Any]:
-    import great_expectations as gx
-
-    e = gx.expectations
-    return [
-        e.ExpectColumnValuesToNotBeNull(column="path"),
-        e.ExpectColumnValuesToMatchRegex(column="path", regex=r"^/"),
-    ]
-
-
-SUITES: dict[str, Suite] = {
-    "schemaless": Suite(
-        _schemaless, unique=(("row_key", "column_name", "ref_key"),), increasing="added_id"
-    ),
-    "docstore": Suite(_docstore, unique=(("_id",),)),
-    "zookeeper": Suite(_zookeeper, unique=(("path",),), parents=("path", "parent")),
-}
 
 
 # -- running ------------------------------------------------------------------------------
@@ -199,7 +177,9 @@ def run_suite(
     import great_expectations as gx
     import pandas as pd
 
-    suite_spec = SUITES[technology]
+    suite_spec = suite_of(technology)
+    if suite_spec is None:
+        return []
     _Gx.ready()
     states: dict[str, _PartState] = {}
     with tempfile.TemporaryDirectory(prefix="backstop-quality-") as folder:
@@ -208,7 +188,7 @@ def run_suite(
             if part not in states:
                 spec = (parts or {}).get(part) or QualityPart()
                 suite = gx.ExpectationSuite(name=f"backstop-{technology}")
-                for expectation in suite_spec.expectations(spec):
+                for expectation in expectations(suite_spec, spec):
                     suite.add_expectation(expectation)
                 ledgers = {
                     name: KeyLedger(Path(folder), f"part{len(states)}-{name}")
@@ -243,7 +223,7 @@ def _record_gx(state: _PartState, result: Any) -> None:
             entry["sample"] = (entry["sample"] + [str(v)[:80] for v in sample])[:_SAMPLE]
 
 
-def _ledger_keys(state: _PartState, frame: Any, suite: Suite) -> None:
+def _ledger_keys(state: _PartState, frame: Any, suite: QualitySuite) -> None:
     for key in suite.unique:
         state.ledgers["+".join(key)].add(key_hashes(frame[list(key)]))
     if suite.parents:
@@ -258,7 +238,9 @@ def _ledger_keys(state: _PartState, frame: Any, suite: Suite) -> None:
         state.last = int(values[-1])
 
 
-def _verdicts(part: str, state: _PartState, suite: Suite, unit: str) -> Iterator[dict[str, Any]]:
+def _verdicts(
+    part: str, state: _PartState, suite: QualitySuite, unit: str
+) -> Iterator[dict[str, Any]]:
     where = f"{unit}/{part}" if unit and unit != part else part
 
     def check(name: str, unexpected: int, problem: str, sample=()) -> dict[str, Any]:

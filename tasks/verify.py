@@ -12,7 +12,7 @@ from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import StoreSource, check_file
-from backstop.tasks.quality import run_suite
+from backstop.tasks.quality import checked_parts, run_suite
 from backstop.tasks.retry import RETRYING, classified
 from backstop.tasks.secrets import resolve_url
 from backstop.tasks.store import StoreSpec
@@ -53,9 +53,7 @@ def target_quality(
     """The technology's data-quality suite on what a restore left in the target (no
     checks when the technology, or this backup's mode, has no suite)."""
     driver = get_driver(technology)
-    try:
-        driver.quality_parts(unit)
-    except NotImplementedError:
+    if checked_parts(driver, unit) is None:
         return []
     with classified(driver, f"checking the data quality of {unit.name} in {redact_url(target)}"):
         chunks = driver.target_quality_chunks(unit, resolve_url(target), plan)

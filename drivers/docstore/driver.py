@@ -34,6 +34,7 @@ from backstop.drivers.contract import (
     Unit,
     UnitResult,
 )
+from backstop.drivers.docstore.quality import SUITE
 from backstop.drivers.digests import ALGORITHM, SetDigest, algorithm_problem
 from backstop.drivers.docstore.bsonfile import (
     FORMAT,
@@ -78,6 +79,7 @@ class DocstoreDriver(Driver):
         rename=True,
     )
     url_schemes = ("mongodb",)
+    quality_suite = SUITE
     single_url = "a deployment is one URL"
 
     def classify(self, exc: BaseException) -> ErrorKind:

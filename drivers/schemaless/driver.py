@@ -36,6 +36,7 @@ from backstop.drivers.contract import (
     Unit,
     UnitResult,
 )
+from backstop.drivers.schemaless.quality import SUITE
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.schemaless import engines
@@ -251,6 +252,7 @@ class SchemalessDriver(Driver):
         consistency=(ConsistencyKind.SNAPSHOT,), incremental=True, point_in_time=True
     )
     url_schemes = ("sqlite", "postgresql", "mysql", "mariadb")
+    quality_suite = SUITE
 
     def classify(self, exc: BaseException) -> ErrorKind:
         return classify(exc)

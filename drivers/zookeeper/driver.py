@@ -40,6 +40,7 @@ from backstop.drivers.zookeeper.client import (
     readers,
 )
 from backstop.drivers.zookeeper.paths import Selection, parse_zk_url
+from backstop.drivers.zookeeper.quality import SUITE
 from backstop.drivers.zookeeper.walk import (
     child_path,
     parallel_walk,
@@ -104,6 +105,7 @@ class ZooKeeperDriver(Driver):
         selective_restore=True,
     )
     url_schemes = ("zk",)
+    quality_suite = SUITE
     single_url = "an ensemble is host:port,host:port in one URL"
 
     def classify(self, exc: BaseException) -> ErrorKind:
