@@ -112,7 +112,8 @@ def read_cells(stream: BinaryIO, batch_size: int) -> Iterator[list[Cell]]:
                 stop = start + rk_len + col_len + body_len
                 if stop > end:
                     need = stop - end
-                    check_length(stream, CellFormatError, "cell", stop - pos, MAX_CELL,
+                    what = f"cell (with a {body_len:,}-byte body)"
+                    check_length(stream, CellFormatError, what, stop - pos, MAX_CELL,
                                  offset + pos, end - pos)  # fmt: skip
                     break
                 rk = buffer[start : start + rk_len].decode("ascii")

@@ -41,7 +41,9 @@ def parse_zk_url(url: str) -> ZkUrl:
         raise BadInputError(f"{redact_url(url)!r} names no host")
     for host in hosts.split(","):
         name, colon, port = host.rpartition(":")
-        if not colon or not name or not port.isdigit() or not 0 < int(port) < 65536:
+        # isdigit() alone accepts digits int() refuses (superscripts): ASCII only.
+        valid_port = port.isascii() and port.isdigit() and 0 < int(port) < 65536
+        if not colon or not name or not valid_port:
             raise BadInputError(f"{redact_url(url)!r}: {host!r} is not host:port")
     if chroot:
         check_pattern_free(chroot, url)

@@ -79,6 +79,7 @@ class _SnappyStream:
 
         self._raw = raw
         self._snappy = cramjam.snappy
+        self._error = cramjam.DecompressionError
         header = raw.read(16)
         if len(header) < 16 or not header.startswith(SNAPPY_MAGIC):
             raise SnapshotError(0, "bad snappy stream header")
@@ -112,7 +113,7 @@ class _SnappyStream:
             if self._snappy.decompress_raw_len(block) > MAX_SNAPPY_BLOCK:
                 raise SnapshotError(-1, "a snappy block claims an implausible decompressed size")
             return bytes(self._snappy.decompress_raw(block))
-        except self._snappy.DecompressionError as exc:
+        except self._error as exc:
             raise SnapshotError(-1, f"snappy block cannot be decompressed ({exc})") from None
 
 

@@ -1,0 +1,134 @@
+"""Resource bounds on hostile input (issue 11, defect 6), through the real command.
+
+A stored file whose header claims a huge record, with every checksum fixed up, must
+fail the restore at once with an integrity error, in bounded memory; SIGTERM/SIGINT stop
+a running command within a bounded wait, even while a unit is stuck in a blocking read,
+and leave no manifest behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import subprocess_env
+from crafted import backup_ids, rewrite_stored_file, store_folder, zeros
+
+from backstop.drivers.schemaless.cells import _HEADER
+
+RSS_LIMIT = 600 << 20
+BACKSTOP = str(Path(sys.executable).parent / "backstop")
+
+
+def _backup(cli, shards: list[str], store_url: str) -> str:
+    result = cli("backup", "schemaless", *[a for s in shards for a in ("--source", s)],
+                 "--store", store_url, "--json")  # fmt: skip
+    assert result.code == 0, result.stdout + result.stderr
+    return result.json["backup_id"]
+
+
+def _restore_argv(store_url: str, backup_id: str, tmp_path: Path, shards: int) -> list[str]:
+    (tmp_path / "target").mkdir(exist_ok=True)
+    targets = [f"sqlite:///{tmp_path / 'target' / f'shard{i}.db'}" for i in range(shards)]
+    return [BACKSTOP, "restore", "schemaless", "--store", store_url, "--backup", backup_id,
+            *[a for t in targets for a in ("--target", t)], "--json"]  # fmt: skip
+
+
+def _run_watching_memory(argv: list[str], env: dict, timeout: float) -> tuple[int, str, int]:
+    """Run the command; return its exit code, stdout and the largest RSS seen. A child
+    that grows past RSS_LIMIT is killed (the test has failed; no need to wait)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    watched = psutil.Process(proc.pid)
+    peak = 0
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        if peak > RSS_LIMIT or time.monotonic() > deadline:
+            proc.kill()
+            break
+        time.sleep(0.05)
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out.decode(errors="replace"), peak
+
+
+def test_a_cell_claiming_a_huge_body_fails_the_restore_in_bounded_memory(
+    cli, shards, local_store, tmp_path, prefect_harness
+):
+    backup_id = _backup(cli, shards, local_store.url)
+    store = store_folder(local_store.url)
+    # One cell whose header claims a 3.5 GB body, followed by 768 MiB of zeros: the file
+    # really holds far more than memory should ever take, and its checksums all match.
+    header = _HEADER.pack(1, 0, 0, 36, 4, 3_500_000_000) + str(uuid.uuid4()).encode() + b"body"
+    name = rewrite_stored_file(store, "schemaless", backup_id, [header, *zeros(768 << 20)])
+
+    code, out, peak = _run_watching_memory(
+        _restore_argv(local_store.url, backup_id, tmp_path, len(shards)),
+        subprocess_env(prefect_harness),
+        timeout=600,
+    )
+    assert peak < RSS_LIMIT, f"the restore grew to {peak >> 20} MiB"
+    assert code == 1, out
+    error = json.loads(out.strip().splitlines()[-1])["error"]
+    assert name in error and "3,500,000,000-byte body" in error, error
+
+
+def _wait_for_reader(fifo: Path, proc: subprocess.Popen, timeout: float = 300) -> int:
+    """Block until the command opens `fifo` for reading (it is then stuck reading it);
+    return the write end, held open so that the read blocks."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: nobody has it open for reading yet
+                raise
+        time.sleep(0.05)
+    raise AssertionError("the command never opened the stored file")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_a_restore_stuck_in_a_read(
+    cli, shards, local_store, tmp_path, prefect_harness, signum
+):
+    backup_id = _backup(cli, shards, local_store.url)
+    store = store_folder(local_store.url)
+    manifest = json.loads((store / "schemaless" / backup_id / "manifest.json").read_text())
+    # The stored file becomes a pipe nobody writes to: the unit reading it blocks for
+    # good, as a read of a huge or hanging file would.
+    stored = store / "schemaless" / backup_id / manifest["units"][0]["files"][0]["name"]
+    stored.unlink()
+    os.mkfifo(stored)
+
+    proc = subprocess.Popen(
+        _restore_argv(local_store.url, backup_id, tmp_path, len(shards)),
+        env=subprocess_env(prefect_harness),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    writer = _wait_for_reader(stored, proc)
+    try:
+        proc.send_signal(signum)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("the restore did not stop after the signal")
+    finally:
+        os.close(writer)
+    assert proc.returncode == 128 + signum, err.decode(errors="replace")
+    assert json.loads(out.decode().strip().splitlines()[-1])["status"] == "interrupted"
+    # Nothing was added to the store: no manifest of a safety or any other backup.
+    assert backup_ids(store, "schemaless") == [backup_id]
