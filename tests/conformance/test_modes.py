@@ -70,7 +70,12 @@ def test_merge_leaves_every_existing_record_as_it_was(harness, run, selection):
 
     done = run.restore(target, "--backup", backup_id, "--mode", "merge", *selection)
 
-    assert done.code == 0, done.stdout + done.stderr
+    # The target holds records that differ from the backup's (mutated on purpose): a
+    # driver may report them after merging (verification names the differing records,
+    # exit 1; Schemaless cells are immutable, so a differing cell is worth an alarm),
+    # or accept them (exit 0). Either way the merge itself must have happened exactly.
+    output = done.stdout + done.stderr
+    assert done.code == 0 or (done.code == 1 and "differ" in output), output
     expected = after_merge(harness.records(source), before, included_part(harness, selection))
     found = harness.records(target)
     for part in sorted(set(expected) | set(found)):
