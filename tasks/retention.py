@@ -1,8 +1,9 @@
 """What a store holds, per backed-up source, and which backups a retention policy keeps.
 
 A *series* is every complete backup of one technology from one set of sources (the
-redacted URLs in the manifest): `status` reports the newest of each, and `prune`
-applies its policy per series, as restic's `forget` does per host and path.
+redacted URLs in the manifest) taken for one kind of reason (ordinary, safety, drill):
+`status` reports the newest of each, and `prune` applies its policy per series, as
+restic's `forget` does per host and path.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from backstop.drivers.errors import BackstopError, BadInputError
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.store import ArtifactStore, BackupFolder
 
-SeriesKey = tuple[str, tuple[str, ...]]  # (technology, sources)
+SeriesKey = tuple[str, tuple[str, ...], str]  # (technology, sources, kind)
+
+
+def series_kind(manifest: Manifest) -> str:
+    """Ordinary backups of a source form one series, its safety backups (taken before
+    restoring into it) and drill backups others: a policy keeping the newest N of a
+    source must never count a safety backup among its ordinary backups."""
+    return "ordinary" if manifest.ordinary else manifest.role.value
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,8 @@ def take_inventory(store: ArtifactStore, technology: str | None = None) -> Inven
         except BackstopError as exc:
             unreadable[folder] = str(exc)
             continue
-        series.setdefault((manifest.technology, tuple(manifest.sources)), []).append(manifest)
+        key = (manifest.technology, tuple(manifest.sources), series_kind(manifest))
+        series.setdefault(key, []).append(manifest)
     for backups in series.values():
         backups.sort(key=lambda m: m.backup_id, reverse=True)
     return Inventory(series=series, incomplete=incomplete, unreadable=unreadable)
@@ -55,7 +64,7 @@ def started_at(backup_id: str) -> datetime:
 def status_rows(inventory: Inventory, now: datetime, stale_after: timedelta) -> list[dict]:
     """One row per series: its newest backup, how old it is, and whether that is too old."""
     rows = []
-    for (technology, sources), backups in sorted(inventory.series.items()):
+    for (technology, sources, *_kind), backups in sorted(inventory.series.items()):
         newest = backups[0]
         age = now - newest.finished_at
         rows.append(

@@ -141,6 +141,8 @@ def test_a_served_deployment_runs_when_triggered_through_the_api(prefect_server,
         assert state["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-3000:]
         backups = list((tmp_path / "store" / "schemaless").iterdir())
         assert len(backups) == 1 and (backups[0] / "manifest.json").is_file()
+        # Run from a deployment: a scheduled backup, what `latest` may mean.
+        assert json.loads((backups[0] / "manifest.json").read_text())["role"] == "scheduled"
     finally:
         stop(served, serve_log)
 

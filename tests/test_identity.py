@@ -240,3 +240,22 @@ def test_identities_hold_no_password_and_default_to_the_normalized_url():
     assert default == "http://example.com:81/a" and "hunter2" not in default
     assert same_place("zookeeper://e/a", "zookeeper://e/a/b")
     assert not same_place("zookeeper://e/a", "zookeeper://e/ab")
+
+
+def test_prune_never_counts_a_safety_backup_among_a_sources_newest(cli, shards, local_store):
+    """Restoring a datastore in place takes safety backups of its own sources: keeping the
+    newest backup of those sources must still keep an ordinary one, or latest is gone."""
+    ordinary = cli("backup", "schemaless", *_args("--source", shards), "--store",
+                   local_store.url, "--json")  # fmt: skip
+    assert ordinary.code == 0, ordinary.stderr
+    backup(
+        request=BackupRequest(
+            technology="schemaless", sources=shards, store=local_store, role=Role.SAFETY
+        )
+    )
+    pruned = cli("prune", "--store", local_store.url, "--keep-last", "1", "--json")
+    assert pruned.code == 0, pruned.stdout
+    assert ordinary.json["backup_id"] not in [d["backup_id"] for d in pruned.json["deleted"]]
+    assert local_store.open().resolve("schemaless").backup_id == ordinary.json["backup_id"]
+    rows = cli("status", "--store", local_store.url, "--json").json["sources"]
+    assert sorted(r["role"] for r in rows) == ["adhoc", "safety"]
