@@ -372,8 +372,9 @@ class ZooKeeper39Harness(ZooKeeperHarness):
 
 # -- Docstore -----------------------------------------------------------------------------
 def fidelity_documents() -> list[dict]:
-    """Every BSON type FerretDB v1 keeps (it refuses Decimal128, MinKey, MaxKey, Code and
-    dotted field names), nulls beside empties, and odd keys."""
+    """Every BSON type FerretDB v1 keeps (it refuses Decimal128, MinKey, MaxKey, Code,
+    dotted field names and a double quote in a field name: "malformed JSON" from its
+    SQLite backend), nulls beside empties, and odd keys."""
     from bson import Binary, Int64, ObjectId, Regex, Timestamp
 
     return [
@@ -394,7 +395,7 @@ def fidelity_documents() -> list[dict]:
         },
         {"_id": "nulls", "null": None, "empty_str": "", "empty_arr": [], "empty_doc": {}},
         {"_id": 42, "big": "x" * (300 * 1024), "f": 1e-300},
-        {"_id": Int64(-1), "sp ace": 1, "quo'te\"s": 2, "ünï": 3},
+        {"_id": Int64(-1), "sp ace": 1, "quo'te": 2, "ünï": 3},
     ] + [{"_id": i, "n": i, "v": os.urandom(20).hex()} for i in range(100, 160)]
 
 
