@@ -429,12 +429,23 @@ def test_hostile_table_names_restore_exactly_into_every_engine_and_run_nothing(
         [f"sqlite:///{tmp_path / 'target.db'}"] if engine == "sqlite" else new_databases(engine, 1)
     )
     _make_victim(target)
-    for mode in (RestoreMode.FAIL_IF_EXISTS, RestoreMode.MERGE, RestoreMode.OVERWRITE):
+
+    def restore_and_compare(mode: RestoreMode) -> None:
         restored = restore_into([target], local_store, backup=outcome.backup_id, mode=mode)
         assert restored.verified, mode
         for name in HOSTILE_TABLE_NAMES:
             assert cells_of(target, table_name=name) == cells_of(source, table_name=name), name
         assert _victim_rows(target) == [(1, "keep me")]
+
+    for mode in (RestoreMode.FAIL_IF_EXISTS, RestoreMode.MERGE, RestoreMode.OVERWRITE):
+        restore_and_compare(mode)
+    if engine == "mariadb":  # again without LOAD DATA: multi-row INSERTs name the table too
+        _set_local_infile(target, False)
+        try:
+            restore_and_compare(RestoreMode.MERGE)
+            restore_and_compare(RestoreMode.OVERWRITE)
+        finally:
+            _set_local_infile(target, True)
     # The auto-increment was moved past the restored ids under each odd name.
     for name in HOSTILE_TABLE_NAMES:
         assert _add_cell_without_id(target, name) > max(c[0] for c in cells_of(source, None, name))
