@@ -64,8 +64,9 @@ def check_stored_table_name(name: object, unit: str) -> str:
     if not isinstance(name, str) or not name:
         raise IntegrityError(f"{unit}: the manifest names a table {name!r}, not a table name")
     if len(name) > MAX_TABLE_NAME or "\x00" in name:
+        shown = repr(name) if len(name) <= 80 else f"{name[:80]!r}..."
         raise IntegrityError(
-            f"{unit}: the manifest names a table {name[:80]!r}... that no database holds "
+            f"{unit}: the manifest names a table {shown} that no database holds "
             f"({len(name)} characters{', a NUL byte' if chr(0) in name else ''})"
         )
     return name
