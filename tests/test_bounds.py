@@ -132,3 +132,50 @@ def test_a_signal_stops_a_restore_stuck_in_a_read(
     assert json.loads(out.decode().strip().splitlines()[-1])["status"] == "interrupted"
     # Nothing was added to the store: no manifest of a safety or any other backup.
     assert backup_ids(store, "schemaless") == [backup_id]
+
+
+def _large_source(folder: Path, cells: int = 2_000, body: int = 256 << 10) -> str:
+    """A SQLite shard of `cells` cells with `body`-byte bodies (zeros: quick to make,
+    still a few seconds of reading, hashing and compressing for the backup)."""
+    import sqlite3
+
+    from backstop.flows.demo import make_schemaless_datastore
+
+    [url] = make_schemaless_datastore(folder, shards=1, cells=0)
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+            "INSERT INTO cells (row_key, column_name, ref_key, body, created_at) "
+            "SELECT printf('%08d-0000-4000-8000-%012d', i, i), 'c', 1, zeroblob(?), "
+            "'2026-01-01 00:00:00' FROM n",
+            (cells, body),
+        )
+    return url
+
+
+def test_sigterm_stops_a_running_backup_and_leaves_no_manifest(tmp_path, prefect_harness):
+    source = _large_source(tmp_path / "source")
+    store = tmp_path / "store"
+    proc = subprocess.Popen(
+        [BACKSTOP, "backup", "schemaless", "--source", source, "--store", store.as_uri(), "--json"],
+        env=subprocess_env(prefect_harness),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # Running: the unit has started writing its data file into the store.
+    deadline = time.monotonic() + 300
+    while not any(p.is_file() for p in store.glob("schemaless/*/**/*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the backup never started writing"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the backup did not stop after SIGTERM")
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode(errors="replace")
+    assert json.loads(out.decode().strip().splitlines()[-1])["status"] == "interrupted"
+    assert not list(store.rglob("manifest.json"))
+    # The partial backup was discarded once its unit had stopped writing.
+    assert not [p for p in store.rglob("*") if p.is_file()]
