@@ -236,8 +236,8 @@ class ArtifactStore:
             newest[manifest.source_set] = manifest
         if not newest:
             raise BadInputError(
-                f"no complete, validated {technology} backup in {redact_url(self.url)} "
-                "(safety and drill backups are restored only by --backup ID)"
+                f"no complete {technology} backup in {redact_url(self.url)} to take as "
+                "latest (safety and drill backups are restored only by --backup ID)"
             )
         if len(newest) > 1:
             raise BadInputError(
