@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, insert, text
 
-from backstop.drivers.errors import BadInputError
+from backstop.drivers.errors import BadInputError, PermanentError
 from backstop.drivers.schemaless import SchemalessDriver
 from backstop.drivers.schemaless.engines import cell_table
 
@@ -202,3 +202,18 @@ def test_a_table_name_longer_than_postgresql_allows_is_refused_not_truncated(
         tables = tables.all()
     engine.dispose()
     assert tables == []
+
+
+def test_planning_a_backup_names_the_shard_it_cannot_read(tmp_path, new_databases):
+    good = sqlite_url(tmp_path / "source.db")
+    make_cells(good, 5)
+    [server] = new_databases("postgresql", 1)
+    wrong = server.replace("s3cret-Test-pw", "wrong-pw-123")
+    assert wrong != server
+    with pytest.raises(PermanentError) as caught:
+        SchemalessDriver().plan_backup([good, wrong], {})
+    assert str(caught.value).startswith("shard-001 (")
+    assert "wrong-pw-123" not in str(caught.value)
+    missing = sqlite_url(tmp_path / "missing.db")
+    with pytest.raises(PermanentError, match=r"^shard-001: .*does not exist"):
+        SchemalessDriver().plan_backup([good, missing], {})

@@ -36,8 +36,13 @@ from backstop.drivers.contract import (
     Unit,
     UnitResult,
 )
-from backstop.drivers.schemaless.quality import SUITE
-from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
+from backstop.drivers.errors import (
+    BackstopError,
+    BadInputError,
+    ErrorKind,
+    PermanentError,
+    TransientError,
+)
 from backstop.drivers.redact import redact_url
 from backstop.drivers.schemaless import engines
 from backstop.drivers.schemaless.cells import (
@@ -56,6 +61,7 @@ from backstop.drivers.schemaless.inputs import (
     flag,
     table_list,
 )
+from backstop.drivers.schemaless.quality import SUITE
 from backstop.drivers.schemaless.until import Limit, parse_until
 
 BATCH_CELLS = 10_000
@@ -197,6 +203,23 @@ def _count_since(conn: Connection, table: str, since: int) -> int:
     return conn.execute(query).scalar_one()
 
 
+def _check_shard(url: str, shard: str, options: Mapping[str, Any]) -> None:
+    """Before anything is written: the shard's tables exist and the backup can hold
+    them. A failure names the shard (its URL redacted), as a failing snapshot does."""
+    try:
+        with engines.connection(engines.source_engine(url)) as conn:
+            _tables_to_back_up(conn, shard, options)
+    except BackstopError as exc:
+        if not str(exc).startswith(shard):
+            exc.args = (f"{shard}: {exc}",)
+        raise
+    except Exception as exc:
+        error = TransientError if classify(exc) is ErrorKind.TRANSIENT else PermanentError
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        # Not chained: the client library's text may hold connection details.
+        raise error(f"{shard} ({redact_url(url)}): {type(exc).__name__}: {detail}") from None
+
+
 def _newest_added_id(conn: Connection, table: str) -> int:
     cells = _cells(table)
     return conn.execute(select(func.coalesce(func.max(cells.c.added_id), 0))).scalar_one()
@@ -284,9 +307,7 @@ class SchemalessDriver(Driver):
             )
         units = []
         for i, url in enumerate(sources):
-            # Before anything is written: the tables exist and the backup can hold them.
-            with engines.connection(engines.source_engine(url)) as conn:
-                _tables_to_back_up(conn, shard_name(i), options)
+            _check_shard(url, shard_name(i), options)
             unit_options: dict[str, Any] = {
                 "tables": tables,
                 IGNORE_EXTRA_COLUMNS: ignore_extra,
