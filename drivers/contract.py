@@ -183,6 +183,22 @@ class FileSource(Protocol):
         """The file's decompressed content; reading past its end checks its checksums."""
 
 
+def _check_url_syntax(url: str, role: str) -> None:
+    """What no driver's URL may be: unparseable (an unclosed IPv6 bracket), or holding
+    NUL or line breaks. Bad input, said before anything connects."""
+    from urllib.parse import urlsplit
+
+    from backstop.drivers.errors import BadInputError
+    from backstop.drivers.redact import redact_url
+
+    if any(c in url for c in "\x00\r\n"):
+        raise BadInputError(f"{role} URL contains a NUL or line break: {redact_url(url)!r}")
+    try:
+        urlsplit(url)
+    except ValueError as exc:
+        raise BadInputError(f"{role} {redact_url(url)!r} is not a valid URL: {exc}") from None
+
+
 class Driver(ABC):
     """One technology. Subclasses set the class attributes and the abstract methods."""
 
@@ -217,6 +233,7 @@ class Driver(ABC):
                     f"{self.name} {role} {redact_url(url)!r} is not a URL this driver "
                     f"understands (expected {' or '.join(s + '://' for s in self.url_schemes)})"
                 )
+            _check_url_syntax(url, role)
 
     def identity(self, url: str) -> str:
         """Where a resolved URL points, the same text however it is spelled (aliases,

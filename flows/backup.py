@@ -28,6 +28,7 @@ from backstop.tasks.backup import (
 )
 from backstop.tasks.events import reported
 from backstop.tasks.identity import identify
+from backstop.tasks.leases import Lease
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import (
     ConsistencyInfo,
@@ -88,6 +89,8 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         }
         logger.info("incremental on top of %s", parent.backup_id)
 
+    # Held while the folder is written: prune leaves a leased folder alone.
+    lease = Lease(store, technology, backup_id, "backup").acquire()
     try:
         stored, handle = _snapshot(request, options, backup_id)
         phases = {"snapshot": clock.seconds}
@@ -125,9 +128,12 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         )
         commit_manifest(spec, manifest)
     except BaseException:
+        lease.release()  # first: a last heartbeat must not recreate the removed folder
         logger.error("backup %s failed; removing its partial files", backup_id)
         discard_partial(spec, technology, backup_id)
         raise
+    finally:
+        lease.release()
     publish_quality(technology, f"backup {technology}/{backup_id}", quality)
     if quality.status != "passed":
         # A faithful copy of data that breaks the suite: kept, so the data is not lost,

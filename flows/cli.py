@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from backstop.drivers.errors import BackstopError, BadInputError
-from backstop.drivers.redact import mask_secrets, stash_option_secrets, stash_url_secrets
+from backstop.drivers.redact import (
+    mask_secrets,
+    resolve_placeholders,
+    stash_option_secrets,
+    stash_url_secrets,
+)
 from backstop.flows.signals import Interrupted, exit_if_stuck, stop_on_signals
 
 TECH_HELP = "zookeeper, docstore or schemaless"
@@ -336,7 +341,7 @@ def cmd_verify(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 def cmd_list(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    store = _store(args).open()
+    scan = _store(args).open().scan(args.technology)
     backups = [
         {
             "backup_id": m.backup_id,
@@ -350,7 +355,12 @@ def cmd_list(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             "role": m.role.value,
             "sources": m.sources,
         }
-        for m in store.list_backups(args.technology)
+        for m in scan.manifests
+    ]
+    # A manifest that cannot be read is named, and the others listed all the same.
+    unreadable = [
+        {"backup_id": f.backup_id, "technology": f.technology, "problem": problem}
+        for f, problem in scan.unreadable.items()
     ]
     lines = [
         f"{'BACKUP':<22} {'TECHNOLOGY':<11} {'ROLE':<9} {'RECORDS':>12} {'SIZE':>10}  CONSISTENCY"
@@ -362,7 +372,11 @@ def cmd_list(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     ]
     if not backups:
         lines = ["no complete backups"]
-    return {"backups": backups}, "\n".join(lines)
+    lines += [
+        f"{u['backup_id']:<22} {u['technology']:<11} UNREADABLE MANIFEST: {u['problem']}"
+        for u in unreadable
+    ]
+    return {"backups": backups, "unreadable": unreadable}, "\n".join(lines)
 
 
 def cmd_drill(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -571,8 +585,30 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+def _check_input(args: argparse.Namespace) -> None:
+    """URLs that cannot be right are bad input, said before Prefect starts (seconds):
+    the store URL's shape, and each source/target URL as its driver reads it."""
+    from backstop.tasks.store import check_store_url
+
+    if getattr(args, "store", None) is not None:
+        check_store_url(args.store)
+    roles = {"backup": ("source",), "drill": ("source", "scratch"), "restore": ("target",)}
+    if args.command in roles:
+        from backstop.drivers.registry import get_driver
+
+        driver = get_driver(args.technology)
+        for attr in roles[args.command]:
+            urls = getattr(args, attr)
+            if any("${secret:" in url for url in urls):
+                continue  # resolved through Prefect: the flow checks them, resolved
+            # A driver reads resolved URLs only (${env:} references, e.g. a whole host).
+            resolved = [resolve_placeholders(url) for url in urls]
+            driver.check_urls(resolved, "target" if attr == "scratch" else attr)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
+        _check_input(args)
         data, text = COMMANDS[args.command](args)
     except _Reported as reported:
         _emit(args, reported.data, reported.text, error=True)

@@ -10,16 +10,30 @@ from prefect import flow, get_run_logger, task
 from backstop.flows.params import PruneOutcome, PruneRequest
 from backstop.flows.runtime import Stopwatch
 from backstop.tasks.artifacts import publish_table
+from backstop.tasks.leases import fresh_leases
 from backstop.tasks.logs import install_log_masking
-from backstop.tasks.retention import check_policy, plan_retention, take_inventory
+from backstop.tasks.retention import (
+    Decision,
+    check_policy,
+    plan_retention,
+    spare_if_leased,
+    take_inventory,
+)
 from backstop.tasks.retry import RETRYING
 from backstop.tasks.secrets import refuse_literal_secrets
 from backstop.tasks.store import StoreSpec
 
 
 @task(name="delete-backup", task_run_name="delete-{technology}-{backup_id}", **RETRYING)
-def delete_backup(store: StoreSpec, technology: str, backup_id: str) -> None:
-    store.open().delete_backup(technology, backup_id)
+def delete_backup(store: StoreSpec, technology: str, backup_id: str) -> str | None:
+    """Delete one backup folder, unless a backup or restore took a lease on it since the
+    plan was made; then say what holds it (and delete nothing)."""
+    opened = store.open()
+    held = fresh_leases(opened, technology, backup_id)
+    if held:
+        return held[0].describe()
+    opened.delete_backup(technology, backup_id)
+    return None
 
 
 @flow(name="backstop-prune")
@@ -30,13 +44,17 @@ def prune(request: PruneRequest) -> PruneOutcome:
     clock = Stopwatch()
     check_policy(request.keep_last, request.keep_days, request.grace_hours)
     store = request.store.open()
+    now = datetime.now(UTC)
     decisions = plan_retention(
         take_inventory(store, request.technology),
         keep_last=request.keep_last,
         keep_days=request.keep_days,
-        now=datetime.now(UTC),
+        now=now,
         grace=timedelta(hours=request.grace_hours),
     )
+    # A folder in use (a backup still writing it, a restore reading it) is never
+    # deleted, whatever the policy and grace period say.
+    decisions = [spare_if_leased(store, d, now) for d in decisions]
     doomed = [d for d in decisions if not d.keep]
     # Incomplete folders have no manifest to say how big they are.
     doomed = [
@@ -45,11 +63,20 @@ def prune(request: PruneRequest) -> PruneOutcome:
         else dataclasses.replace(d, bytes=store.folder_bytes(d.technology, d.backup_id))
         for d in doomed
     ]
+    spared: list[Decision] = []
     for decision in doomed:
         verb = "would delete" if request.dry_run else "deleting"
         logger.info("%s %s/%s: %s", verb, decision.technology, decision.backup_id, decision.reason)
         if not request.dry_run:
-            delete_backup(request.store, decision.technology, decision.backup_id)
+            held = delete_backup(request.store, decision.technology, decision.backup_id)
+            if held:
+                logger.info("kept %s/%s after all: %s", decision.technology,
+                            decision.backup_id, held)  # fmt: skip
+                spared.append(dataclasses.replace(decision, keep=True, reason=f"in use: {held}"))
+    if spared:
+        kept_ids = {(d.technology, d.backup_id) for d in spared}
+        doomed = [d for d in doomed if (d.technology, d.backup_id) not in kept_ids]
+        decisions = [d for d in decisions if (d.technology, d.backup_id) not in kept_ids] + spared
     outcome = PruneOutcome(
         dry_run=request.dry_run,
         deleted=[dataclasses.asdict(d) for d in doomed],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -26,6 +27,7 @@ from backstop.flows.runtime import Stopwatch, gather, task_runner
 from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.events import Report, emit, reported
 from backstop.tasks.identity import identify
+from backstop.tasks.leases import Lease
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import Manifest, Role
 from backstop.tasks.quality import quality_of
@@ -65,8 +67,11 @@ def chained_units(chain: list[Manifest]) -> list[StoredUnit]:
 def restore(request: RestoreRequest) -> RestoreOutcome:
     # The event is about the backed-up source once the backup is known; until then
     # (a bad request) about the targets.
-    with reported("restore", request.technology, request.targets) as report:
-        outcome = _restore(request, report)
+    with (
+        reported("restore", request.technology, request.targets) as report,
+        ExitStack() as leases,  # read leases on the backups this restore reads
+    ):
+        outcome = _restore(request, report, leases)
         report.payload = outcome.model_dump(
             mode="json",
             include={"backup_id", "mode", "records", "records_skipped", "duration_s", "targets"},
@@ -74,7 +79,7 @@ def restore(request: RestoreRequest) -> RestoreOutcome:
     return outcome
 
 
-def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
+def _restore(request: RestoreRequest, report: Report, leases: ExitStack) -> RestoreOutcome:
     refuse_literal_secrets(request)
     install_log_masking()
     logger = get_run_logger()
@@ -106,12 +111,14 @@ def _restore(request: RestoreRequest, report: Report) -> RestoreOutcome:
         request.backup,
         [redact_url(s) for s in request.sources],
         identify=lambda: identify(technology, request.sources),
-        validated_only=not request.force,
     )
     backup_id = manifest.backup_id
     report.sources = manifest.sources
     report.payload = {"backup_id": backup_id}
     chain = store.chain(manifest)  # an incremental restores with its parents
+    for link in chain:  # read leases: prune leaves what this restore reads alone
+        lease = Lease(store, technology, link.backup_id, "restore")
+        leases.callback(lease.acquire(required=False).release)
     for link in chain:
         problems = verify_backup_files(spec, link)
         if problems:

@@ -33,12 +33,17 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
             raise BadInputError("--backup and --source need --technology")
         ref = request.backup or "latest"  # --source alone: the latest of those sources
         manifests = [load_manifest(spec, request.technology, ref, request.sources)]
+        unreadable = {}
     else:
-        manifests = spec.open().list_backups(request.technology)
+        # A manifest that cannot be read is a problem to report, and no reason to leave
+        # the other backups unchecked.
+        scan = spec.open().scan(request.technology)
+        manifests, unreadable = scan.manifests, scan.unreadable
 
     results = gather(verify_backup_files.map(unmapped(spec), manifests)) if manifests else []
     problems = [p for found in results for p in found]
-    if not manifests:
+    problems += list(unreadable.values())  # each names its manifest
+    if not manifests and not unreadable:
         problems.append(f"no complete backup found in {spec.display()}")
     outcome = VerifyOutcome(
         ok=not problems,

@@ -8,10 +8,12 @@ restic's `forget` does per host and path.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from backstop.drivers.errors import BackstopError, BadInputError
+from backstop.tasks.leases import fresh_leases
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.store import ArtifactStore, BackupFolder
 
@@ -86,6 +88,18 @@ def status_rows(inventory: Inventory, now: datetime, stale_after: timedelta) -> 
             }
         )
     return rows
+
+
+# -- leases -------------------------------------------------------------------------------
+def spare_if_leased(store: ArtifactStore, decision: Decision, now: datetime) -> Decision:
+    """A folder the plan would delete is kept while a backup or restore holds a fresh
+    lease on it (only doomed folders are looked at: one listing each)."""
+    if decision.keep:
+        return decision
+    held = fresh_leases(store, decision.technology, decision.backup_id, now)
+    if not held:
+        return decision
+    return dataclasses.replace(decision, keep=True, reason=f"in use: {held[0].describe()}")
 
 
 # -- retention ----------------------------------------------------------------------------

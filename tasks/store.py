@@ -9,7 +9,9 @@ A folder without a manifest is an incomplete backup: invisible to list and resto
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +21,13 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, Field, ValidationError
 
-from backstop.drivers.errors import BadInputError, IntegrityError, QualityError, TransientError
+from backstop.drivers.errors import BadInputError, IntegrityError, TransientError
+from backstop.drivers.files import fsync_dir, make_private_dirs, open_private
 from backstop.drivers.redact import redact_url
 from backstop.tasks.manifest import BACKUP_ID, MANIFEST_NAME, TECHNOLOGY_NAME, Manifest
+
+# Far above any real manifest (about 300 bytes per file), far below what hurts to read.
+MAX_MANIFEST_BYTES = 256 << 20
 
 
 class StoreSpec(BaseModel):
@@ -54,10 +60,15 @@ class BackupFolder:
     complete: bool
 
 
+@dataclass(frozen=True)
+class StoreScan:
+    manifests: list[Manifest]
+    unreadable: dict[BackupFolder, str]
+
+
 class ArtifactStore:
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
-        if not url:
-            raise BadInputError("--store is empty")
+        check_store_url(url)
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         except (ValueError, ImportError, TypeError) as exc:
@@ -66,7 +77,12 @@ class ArtifactStore:
         self.root = root.rstrip("/") or "/"
         self.is_local = isinstance(self.fs, LocalFileSystem)
         if self.is_local:
-            self.fs.makedirs(self.root, exist_ok=True)
+            try:
+                make_private_dirs(self.root)
+            except OSError as exc:  # a file in the way, no permission
+                raise BadInputError(
+                    f"store folder {self.root!r} cannot be created: {exc.strerror or exc}"
+                ) from None
 
     def __repr__(self) -> str:
         return f"ArtifactStore({redact_url(self.url)!r})"
@@ -78,23 +94,28 @@ class ArtifactStore:
         return posixpath.join(self.root, technology, backup_id)
 
     def file_path(self, technology: str, backup_id: str, name: str) -> str:
-        parts = name.split("/")
-        if name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in name:
-            raise IntegrityError(f"unsafe file name in backup: {name!r}")
-        return posixpath.join(self.backup_dir(technology, backup_id), name)
+        return posixpath.join(self.backup_dir(technology, backup_id), check_file_name(name))
 
     # -- data files ---------------------------------------------------------------
     @contextmanager
     def open_write(self, path: str) -> Iterator[IO[bytes]]:
+        """A data file: on a local disk 0600 and fsynced when the block ends (the
+        manifest that names it will be fsynced later, and must not outlive it); on an
+        object store, one object whose upload completes when the block ends."""
         if self.is_local:
-            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            with _store_errors(path):
+                make_private_dirs(posixpath.dirname(path))
+                with open_private(path) as fh:
+                    yield fh
+            return
         with _store_errors(path), self.fs.open(path, "wb") as fh:
             yield fh
 
     @contextmanager
     def open_read(self, path: str) -> Iterator[IO[bytes]]:
         try:
-            fh = self.fs.open(path, "rb")
+            with _store_errors(path):
+                fh = self.fs.open(path, "rb")
         except FileNotFoundError:
             raise IntegrityError(f"{self.relative(path)}: file is missing from the store") from None
         with _store_errors(path), fh:
@@ -114,32 +135,55 @@ class ArtifactStore:
         data = manifest.model_dump_json(indent=2).encode()
         with _store_errors(path):
             if self.is_local:
-                # A rename is atomic on a local disk: the manifest is there whole or not at all.
-                tmp = path + ".tmp"
-                self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-                with self.fs.open(tmp, "wb") as fh:
-                    fh.write(data)
-                self.fs.mv(tmp, path)
+                self._commit_local_manifest(path, data)
             else:
-                # One PUT of a small object is atomic on object stores.
+                # One PUT of a small object is atomic on object stores; the flow writes
+                # it only once every data file's upload has returned.
                 self.fs.pipe_file(path, data)
         return path
 
+    def _commit_local_manifest(self, path: str, data: bytes) -> None:
+        """Data files (fsynced as they closed) and their folders' entries reach the disk
+        before the manifest does; the manifest appears by an atomic rename, whole or not
+        at all, and the rename itself is made durable."""
+        folder = posixpath.dirname(path)
+        make_private_dirs(folder)
+        for inner, _dirs, _files in os.walk(folder):
+            fsync_dir(inner)
+        for outer in (posixpath.dirname(folder), self.root):  # the backup folder's own entry
+            fsync_dir(outer)
+        tmp = path + ".tmp"
+        with open_private(tmp) as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+        fsync_dir(folder)
+
     def read_manifest(self, technology: str, backup_id: str) -> Manifest:
         path = posixpath.join(self.backup_dir(technology, backup_id), MANIFEST_NAME)
+        label = f"{technology}/{backup_id}/{MANIFEST_NAME}"
         try:
             with _store_errors(path):
-                raw = self.fs.cat_file(path)
+                raw = self._read_bounded(path, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             raise BadInputError(
                 f"no complete backup {technology}/{backup_id} in {redact_url(self.url)}"
             ) from None
+        except OSError as exc:  # permissions, a folder in its place, a bad disk block
+            raise IntegrityError(f"{label} is unreadable: {exc}") from None
+        if raw is None:
+            raise IntegrityError(f"{label} is unreadable: larger than {MAX_MANIFEST_BYTES} bytes")
         try:
-            return Manifest.model_validate(json.loads(raw))
-        except (ValueError, ValidationError) as exc:
-            raise IntegrityError(
-                f"{technology}/{backup_id}/{MANIFEST_NAME} is unreadable: {exc}"
-            ) from None
+            manifest = Manifest.model_validate(json.loads(raw))
+        except (ValueError, ValidationError, RecursionError) as exc:
+            raise IntegrityError(f"{label} is unreadable: {exc}") from None
+        check_manifest_names(manifest, technology, backup_id)
+        return manifest
+
+    def _read_bounded(self, path: str, limit: int) -> bytes | None:
+        """A small file's content, or None when it is larger than `limit`."""
+        with self.fs.open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+        return None if len(raw) > limit else raw
 
     def folders(self, technology: str | None = None) -> list[BackupFolder]:
         """Every backup folder, complete or not, oldest first."""
@@ -151,7 +195,9 @@ class ArtifactStore:
             for backup_id in self._children(posixpath.join(self.root, tech)):
                 if BACKUP_ID.match(backup_id):
                     manifest = posixpath.join(self.root, tech, backup_id, MANIFEST_NAME)
-                    found.append(BackupFolder(tech, backup_id, self.fs.exists(manifest)))
+                    with _store_errors(manifest):
+                        complete = self.fs.exists(manifest)
+                    found.append(BackupFolder(tech, backup_id, complete))
         return sorted(found, key=lambda f: (f.backup_id, f.technology))
 
     def list_backups(self, technology: str | None = None) -> list[Manifest]:
@@ -161,6 +207,21 @@ class ArtifactStore:
             for f in self.folders(technology)
             if f.complete
         ]
+
+    def scan(self, technology: str | None = None) -> StoreScan:
+        """Complete backups, oldest first, and the folders whose manifest cannot be read:
+        one bad manifest is reported, never a reason to stop looking at the others."""
+        manifests: list[Manifest] = []
+        unreadable: dict[BackupFolder, str] = {}
+        for folder in self.folders(technology):
+            if folder.complete:
+                try:
+                    manifests.append(self.read_manifest(folder.technology, folder.backup_id))
+                except IntegrityError as exc:
+                    unreadable[folder] = str(exc)
+                except BadInputError:  # deleted since the listing (a prune): not a backup
+                    continue
+        return StoreScan(manifests, unreadable)
 
     def newest_parent(self, technology: str, sources: list[str]) -> Manifest | None:
         """The newest complete, validated backup of exactly these (redacted) sources: what
@@ -203,12 +264,9 @@ class ArtifactStore:
         ref: str = "latest",
         sources: Sequence[str] = (),
         identify: Callable[[], list[str]] | None = None,
-        validated_only: bool = True,
     ) -> Manifest:
         """A backup by id, or `latest`: the newest complete, validated, ordinary
-        (scheduled or ad hoc) backup, never a safety or drill backup. With
-        `validated_only` off (restore --force), one that failed its data-quality
-        checks counts too.
+        (scheduled or ad hoc) backup, never a safety or drill backup.
 
         `sources` (redacted URLs) narrows `latest` to backups of those sources;
         `identify` gives their identities, asked only when no backup's URLs match. With
@@ -227,8 +285,6 @@ class ArtifactStore:
                 )
             return self.read_manifest(technology, ref)
         candidates = self._ordinary_backups(technology)
-        if validated_only:
-            candidates = _validated(candidates, technology)
         if sources:
             return _newest_of_sources(candidates, technology, sources, identify, self.url)
         newest: dict[tuple[str, ...], Manifest] = {}
@@ -236,8 +292,8 @@ class ArtifactStore:
             newest[manifest.source_set] = manifest
         if not newest:
             raise BadInputError(
-                f"no complete {technology} backup in {redact_url(self.url)} to take as "
-                "latest (safety and drill backups are restored only by --backup ID)"
+                f"no complete, validated {technology} backup in {redact_url(self.url)} "
+                "(safety and drill backups are restored only by --backup ID)"
             )
         if len(newest) > 1:
             raise BadInputError(
@@ -252,8 +308,8 @@ class ArtifactStore:
         return next(iter(newest.values()))
 
     def _ordinary_backups(self, technology: str) -> list[Manifest]:
-        """Complete ordinary backups, oldest first. A manifest that cannot be read (or
-        was pruned meanwhile) is no candidate: it could not be restored."""
+        """Complete, validated, ordinary backups, oldest first. A manifest that cannot
+        be read (or was pruned meanwhile) is no candidate: it could not be restored."""
         found = []
         for folder in self.folders(technology):
             if not folder.complete:
@@ -262,7 +318,7 @@ class ArtifactStore:
                 manifest = self.read_manifest(technology, folder.backup_id)
             except (IntegrityError, BadInputError):
                 continue
-            if manifest.ordinary:
+            if manifest.ordinary and manifest.quality.status == "passed":
                 found.append(manifest)
         return found
 
@@ -285,11 +341,13 @@ class ArtifactStore:
     # -- helpers ------------------------------------------------------------------
     def _children(self, path: str) -> list[str]:
         try:
-            entries = self.fs.ls(path, detail=True, refresh=True)
+            with _store_errors(path):
+                entries = self.fs.ls(path, detail=True, refresh=True)
         except FileNotFoundError:
             return []
         except TypeError:  # filesystems without `refresh`
-            entries = self.fs.ls(path, detail=True)
+            with _store_errors(path):
+                entries = self.fs.ls(path, detail=True)
         return sorted(
             posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory"
         )
@@ -299,17 +357,92 @@ class ArtifactStore:
         return path[len(self.root) :].lstrip("/")
 
 
-def _validated(candidates: list[Manifest], technology: str) -> list[Manifest]:
-    """Those that passed their data-quality checks; when none did, say how to restore
-    the newest anyway rather than that there is nothing."""
-    passed = [m for m in candidates if m.quality.status == "passed"]
-    if candidates and not passed:
-        raise QualityError(
-            f"no {technology} backup passed its data-quality checks; the newest, "
-            f"{candidates[-1].backup_id}, failed them at backup time. Restore it anyway "
-            "with --force (the data is as the source held it)"
+# A stored file name is a relative path of short parts: longer ones are no backup's.
+MAX_FILE_NAME_BYTES = 1024
+MAX_NAME_PART_BYTES = 255
+
+
+def check_file_name(name: object) -> str:
+    """A file name read from a manifest, accepted only as a plain relative path that stays
+    inside its folder. Every reader (restore, verify, export) goes through this before
+    building a path from the name, so a crafted manifest cannot point outside a folder."""
+    problem = _file_name_problem(name)
+    if problem:
+        shown = repr(name)[:200]
+        raise IntegrityError(f"unsafe file name in backup: {shown} ({problem})")
+    return name  # type: ignore[return-value]  # checked above
+
+
+def _file_name_problem(name: object) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "empty"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    if size > MAX_FILE_NAME_BYTES:
+        return f"longer than {MAX_FILE_NAME_BYTES} bytes"
+    if "\x00" in name:
+        return "contains NUL"
+    if "\\" in name:
+        return "contains a backslash"
+    if name.startswith("/"):
+        return "absolute path"
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            return "empty, '.' or '..' path part"
+        if len(part.encode("utf-8")) > MAX_NAME_PART_BYTES:
+            return f"a path part longer than {MAX_NAME_PART_BYTES} bytes"
+    return None
+
+
+_SCHEMES = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*(::[A-Za-z][A-Za-z0-9+.\-]*)*$")
+
+
+def check_store_url(url: str) -> None:
+    """The shape of a store URL, checked before anything starts: a scheme that is one,
+    a location after it (an object store's bucket; never the whole filesystem), no
+    `..` and no NUL."""
+    shown = redact_url(url) if url else url
+    if not url or not url.strip():
+        raise BadInputError("--store is empty")
+    if "\x00" in url:
+        raise BadInputError(f"store {shown!r} contains a NUL character")
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        if not _SCHEMES.match(scheme):
+            raise BadInputError(
+                f"store {shown!r}: {scheme!r} is not a URL scheme (use a path, "
+                "file:///path or s3://BUCKET/PREFIX)"
+            )
+        location = rest.split("?", 1)[0].strip("/")
+        if not location and scheme.rsplit("::", 1)[-1].lower() != "memory":
+            raise BadInputError(
+                f"store {shown!r} names no location: use {scheme}://BUCKET[/PREFIX]"
+                if scheme.lower() not in ("file", "local")
+                else f"store {shown!r} names no folder: use file:///path/to/folder"
+            )
+    else:
+        rest = url
+    if ".." in rest.split("?", 1)[0].split("/"):
+        raise BadInputError(f"store {shown!r}: '..' is not allowed in a store location")
+
+
+def check_manifest_names(manifest: Manifest, technology: str, backup_id: str) -> None:
+    """Everything in a manifest that becomes part of a path is checked when it is read:
+    its own technology and id (they must be its folder's: a manifest copied or edited
+    into another folder is not that backup) and every file name."""
+    label = f"{technology}/{backup_id}/{MANIFEST_NAME}"
+    if manifest.technology != technology or manifest.backup_id != backup_id:
+        raise IntegrityError(
+            f"{label} describes {manifest.technology!r}/{manifest.backup_id!r}, not the "
+            "backup of its folder: the manifest was moved or altered"
         )
-    return passed
+    for file in manifest.files:
+        check_file_name(file.name)
+        linked = file.meta.get("backup_id")
+        if linked is not None and not (isinstance(linked, str) and BACKUP_ID.match(linked)):
+            raise IntegrityError(f"{label}: file {file.name!r} names a bad backup {linked!r}")
 
 
 def _newest_of_sources(
@@ -343,8 +476,24 @@ def _check_name(value: str, pattern, what: str) -> None:
 
 @contextmanager
 def _store_errors(path: str) -> Iterator[None]:
-    """Network trouble talking to the store is transient; the rest is not ours to hide."""
+    """Network trouble talking to the store is transient; missing credentials are the
+    user's to give; the rest is not ours to hide."""
     try:
         yield
     except (ConnectionError, TimeoutError) as exc:
         raise TransientError(f"store unreachable while accessing {path}: {exc}") from None
+    except Exception as exc:
+        # botocore's errors, named rather than imported: only S3 stores need botocore.
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if names & {"NoCredentialsError", "PartialCredentialsError"}:
+            raise BadInputError(NO_S3_CREDENTIALS) from None
+        if names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"}:
+            raise TransientError(f"store unreachable while accessing {path}: {exc}") from None
+        raise
+
+
+NO_S3_CREDENTIALS = (
+    "no credentials for the S3 store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+    "(or AWS_PROFILE) in the environment, or give --store-option key=... --store-option "
+    "secret=... (anon=true for a public bucket)"
+)

@@ -181,3 +181,23 @@ def fail_once_after(
 
     monkeypatch.setattr(owner, method, wrapper)
     return fired
+
+
+class RunOnFirstProgress:
+    """A progress reporter that runs `action` (and waits for it) the first time a unit
+    whose label starts with `label` reports progress: the backup or restore holds still,
+    mid-way, while something else happens."""
+
+    def __init__(self, action: Callable[[], None], label: str) -> None:
+        self.action, self.label, self.ran = action, label, False
+
+    def start(self, label: str, total_bytes: int | None = None):
+        def advance(records: int, nbytes: int) -> None:
+            if not self.ran and label.startswith(self.label):
+                self.ran = True
+                self.action()
+
+        return advance
+
+    def finish(self, label: str) -> None:
+        pass

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, subprocess_env
+from faults import RunOnFirstProgress
 from test_schemaless_sqlite import db_path, file_digest
 
 from backstop.flows.demo import compare_shards, make_schemaless_datastore
@@ -219,7 +222,10 @@ def test_password_in_a_source_url_appears_nowhere(cli, tmp_path, local_store, ta
 
 
 def test_list_and_verify_report_backups(cli, shards, local_store):
-    assert cli("list", "--store", local_store.url, "--json").json == {"backups": []}
+    assert cli("list", "--store", local_store.url, "--json").json == {
+        "backups": [],
+        "unreadable": [],
+    }
     empty = cli("verify", "--store", local_store.url, "--json")
     assert empty.code == 1 and "no complete backup" in empty.json["problems"][0]
     first = cli("backup", "schemaless", *sources(shards), "--store", local_store.url, "--json")
@@ -242,6 +248,230 @@ def test_list_and_verify_report_backups(cli, shards, local_store):
     )
     assert checked.code == 0 and checked.json["ok"]
     assert checked.json["backups"] == [f"schemaless/{second.json['backup_id']}"]
+
+
+# -- the store: names, manifests, permissions, leases, bad input -----------------------------
+def only_manifest(store_dir: Path, backup_id: str = "*") -> Path:
+    [path] = store_dir.glob(f"*/{backup_id}/manifest.json")
+    return path
+
+
+def tree(root: Path, leave_out: Path) -> set[str]:
+    """Every path under `root`, except those under `leave_out`."""
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p != leave_out and leave_out not in p.parents
+    }
+
+
+def modes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root.parent).as_posix(): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in [root, *root.rglob("*")]
+    }
+
+
+def test_export_refuses_names_leaving_its_folder_and_touches_nothing_outside(
+    cli, shards, local_store, tmp_path
+):
+    store = ["--store", local_store.url]
+    backed = cli("backup", "schemaless", *sources(shards), *store, "--json")
+    assert backed.code == 0, backed.stdout
+    backup_id = backed.json["backup_id"]
+    manifest_path = only_manifest(tmp_path / "store")
+    pristine = json.loads(manifest_path.read_text())
+    sentinel = tmp_path / "exports" / "sentinel.txt"
+    sentinel.parent.mkdir()
+    sentinel.write_text("not the export's to touch")
+    out = tmp_path / "exports" / "here"
+    crafted_names = [
+        f"{sentinel}.zst",  # absolute
+        "../sentinel.txt.zst",
+        "shard-000/../../sentinel.txt.zst",
+        "../../escaped/deeper/x.zst",
+    ]
+    for name in crafted_names:
+        crafted = copy.deepcopy(pristine)
+        crafted["units"][0]["files"][0]["name"] = name
+        manifest_path.write_text(json.dumps(crafted))
+        before = tree(tmp_path, out)
+        result = cli("export", "schemaless", *store, "--backup", backup_id, "--dir", str(out),
+                     "--json")  # fmt: skip
+        assert result.code == 1, (name, result.stdout)
+        assert "unsafe file name" in result.json["error"]
+        assert sentinel.read_text() == "not the export's to touch", name
+        assert tree(tmp_path, out) == before, name  # nothing made or removed outside --dir
+        assert not out.exists() or not any(out.iterdir())
+
+    manifest_path.write_text(json.dumps(pristine))
+    exported = cli("export", "schemaless", "--store", local_store.url, "--dir", str(out), "--json")
+    assert exported.code == 0, exported.stdout
+    assert exported.json["files"] == len([f for u in pristine["units"] for f in u["files"]])
+    again = cli("export", "schemaless", "--store", local_store.url, "--dir", str(out), "--json")
+    assert again.code == 2 and "not empty" in again.json["error"]
+
+
+def test_backups_exports_and_restored_sqlite_files_are_private(
+    cli, shards, local_store, target_urls, tmp_path
+):
+    for url in shards:
+        db_path(url).chmod(0o600)  # a private source
+    old_umask = os.umask(0o022)
+    try:
+        backed = cli("backup", "schemaless", *sources(shards), "--store", local_store.url)
+        exported = cli("export", "schemaless", "--store", local_store.url, "--dir",
+                       str(tmp_path / "export"))  # fmt: skip
+        restored = cli("restore", "schemaless", "--store", local_store.url, *targets(target_urls))
+    finally:
+        os.umask(old_umask)
+    assert (backed.code, exported.code, restored.code) == (0, 0, 0), restored.stderr
+    made = modes(tmp_path / "store") | modes(tmp_path / "export")
+    made |= {url: oct(stat.S_IMODE(db_path(url).stat().st_mode)) for url in target_urls}
+    files = {p: m for p, m in made.items() if not (tmp_path / p).is_dir()}
+    folders = {p: m for p, m in made.items() if (tmp_path / p).is_dir()}
+    assert set(files.values()) == {"0o600"}, files
+    assert set(folders.values()) == {"0o700"}, folders
+    assert compare_shards(shards, target_urls).equal
+
+
+def test_one_unreadable_manifest_is_named_and_the_others_listed_and_verified(
+    cli, shards, local_store, tmp_path
+):
+    store = ["--store", local_store.url]
+    first = cli("backup", "schemaless", *sources(shards), *store, "--json").json["backup_id"]
+    second = cli("backup", "schemaless", *sources(shards), *store, "--json").json["backup_id"]
+    broken = only_manifest(tmp_path / "store", first)
+    broken.write_text('{"format_version": 1, "technol')
+
+    listed = cli("list", *store, "--json")
+    assert listed.code == 0
+    assert [b["backup_id"] for b in listed.json["backups"]] == [second]
+    [unreadable] = listed.json["unreadable"]
+    assert unreadable["backup_id"] == first and "unreadable" in unreadable["problem"]
+    text = cli("list", *store)
+    assert second in text.stdout and f"{first}" in text.stdout and "UNREADABLE" in text.stdout
+
+    verified = cli("verify", *store, "--json")
+    assert verified.code == 1
+    assert verified.json["backups"] == [f"schemaless/{second}"]  # the other one was checked
+    [problem] = verified.json["problems"]
+    assert first in problem and "unreadable" in problem
+
+    status = cli("status", *store, "--json")
+    assert status.code == 0 and list(status.json["unreadable"]) == [f"schemaless/{first}"]
+    pruned = cli("prune", *store, "--keep-last", "1", "--json")
+    assert pruned.code == 0 and pruned.json["deleted"] == []
+    assert broken.exists()  # left for a person to look at
+
+
+def test_a_manifest_copied_into_another_backups_folder_fails_verify_and_restore(
+    cli, shards, local_store, target_urls, tmp_path
+):
+    store = ["--store", local_store.url]
+    first = cli("backup", "schemaless", *sources(shards), *store, "--json").json["backup_id"]
+    second = cli("backup", "schemaless", *sources(shards), *store, "--json").json["backup_id"]
+    only_manifest(tmp_path / "store", first).write_bytes(
+        only_manifest(tmp_path / "store", second).read_bytes()
+    )
+    verified = cli("verify", *store, "--technology", "schemaless", "--backup", first, "--json")
+    assert verified.code == 1 and "moved or altered" in verified.json["error"]
+    restored = cli("restore", "schemaless", *store, "--backup", first, *targets(target_urls),
+                   "--json")  # fmt: skip
+    assert restored.code == 1 and "moved or altered" in restored.json["error"]
+    assert not any(db_path(t).exists() for t in target_urls)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("list", "--store", "s3://"),
+        ("verify", "--store", "s3:///"),
+        ("list", "--store", "://x"),
+        ("list", "--store", "file:///dev/null/store"),
+        ("export", "schemaless", "--store", "s3://", "--dir", "DIR"),
+        ("backup", "schemaless", "--source", "sqlite://", "--store", "STORE"),
+        ("backup", "zookeeper", "--source", "zk://[::1", "--store", "STORE"),
+        ("restore", "zookeeper", "--store", "STORE", "--target", "zk://:x"),
+        ("drill", "schemaless", "--source", "sqlite:///a", "--scratch", "zk://h", "--store=STORE"),
+    ],
+    ids=lambda argv: " ".join(argv),
+)
+def test_malformed_urls_are_bad_input(cli, tmp_path, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)  # where a relative store path would land
+    argv = [a.replace("STORE", "s").replace("DIR", "d") for a in argv]
+    result = cli(*argv, "--json")
+    assert result.code == 2, result.stdout
+    assert "unexpected" not in result.json["error"]
+    assert set(os.listdir(tmp_path)) <= {"s"}  # no export folder, no folder named ':'
+
+
+def test_s3_without_credentials_is_a_clear_message(
+    cli_process, s3_store, shards, monkeypatch, tmp_path
+):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = ["--store", s3_store.url, "--store-option",
+             f"endpoint_url={s3_store.options['endpoint_url']}"]  # fmt: skip
+    for argv in (["list", *store], ["backup", "schemaless", *sources(shards), *store]):
+        result = cli_process(*argv, "--json")
+        assert result.code == 2, result.stdout + result.stderr
+        error = result.json["error"]
+        assert "no credentials for the S3 store" in error and "AWS_ACCESS_KEY_ID" in error
+        assert "unexpected" not in error
+
+
+def test_prune_leaves_a_running_backup_alone(cli, cli_process, shards, local_store, target_urls):
+    from backstop.flows.backup import backup
+    from backstop.flows.params import BackupRequest
+    from backstop.tasks.progress import reporting
+
+    pruned = []
+
+    def prune_now() -> None:  # while the backup holds still, half written
+        pruned.append(cli_process("prune", "--store", local_store.url, "--keep-last", "1",
+                                  "--grace-hours", "0", "--json"))  # fmt: skip
+
+    with reporting(RunOnFirstProgress(prune_now, "backup")):
+        outcome = backup(
+            request=BackupRequest(technology="schemaless", sources=shards, store=local_store)
+        )
+    [result] = pruned
+    assert result.code == 0, result.stderr
+    assert result.json["deleted"] == []
+    [kept] = result.json["kept"]
+    assert kept["backup_id"] == outcome.backup_id and "backup running" in kept["reason"]
+    restored = cli("restore", "schemaless", "--store", local_store.url,
+                   "--backup", outcome.backup_id, *targets(target_urls), "--json")  # fmt: skip
+    assert restored.code == 0, restored.stdout
+    assert compare_shards(shards, target_urls).equal
+
+
+def test_prune_leaves_a_backup_being_restored_alone(
+    cli, cli_process, shards, local_store, target_urls
+):
+    from backstop.tasks.progress import reporting
+
+    store = ["--store", local_store.url]
+    first = cli("backup", "schemaless", *sources(shards), *store, "--json").json["backup_id"]
+    cli("backup", "schemaless", *sources(shards), *store, "--json")
+    pruned = []
+
+    def prune_now() -> None:  # the policy drops `first`, which the restore is reading
+        pruned.append(cli_process("prune", *store, "--keep-last", "1", "--json"))
+
+    with reporting(RunOnFirstProgress(prune_now, "restore")):
+        restored = cli("restore", "schemaless", *store, "--backup", first,
+                       *targets(target_urls), "--json")  # fmt: skip
+    assert restored.code == 0, restored.stdout
+    [result] = pruned
+    assert result.code == 0 and result.json["deleted"] == [], result.stdout
+    assert any(k["backup_id"] == first and "restore in progress" in k["reason"]
+               for k in result.json["kept"])  # fmt: skip
+    assert compare_shards(shards, target_urls).equal
 
 
 def test_demo_reports_equality_as_json(cli):

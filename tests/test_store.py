@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import posixpath
+import stat
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,9 +14,10 @@ from test_manifest import sample_manifest
 
 from backstop.drivers.contract import StoredUnit
 from backstop.drivers.errors import BadInputError, IntegrityError
+from backstop.tasks.leases import STALE_S, Lease, fresh_leases
 from backstop.tasks.manifest import new_backup_id
 from backstop.tasks.packaging import StoreSink, StoreSource, check_file
-from backstop.tasks.store import ArtifactStore
+from backstop.tasks.store import ArtifactStore, check_store_url
 
 CHUNKS = [bytes([i]) * 100_000 + b"record-%d" % i for i in range(40)]
 
@@ -94,7 +99,11 @@ def test_missing_file_is_reported(store: ArtifactStore):
         check_file(StoreSource(store, "schemaless", backup_id), file)
 
 
-@pytest.mark.parametrize("name", ["../escape", "/abs", "a/../../b", "nul\x00byte", "a//b"])
+@pytest.mark.parametrize(
+    "name",
+    ["../escape", "/abs", "a/../../b", "nul\x00byte", "a//b", "", ".", "a/./b", "a\\b", "b/",
+     "x" * 256, "a/" * 600 + "b", "\ud800"],
+)  # fmt: skip
 def test_unsafe_file_names_are_refused(store: ArtifactStore, name: str):
     with pytest.raises(IntegrityError, match="unsafe"):
         store.file_path("schemaless", new_backup_id(), name)
@@ -105,6 +114,116 @@ def test_bad_ids_and_technologies_are_refused(store: ArtifactStore):
         store.resolve("schemaless", "../../etc")
     with pytest.raises(BadInputError):
         store.backup_dir("../x", new_backup_id())
+
+
+def write_raw_manifest(store: ArtifactStore, backup_id: str, data: bytes) -> None:
+    path = posixpath.join(store.backup_dir("schemaless", backup_id), "manifest.json")
+    store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    store.fs.pipe_file(path, data)
+
+
+@pytest.mark.parametrize("name", ["../../outside.zst", "/etc/passwd.zst", "a\\b.zst"])
+def test_a_manifest_naming_an_unsafe_file_is_refused_when_read(store: ArtifactStore, name: str):
+    manifest = sample_manifest()
+    manifest.units[0].files[0].name = name
+    store.write_manifest(manifest)
+    with pytest.raises(IntegrityError, match="unsafe file name"):
+        store.read_manifest("schemaless", manifest.backup_id)
+
+
+def test_a_manifest_moved_or_edited_into_another_folder_is_an_integrity_failure(
+    store: ArtifactStore,
+):
+    original = sample_manifest()
+    store.write_manifest(original)
+    data = original.model_dump_json().encode()
+    other_id = new_backup_id()
+    write_raw_manifest(store, other_id, data)  # a copy: its files are the original's
+    with pytest.raises(IntegrityError, match="moved or altered"):
+        store.read_manifest("schemaless", other_id)
+    zookeeper = original.model_copy(update={"technology": "zookeeper"})
+    write_raw_manifest(store, original.backup_id, zookeeper.model_dump_json().encode())
+    with pytest.raises(IntegrityError, match="moved or altered"):
+        store.read_manifest("schemaless", original.backup_id)
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"[" * 100_000, b"\xff\xfe", b"{}"])
+def test_scan_names_an_unreadable_manifest_and_reads_the_others(
+    store: ArtifactStore, damage: bytes
+):
+    good = sample_manifest()
+    store.write_manifest(good)
+    bad_id = new_backup_id()
+    write_raw_manifest(store, bad_id, damage)
+    scan = store.scan()
+    assert [m.backup_id for m in scan.manifests] == [good.backup_id]
+    [(folder, problem)] = scan.unreadable.items()
+    assert folder.backup_id == bad_id and "unreadable" in problem and bad_id in problem
+
+
+def test_local_store_files_are_private_whatever_the_umask(tmp_path: Path):
+    old = os.umask(0o022)
+    try:
+        store = ArtifactStore(str(tmp_path / "new" / "store"))
+        manifest = sample_manifest()
+        manifest.units[0].files = write_backup(store, manifest.backup_id)
+        store.write_manifest(manifest)
+    finally:
+        os.umask(old)
+    made = [tmp_path / "new", *sorted((tmp_path / "new").rglob("*"))]
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in made}
+    assert {m for p, m in modes.items() if (tmp_path / p).is_file()} == {0o600}, modes
+    assert {m for p, m in modes.items() if (tmp_path / p).is_dir()} == {0o700}, modes
+    assert len(modes) == 7  # new, store, schemaless, the backup, shard-000, data, manifest
+
+
+@pytest.mark.parametrize(
+    "url", ["s3://", "s3:///", "://x", "file://", "gcs://", "s3://bucket/../other", "a\x00b"]
+)
+def test_store_urls_that_cannot_be_right_are_bad_input(url: str):
+    with pytest.raises(BadInputError, match="store"):
+        check_store_url(url)
+
+
+def test_a_store_folder_that_cannot_be_made_is_bad_input():
+    with pytest.raises(BadInputError, match="cannot be created"):
+        ArtifactStore("file:///dev/null/store")
+
+
+@pytest.mark.parametrize("url", ["s3://bucket", "s3://bucket/pre/fix", "/tmp/x", "memory://"])
+def test_store_urls_of_every_kind_pass_the_shape_check(url: str):
+    check_store_url(url)
+
+
+def test_a_lease_is_fresh_while_held_and_gone_when_released(store: ArtifactStore):
+    backup_id = new_backup_id()
+    with Lease(store, "schemaless", backup_id, "backup") as lease:
+        [held] = fresh_leases(store, "schemaless", backup_id)
+        assert held.kind == "backup" and str(os.getpid()) in held.holder
+        assert lease.path.startswith(store.backup_dir("schemaless", backup_id))
+    assert fresh_leases(store, "schemaless", backup_id) == []
+
+
+def test_a_lease_whose_holder_died_goes_stale(tmp_path: Path):
+    store = ArtifactStore(str(tmp_path))
+    backup_id = new_backup_id()
+    lease = Lease(store, "schemaless", backup_id, "backup").acquire()
+    lease._stop.set()  # the holder is killed: no heartbeat, no release
+    now = datetime.now(UTC)
+    assert fresh_leases(store, "schemaless", backup_id, now)
+    later = now + timedelta(seconds=STALE_S + 60)
+    old = (now - timedelta(seconds=STALE_S + 60)).timestamp()
+    os.utime(lease.path, (old, old))  # nothing rewrote it for a long time
+    assert fresh_leases(store, "schemaless", backup_id, later) == []
+
+
+def test_a_lease_on_s3_protects_its_folder(s3_store):
+    store = s3_store.open()
+    backup_id = new_backup_id()
+    with Lease(store, "schemaless", backup_id, "restore"):
+        [held] = fresh_leases(store, "schemaless", backup_id)
+        assert held.kind == "restore" and held.age_s < STALE_S
+    assert fresh_leases(store, "schemaless", backup_id) == []
 
 
 def test_manifest_written_atomically_on_local_disk(tmp_path: Path):

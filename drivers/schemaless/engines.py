@@ -7,6 +7,8 @@ keep an auto-increment counter ahead of explicitly inserted ids.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +41,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from backstop.drivers.errors import BadInputError, PermanentError
+from backstop.drivers.files import create_private_file
 from backstop.drivers.redact import redact_url
 from backstop.drivers.schemaless.cells import COLUMN_LIST, Cell, datetime_text, from_micros
 from backstop.drivers.schemaless.mysql_load import (
@@ -87,6 +90,8 @@ def _sqlite_engine(path: Path, *, read_only: bool) -> Engine:
     mode = "ro" if read_only else "rwc"
 
     def connect() -> sqlite3.Connection:
+        if not read_only:
+            _create_private_database(path)
         # isolation_level=None: we issue BEGIN ourselves so that the watermark and the
         # cells are read in one transaction (pysqlite would otherwise not BEGIN for
         # SELECTs at all).
@@ -107,6 +112,14 @@ def _sqlite_engine(path: Path, *, read_only: bool) -> Engine:
         conn.exec_driver_sql(begin)
 
     return engine
+
+
+def _create_private_database(path: Path) -> None:
+    """A restored database is as private as a backup: create the file 0600 before
+    SQLite does (an empty file is an empty database; SQLite gives its journal and WAL
+    files the database file's mode)."""
+    with contextlib.suppress(FileExistsError):  # an existing target keeps its mode
+        os.close(create_private_file(path, exclusive=True))
 
 
 def _fastest_mysql_driver(url: str) -> str | URL:
