@@ -77,7 +77,10 @@ def url_password(url: str) -> str | None:
 
 
 def resolve_placeholders(url: str, secret_loader=None) -> str:
-    """Expand ${env:NAME} / ${secret:NAME} in a URL, registering each value as secret.
+    """Expand ${env:NAME} / ${secret:NAME} in a URL, registering the secrets for masking:
+    every Secret block's value, and whatever lands in a secret-bearing place of the URL
+    (its password, a secret query parameter). An ${env:} reference naming a host or a
+    path is no secret: masking it would also hide it where places are told apart.
 
     `secret_loader` turns a Prefect Secret block name into its value; drivers do not
     import Prefect, so the tasks layer passes it in.
@@ -97,11 +100,12 @@ def resolve_placeholders(url: str, secret_loader=None) -> str:
 
                 raise BadInputError(f"secret {name!r} cannot be resolved here")
             value = secret_loader(name)
-        register_secret(value)
+            register_secret(value)
         return value
 
     resolved = _PLACEHOLDER.sub(expand, url)
-    register_secret(url_password(resolved))
+    for _what, start, end in _secret_spans(resolved):
+        register_secret(resolved[start:end])
     return resolved
 
 
@@ -278,14 +282,21 @@ def stash_option_secrets(
     return hidden
 
 
-def resolve_option_placeholders(value: Any, secret_loader=None) -> Any:
-    """Options (nested mappings and lists of them) with every reference resolved."""
+def resolve_option_placeholders(value: Any, secret_loader=None, secret: bool = False) -> Any:
+    """Options (nested mappings and lists of them) with every reference resolved; the
+    values of secret-named options are registered for masking."""
     if isinstance(value, str):
-        return resolve_placeholders(value, secret_loader) if "${" in value else value
+        resolved = resolve_placeholders(value, secret_loader) if "${" in value else value
+        if secret:
+            register_secret(resolved)
+        return resolved
     if isinstance(value, Mapping):
-        return {k: resolve_option_placeholders(v, secret_loader) for k, v in value.items()}
+        return {
+            k: resolve_option_placeholders(v, secret_loader, is_secret_name(str(k)))
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [resolve_option_placeholders(v, secret_loader) for v in value]
+        return [resolve_option_placeholders(v, secret_loader, secret) for v in value]
     return value
 
 

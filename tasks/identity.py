@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from prefect import task
 
-from backstop.drivers.redact import mask_secrets, redact_url
+from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.tasks.retry import RETRYING, classified
 from backstop.tasks.secrets import resolve_url
@@ -25,6 +25,8 @@ def identities(technology: str, urls: Sequence[str]) -> list[str]:
     identities = []
     for url in urls:
         with classified(driver, f"identifying {redact_url(url)}"):
-            # Masked as a belt: an identity is stored and shown, never a secret.
-            identities.append(mask_secrets(driver.identity(resolve_url(url))))
+            # Redacted as a belt: an identity is stored and shown, never a password. Not
+            # masked with every registered secret: a Secret block may hold a whole host or
+            # path, and masking it would make different places look alike.
+            identities.append(redact_url(driver.identity(resolve_url(url))))
     return identities
