@@ -75,12 +75,21 @@ class Harness:
         }
 
     # -- plumbing -----------------------------------------------------------------------
+    def installed(self) -> None:
+        """Make the driver available (a plugin driver: through its entry point)."""
+
     @property
-    def capabilities(self):
-        """What the driver declares (driver.capabilities), read through the registry."""
+    def driver_class(self):
+        """The driver, as the registry finds it."""
         from backstop.drivers.registry import get_driver_class
 
-        return get_driver_class(self.technology).capabilities
+        self.installed()
+        return get_driver_class(self.technology)
+
+    @property
+    def capabilities(self):
+        """What the driver declares (driver.capabilities)."""
+        return self.driver_class.capabilities
 
     def require(self, capability: str) -> None:
         """Skip, naming the capability, when the driver does not declare it."""
@@ -480,8 +489,11 @@ class KvDirHarness(Harness):
     changed_part = "keys"
     new_part = "keys"  # a folder is one part: a new key is a new record in it
 
-    def _folder(self) -> Path:
+    def installed(self) -> None:
         self.request.getfixturevalue("kvdir_installed")  # the driver, through its entry point
+
+    def _folder(self) -> Path:
+        self.installed()
         folder = self.folder / self._name("kv-")
         folder.mkdir()
         return folder

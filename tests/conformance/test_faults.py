@@ -8,7 +8,6 @@ import pytest
 from faults import ReadFault, fail_after_restore_writes, fail_backup_write_once, fail_restore_reads
 
 from backstop.drivers.errors import TransientError
-from backstop.drivers.registry import get_driver_class
 from conformance.harness import after_merge, after_overwrite
 
 pytestmark = pytest.mark.integration
@@ -21,7 +20,7 @@ def injected() -> TransientError:
 def test_a_transient_fault_mid_backup_is_retried_to_the_exact_backup(harness, run, monkeypatch):
     source = harness.make_source()
     expected = harness.digest(source)
-    writes = fail_backup_write_once(monkeypatch, get_driver_class(harness.technology), injected)
+    writes = fail_backup_write_once(monkeypatch, harness.driver_class, injected)
 
     backed_up = run.backup(source)
 
@@ -61,7 +60,7 @@ def test_a_transient_fault_mid_restore_is_retried_to_the_exact_result(
     backed_up = run.backup(source)
     assert backed_up.code == 0, backed_up.stdout + backed_up.stderr
     backup_id = backed_up.json["backup_id"]
-    driver_class = get_driver_class(harness.technology)
+    driver_class = harness.driver_class
     if fault == "mid-load":
         meter = ReadFault(injected)
         with monkeypatch.context() as patch:

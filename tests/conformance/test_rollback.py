@@ -12,7 +12,6 @@ import pytest
 from faults import ReadFault, fail_after_restore_writes, fail_restore_reads
 
 from backstop.drivers.errors import PermanentError
-from backstop.drivers.registry import get_driver_class
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +38,7 @@ def older_target_and_newer_backup(harness, run) -> tuple[list[str], str]:
 def measured_reads(harness, run, backup_id: str, monkeypatch) -> dict[str, int]:
     """What a clean restore of the backup reads from the store, per unit."""
     meter = ReadFault(injected)
-    driver_class = get_driver_class(harness.technology)
+    driver_class = harness.driver_class
     with monkeypatch.context() as patch:
         fail_restore_reads(patch, driver_class, meter, backup_id)
         clean = run.restore(harness.make_target(), "--backup", backup_id)
@@ -50,7 +49,7 @@ def measured_reads(harness, run, backup_id: str, monkeypatch) -> dict[str, int]:
 @pytest.mark.parametrize("fault", ["mid-load", "after-writes"])
 def test_a_failed_overwrite_rolls_back_exactly(harness, run, monkeypatch, fault):
     target, backup_id = older_target_and_newer_backup(harness, run)
-    driver_class = get_driver_class(harness.technology)
+    driver_class = harness.driver_class
     if fault == "mid-load":
         reads = measured_reads(harness, run, backup_id, monkeypatch)
         meter = ReadFault(injected, {u: max(1, n * 3 // 4) for u, n in reads.items()}, 10**6)
