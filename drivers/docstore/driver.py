@@ -34,7 +34,6 @@ from backstop.drivers.contract import (
     Unit,
     UnitResult,
 )
-from backstop.drivers.docstore.quality import SUITE
 from backstop.drivers.digests import ALGORITHM, SetDigest, algorithm_problem
 from backstop.drivers.docstore.bsonfile import (
     FORMAT,
@@ -51,6 +50,7 @@ from backstop.drivers.docstore.names import (
     check_patterns,
     selected,
 )
+from backstop.drivers.docstore.quality import SUITE
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
 from backstop.drivers.redact import redact_url
 
@@ -105,6 +105,9 @@ class DocstoreDriver(Driver):
         exclude = check_patterns(_list(options.get("exclude")))
         with_system = str(options.get("include_system", "")).lower() in ("1", "true", "yes")
         _quiesce_option(options)  # refused before connecting
+        # Exact namespaces (a safety backup's: names are not patterns, a space or a * in
+        # a collection name is just a character).
+        exact = set(_list(options.get("namespaces")))
         units = []
         with connect(sources[0]) as client:
             for db in sorted(client.list_database_names()):
@@ -118,7 +121,7 @@ class DocstoreDriver(Driver):
                     if info.get("type", "collection") != "collection" or coll.startswith("system."):
                         continue
                     namespace = f"{db}.{coll}"
-                    if selected(namespace, include, exclude):
+                    if namespace in exact if exact else selected(namespace, include, exclude):
                         units.append(
                             Unit(
                                 name=namespace,
@@ -336,7 +339,7 @@ class DocstoreDriver(Driver):
         held = self._existing(targets, [f"{db}.{name}" for db, name in _targets(units, plan)])
         if not held:
             return None
-        options: dict[str, Any] = {"include": held}
+        options: dict[str, Any] = {"namespaces": held}
         if any(h.split(".", 1)[0] in SYSTEM_DATABASES for h in held):
             options["include_system"] = "true"  # the restore was allowed to replace them
         return options
