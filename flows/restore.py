@@ -111,6 +111,7 @@ def _restore(request: RestoreRequest, report: Report, leases: ExitStack) -> Rest
         request.backup,
         [redact_url(s) for s in request.sources],
         identify=lambda: identify(technology, request.sources),
+        validated_only=not request.force,
     )
     backup_id = manifest.backup_id
     report.sources = manifest.sources

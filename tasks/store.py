@@ -21,7 +21,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, Field, ValidationError
 
-from backstop.drivers.errors import BadInputError, IntegrityError, TransientError
+from backstop.drivers.errors import BadInputError, IntegrityError, QualityError, TransientError
 from backstop.drivers.files import fsync_dir, make_private_dirs, open_private
 from backstop.drivers.redact import redact_url
 from backstop.tasks.manifest import BACKUP_ID, MANIFEST_NAME, TECHNOLOGY_NAME, Manifest
@@ -264,9 +264,12 @@ class ArtifactStore:
         ref: str = "latest",
         sources: Sequence[str] = (),
         identify: Callable[[], list[str]] | None = None,
+        validated_only: bool = True,
     ) -> Manifest:
         """A backup by id, or `latest`: the newest complete, validated, ordinary
-        (scheduled or ad hoc) backup, never a safety or drill backup.
+        (scheduled or ad hoc) backup, never a safety or drill backup. With
+        `validated_only` off (restore --force), one that failed its data-quality
+        checks counts too.
 
         `sources` (redacted URLs) narrows `latest` to backups of those sources;
         `identify` gives their identities, asked only when no backup's URLs match. With
@@ -285,6 +288,8 @@ class ArtifactStore:
                 )
             return self.read_manifest(technology, ref)
         candidates = self._ordinary_backups(technology)
+        if validated_only:
+            candidates = _validated(candidates, technology)
         if sources:
             return _newest_of_sources(candidates, technology, sources, identify, self.url)
         newest: dict[tuple[str, ...], Manifest] = {}
@@ -292,8 +297,8 @@ class ArtifactStore:
             newest[manifest.source_set] = manifest
         if not newest:
             raise BadInputError(
-                f"no complete, validated {technology} backup in {redact_url(self.url)} "
-                "(safety and drill backups are restored only by --backup ID)"
+                f"no complete {technology} backup in {redact_url(self.url)} to take as "
+                "latest (safety and drill backups are restored only by --backup ID)"
             )
         if len(newest) > 1:
             raise BadInputError(
@@ -308,8 +313,8 @@ class ArtifactStore:
         return next(iter(newest.values()))
 
     def _ordinary_backups(self, technology: str) -> list[Manifest]:
-        """Complete, validated, ordinary backups, oldest first. A manifest that cannot
-        be read (or was pruned meanwhile) is no candidate: it could not be restored."""
+        """Complete ordinary backups, oldest first. A manifest that cannot be read (or
+        was pruned meanwhile) is no candidate: it could not be restored."""
         found = []
         for folder in self.folders(technology):
             if not folder.complete:
@@ -318,10 +323,9 @@ class ArtifactStore:
                 manifest = self.read_manifest(technology, folder.backup_id)
             except (IntegrityError, BadInputError):
                 continue
-            if manifest.ordinary and manifest.quality.status == "passed":
+            if manifest.ordinary:
                 found.append(manifest)
         return found
-
 
     def delete_backup(self, technology: str, backup_id: str) -> None:
         """Remove a backup folder, its manifest first: a deletion cut short leaves an
@@ -443,6 +447,19 @@ def check_manifest_names(manifest: Manifest, technology: str, backup_id: str) ->
         linked = file.meta.get("backup_id")
         if linked is not None and not (isinstance(linked, str) and BACKUP_ID.match(linked)):
             raise IntegrityError(f"{label}: file {file.name!r} names a bad backup {linked!r}")
+
+
+def _validated(candidates: list[Manifest], technology: str) -> list[Manifest]:
+    """Those that passed their data-quality checks; when none did, say how to restore
+    the newest anyway rather than that there is nothing."""
+    passed = [m for m in candidates if m.quality.status == "passed"]
+    if candidates and not passed:
+        raise QualityError(
+            f"no {technology} backup passed its data-quality checks; the newest, "
+            f"{candidates[-1].backup_id}, failed them at backup time. Restore it anyway "
+            "with --force (the data is as the source held it)"
+        )
+    return passed
 
 
 def _newest_of_sources(
