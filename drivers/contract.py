@@ -131,7 +131,6 @@ class RestorePlan:
     before: Mapping[str, Any] = field(default_factory=dict)
 
 
-
 @dataclass
 class RestoreResult:
     records_written: int
@@ -289,7 +288,6 @@ class Driver(ABC):
         """Load one unit into its target. A transient failure retries it: a retry must
         end as the first attempt would have (what the earlier attempt wrote counts as
         done, what the target held before stays as each mode says)."""
-
 
     @abstractmethod
     def verify_unit(

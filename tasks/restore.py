@@ -97,7 +97,6 @@ def load_manifest(
     )
 
 
-
 @task(name="safety-options", **RETRYING)
 def safety_options(
     technology: str, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
