@@ -116,8 +116,9 @@ def fail_after_restore_writes(
 
 
 def fail_backup_write_once(monkeypatch, driver_class, error: Callable[[], BaseException]):
-    """The second block any backup_unit writes raises `error`, once: the unit has
-    written part of its data when it fails."""
+    """The first block any backup_unit writes is written, then `error` is raised, once:
+    the unit has written part of its data when it fails (a driver that buffers a small
+    source into one block fails after its only write)."""
     original = driver_class.backup_unit
     writes = {"n": 0, "fired": 0}
 
@@ -126,11 +127,12 @@ def fail_backup_write_once(monkeypatch, driver_class, error: Callable[[], BaseEx
             self._writer = writer
 
         def write(self, data, *args, **kwargs):
+            written = self._writer.write(data, *args, **kwargs)
             writes["n"] += 1
-            if writes["n"] >= 2 and not writes["fired"]:
+            if not writes["fired"]:
                 writes["fired"] = 1
                 raise error()
-            return self._writer.write(data, *args, **kwargs)
+            return written
 
         def __getattr__(self, name: str):
             return getattr(self._writer, name)
