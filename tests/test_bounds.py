@@ -76,7 +76,7 @@ def test_a_cell_claiming_a_huge_body_fails_the_restore_in_bounded_memory(
     code, out, peak = _run_watching_memory(
         _restore_argv(local_store.url, backup_id, tmp_path, len(shards)),
         subprocess_env(prefect_harness),
-        timeout=600,
+        timeout=300,
     )
     assert peak < RSS_LIMIT, f"the restore grew to {peak >> 20} MiB"
     assert code == 1, out
