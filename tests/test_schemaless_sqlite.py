@@ -164,15 +164,45 @@ def test_merge_adds_missing_cells_and_keeps_existing_ones(shards, local_store, t
     assert compare_shards(shards, target_urls).equal
 
 
-def test_merge_detects_a_conflicting_cell(shards, local_store, target_urls):
+def test_merge_keeps_a_target_cell_that_differs_under_the_same_key(
+    shards, local_store, target_urls
+):
+    """Merge never changes what the target holds: the target's own cell under a
+    backed-up key stays, is counted as skipped, and verification accepts it."""
     run_backup(shards, local_store)
     run_restore(local_store, target_urls)
     with sqlite3.connect(db_path(target_urls[0])) as db:
         db.execute("UPDATE cells SET body = x'00' WHERE added_id = 7")
-    from backstop.drivers.errors import PermanentError
+        before = db.execute("SELECT * FROM cells ORDER BY added_id").fetchall()
+    outcome = run_restore(local_store, target_urls, mode=RestoreMode.MERGE)
+    assert outcome.verified
+    assert (outcome.records, outcome.records_skipped) == (0, 6000)
+    with sqlite3.connect(db_path(target_urls[0])) as db:
+        assert db.execute("SELECT * FROM cells ORDER BY added_id").fetchall() == before
 
-    with pytest.raises(PermanentError, match="1 cells differ from the backup"):
-        run_restore(local_store, target_urls, mode=RestoreMode.MERGE)
+
+def test_merge_adds_a_cell_whose_added_id_the_target_gives_to_another(
+    shards, local_store, target_urls
+):
+    """A target cell of another key at a backed-up cell's added_id stays as it was;
+    the backed-up cell is added under a new added_id instead of being dropped."""
+    run_backup(shards, local_store)
+    run_restore(local_store, target_urls)
+    own = ("ffffffff-0000-4000-8000-000000000000", "own", 1, b"\x01", "2026-01-01 00:00:00")
+    with sqlite3.connect(db_path(target_urls[0])) as db:
+        backed_up = db.execute("SELECT * FROM cells WHERE added_id = 5").fetchone()
+        db.execute("DELETE FROM cells WHERE added_id = 5")
+        db.execute("INSERT INTO cells VALUES (5, ?, ?, ?, ?, ?)", own)
+    outcome = run_restore(local_store, target_urls, mode=RestoreMode.MERGE)
+    assert outcome.verified
+    assert (outcome.records, outcome.records_skipped) == (1, 5999)
+    with sqlite3.connect(db_path(target_urls[0])) as db:
+        assert db.execute("SELECT * FROM cells WHERE added_id = 5").fetchone() == (5, *own)
+        [added] = db.execute(
+            "SELECT * FROM cells WHERE row_key = ? AND column_name = ? AND ref_key = ?",
+            backed_up[1:4],
+        ).fetchall()
+    assert added[1:] == backed_up[1:] and added[0] > 3000  # above every backed-up added_id
 
 
 def test_wrong_number_of_targets_is_bad_input(shards, local_store, target_urls):

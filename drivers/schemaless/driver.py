@@ -7,6 +7,7 @@ Consistency comes from immutability: a shard's snapshot is every cell with
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -48,6 +49,7 @@ from backstop.drivers.schemaless import engines
 from backstop.drivers.schemaless.cells import (
     CELL_COLUMNS,
     FORMAT,
+    Cell,
     pack_cells,
     read_cells,
     to_micros,
@@ -64,8 +66,11 @@ from backstop.drivers.schemaless.inputs import (
 from backstop.drivers.schemaless.quality import SUITE
 from backstop.drivers.schemaless.until import Limit, parse_until
 
+log = logging.getLogger("backstop.schemaless")
+
 BATCH_CELLS = 10_000
 QUALITY_CHUNK = 100_000  # cells per quality chunk: a few MB of keys
+MERGE_HELD = "merge_held"  # plan.before: {shard: {table: newest added_id before a merge}}
 # MySQL/MariaDB hand DATETIME to Python as text that mysqlclient parses in Python (half
 # of a backup's read time); the server computes the microseconds far cheaper. DATETIME
 # has no time zone, so this is exact whatever the session's time zone.
@@ -375,7 +380,7 @@ class SchemalessDriver(Driver):
     # -- restore --------------------------------------------------------------------
     def prepare_restore(
         self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
-    ) -> None:
+    ) -> dict[str, Any] | None:
         mode = plan.mode
         self.check_urls(targets, "target")
         check_restore_options(plan.options)
@@ -389,6 +394,10 @@ class SchemalessDriver(Driver):
                 "were given; give one --target per shard, in the same order"
             )
         problems: list[str] = []
+        # Merge: each table's newest added_id before anything is written. A cell at or
+        # below it that differs from the backup's under the same key is the target's
+        # own, which merge keeps (verify_unit); the restore writes only backed-up cells.
+        held_before: dict[str, dict[str, int]] = {}
         for unit, target in zip(units, targets, strict=True):
             tables = _stored_tables(unit)
             engine = engines.target_engine(target)
@@ -432,6 +441,9 @@ class SchemalessDriver(Driver):
                             f"that with --option {IGNORE_EXTRA_COLUMNS}=true"
                         )
                         continue
+                    if mode is RestoreMode.MERGE:
+                        newest = _newest_added_id(conn, table)
+                        held_before.setdefault(unit.name, {})[table] = newest
                     held = _count(conn, table)
                     if held and mode is RestoreMode.FAIL_IF_EXISTS:
                         problems.append(
@@ -446,6 +458,7 @@ class SchemalessDriver(Driver):
                     "choose --mode overwrite or --mode merge to proceed"
                 )
             raise BadInputError("target check failed:\n  " + "\n  ".join(problems) + hint)
+        return {MERGE_HELD: held_before} if mode is RestoreMode.MERGE else None
 
     def restore_unit(
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
@@ -455,7 +468,9 @@ class SchemalessDriver(Driver):
         written = skipped = 0
         engine = engines.target_engine(target)
         prepared: set[str] = set()
-        table_of = {file.name: t for t, files in _stored_tables(unit).items() for file in files}
+        stored = _stored_tables(unit)
+        table_of = {file.name: t for t, files in stored.items() for file in files}
+        fresh_ids: dict[str, _FreshIds] = {}
         # One transaction per shard: a failure leaves the shard as it was. The files of
         # a chain come full backup first; a table's later files only add cells.
         # prepare_restore found every table empty in fail-if-exists mode: cells there now
@@ -473,6 +488,11 @@ class SchemalessDriver(Driver):
                     if mode is RestoreMode.OVERWRITE:
                         conn.execute(_cells(table).delete())
                 merge = mode is RestoreMode.MERGE or table in refilled
+                fresh = None
+                if mode is RestoreMode.MERGE:
+                    fresh = fresh_ids.get(table)
+                    if fresh is None:
+                        fresh = fresh_ids[table] = _FreshIds(conn, table, stored[table])
                 sent = 0
                 with (
                     source.open(file) as stream,
@@ -483,11 +503,22 @@ class SchemalessDriver(Driver):
                             batch = [cell for cell in batch if limit.keeps(cell)]
                             if not batch:
                                 continue
+                        if fresh is not None:
+                            batch = fresh.renumber(batch)
                         writer.write(batch)
                         sent += len(batch)
                 written += writer.inserted
                 skipped += sent - writer.inserted
                 engines.advance_counter(conn, table)
+        renumbered = {t: f.renumbered for t, f in fresh_ids.items() if f.renumbered}
+        for table, count in renumbered.items():
+            log.warning(
+                "%s/%s: %d backed-up cell(s) were added under a new added_id: the target "
+                "gives their added_id to cells of its own (kept as they were)",
+                unit.name,
+                table,
+                count,
+            )
         return RestoreResult(records_written=written, records_skipped=skipped)
 
     def verify_unit(
@@ -505,8 +536,9 @@ class SchemalessDriver(Driver):
                     problems.append(f"{unit.name}: table {table!r} is missing from the target")
                     continue
                 if mode is RestoreMode.MERGE:
+                    kept_up_to = plan.before.get(MERGE_HELD, {}).get(unit.name, {}).get(table, 0)
                     for file in files:
-                        found, bad = _compare_by_key(conn, table, file, source, limit)
+                        found, bad = _compare_by_key(conn, table, file, source, limit, kept_up_to)
                         records += found
                         problems.extend(bad)
                 else:
@@ -603,6 +635,44 @@ def _quality_chunks(table: str, batches) -> Iterator[QualityChunk]:
         yield QualityChunk(part=table, columns=dict(zip(names, columns, strict=True)))
 
 
+class _FreshIds:
+    """Merge: a backed-up cell whose added_id the target gives to another cell (another
+    key) gets a new added_id, above both the target's newest and the backup's
+    watermark, so that it collides with nothing the restore writes. Without it the
+    insert's conflict clause (which covers the primary key as well as the cell key)
+    would drop the cell silently; the target's cell stays as it was either way."""
+
+    LOOKUP = 500  # added_ids per query: within every engine's bound-parameter limit
+
+    def __init__(self, conn: Connection, table: str, files: Sequence[StoredFile]) -> None:
+        self._conn = conn
+        cells = _cells(table)
+        self._lookup = select(
+            cells.c.added_id, cells.c.row_key, cells.c.column_name, cells.c.ref_key
+        ).where(cells.c.added_id.in_(bindparam("ids", expanding=True)))
+        watermark = max((file.meta.get("watermark", 0) for file in files), default=0)
+        self._next = max(_newest_added_id(conn, table), watermark) + 1
+        self.renumbered = 0
+
+    def renumber(self, batch: list[Cell]) -> list[Cell]:
+        held: dict[int, tuple[str, str, int]] = {}
+        for start in range(0, len(batch), self.LOOKUP):
+            ids = [cell[0] for cell in batch[start : start + self.LOOKUP]]
+            for added_id, rk, col, ref in self._conn.execute(self._lookup, {"ids": ids}):
+                held[added_id] = (rk, col, ref)
+        if not held:
+            return batch
+        out = []
+        for cell in batch:
+            key = held.get(cell[0])
+            if key is not None and key != tuple(cell[1:4]):
+                cell = (self._next, *cell[1:])
+                self._next += 1
+                self.renumbered += 1
+            out.append(cell)
+        return out
+
+
 def _expected(files: list[StoredFile], source: FileSource, limit: Limit) -> tuple[int, str]:
     """(count, SHA-256) of what the target must hold: the serialized cells of a table's
     files in added_id order, up to the limit. One whole file is its manifest entry; a
@@ -649,12 +719,25 @@ def _compare_digest(
 
 
 def _compare_by_key(
-    conn: Connection, table: str, file: StoredFile, source: FileSource, limit: Limit
+    conn: Connection,
+    table: str,
+    file: StoredFile,
+    source: FileSource,
+    limit: Limit,
+    kept_up_to: int = 0,
 ) -> tuple[int, list[str]]:
-    """Merge mode: every backed-up cell must be present, by key, with equal content."""
+    """Merge mode: every backed-up cell must be present by key, either with equal
+    content (its added_id may differ: see _FreshIds) or as the target's own cell under
+    that key, held before the restore (added_id <= `kept_up_to`) and kept as it was.
+    The backup is streamed in batches; the target answers each batch by key."""
     cells = _cells(table)
     lookup = select(
-        cells.c.row_key, cells.c.column_name, cells.c.ref_key, cells.c.body, cells.c.created_at
+        cells.c.row_key,
+        cells.c.column_name,
+        cells.c.ref_key,
+        cells.c.body,
+        cells.c.created_at,
+        cells.c.added_id,
     ).where(cells.c.row_key.in_(bindparam("keys", expanding=True)))
     found = missing = differing = 0
     with source.open(file) as stream:
@@ -664,17 +747,17 @@ def _compare_by_key(
                 continue
             keys = sorted({cell[1] for cell in batch})
             present = {
-                (rk, col, ref): (bytes(body), created)
-                for rk, col, ref, body, created in conn.execute(lookup, {"keys": keys})
+                (rk, col, ref): (bytes(body), created, added_id)
+                for rk, col, ref, body, created, added_id in conn.execute(lookup, {"keys": keys})
             }
             for _added_id, rk, col, ref, body, micros in batch:
                 got = present.get((rk, col, ref))
                 if got is None:
                     missing += 1
-                elif got[0] != body or to_micros(got[1]) != micros:
-                    differing += 1
-                else:
+                elif (got[0] == body and to_micros(got[1]) == micros) or got[2] <= kept_up_to:
                     found += 1
+                else:
+                    differing += 1
     problems = []
     if missing:
         problems.append(f"{table}: {missing} backed-up cells are missing from the target")

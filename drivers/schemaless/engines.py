@@ -246,7 +246,10 @@ def cell_writer(conn: Connection, table: str, *, skip_existing: bool) -> Iterato
     # parameters to the DB-API: the quoted name's %-escaping is what they expect.
     quoted = conn.dialect.identifier_preparer.quote(table)
     if conn.dialect.name in ("mysql", "mariadb"):
-        kind = LoadDataStreamer if local_infile_enabled(conn) else LiteralInserter
+        # A merge looks up the target between batches (driver._FreshIds), which the
+        # connection cannot answer while one LOAD DATA statement streams on it.
+        streams = not skip_existing and local_infile_enabled(conn)
+        kind = LoadDataStreamer if streams else LiteralInserter
         writer = kind(conn, quoted, skip_existing=skip_existing)
     else:
         writer = _InsertWriter(conn, insert_statement(conn, table, skip_existing=skip_existing))

@@ -37,6 +37,7 @@ class LiteralInserter:
 
     def __init__(self, conn: Connection, quoted: str, *, skip_existing: bool) -> None:
         verb = "INSERT IGNORE" if skip_existing else "INSERT"
+        self._skip_existing = skip_existing
         self._conn = conn
         self._head = f"{verb} INTO {quoted} ({COLUMN_LIST}) VALUES "
         self.inserted = 0
@@ -61,7 +62,20 @@ class LiteralInserter:
             self._flush(values)
 
     def _flush(self, values: list[str]) -> None:
-        self.inserted += self._conn.exec_driver_sql(self._head + ",".join(values)).rowcount
+        inserted = self._conn.exec_driver_sql(self._head + ",".join(values)).rowcount
+        self.inserted += inserted
+        if self._skip_existing:
+            # IGNORE also turns a refused or truncated value into a warning: only the
+            # duplicates (the skipped cells) may warn, as LoadDataStreamer checks.
+            warnings = self._conn.exec_driver_sql("SHOW COUNT(*) WARNINGS").scalar() or 0
+            if warnings > len(values) - inserted:
+                shown = self._conn.exec_driver_sql("SHOW WARNINGS LIMIT 10").all()
+                detail = "; ".join(f"{w[2]} ({w[1]})" for w in shown if w[1] != _DUPLICATE_KEY)
+                raise PermanentError(
+                    f"the target refused or altered cells while inserting ({len(values)} "
+                    f"sent, {inserted} inserted, {warnings} warnings): "
+                    f"{detail or 'see SHOW WARNINGS'}"
+                )
 
     def close(self, *, failed: bool) -> None:
         """Nothing is held back between batches."""
