@@ -245,6 +245,13 @@ class Driver(ABC):
 
         return normalized_url(url)
 
+    def place_name(self, index: int, role: str) -> str:
+        """How errors name the URL at `index` among a command's URLs of one `role`
+        (source/target), so that two URLs whose redacted forms are alike (only the
+        password differs) are still told apart. A driver whose URLs are units of its
+        own (shards) names them as its units are named."""
+        return f"{role} {index + 1}"
+
     # -- backup -------------------------------------------------------------------
     @abstractmethod
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:

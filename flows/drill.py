@@ -27,7 +27,7 @@ def check_scratch(technology: str, sources: list[str], scratch: list[str]) -> No
     driver.check_urls(resolve_urls(sources), "source")
     driver.check_urls(resolve_urls(scratch), "scratch")
     source_ids = identify(technology, sources)
-    scratch_ids = identify(technology, scratch)
+    scratch_ids = identify(technology, scratch, "scratch")
     check_distinct(scratch_ids, scratch, "scratch")
     check_apart(scratch_ids, scratch, source_ids, sources, "scratch", "source")
 

@@ -103,7 +103,7 @@ def _restore(request: RestoreRequest, report: Report, leases: ExitStack) -> Rest
     )
 
     if len(request.targets) > 1:  # before any slow step: two targets must be two places
-        check_distinct(identify(technology, request.targets), request.targets, "target")
+        check_distinct(identify(technology, request.targets, "target"), request.targets, "target")
 
     store = spec.open()
     manifest = store.resolve(

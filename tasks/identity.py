@@ -13,18 +13,21 @@ from backstop.tasks.secrets import resolve_url
 
 
 @task(name="identify", **RETRYING)
-def identify(technology: str, urls: Sequence[str]) -> list[str]:
+def identify(technology: str, urls: Sequence[str], role: str = "source") -> list[str]:
     """Each URL's identity (Driver.identity): compared to tell places apart, and
     recorded in manifests as the identity of a backup's sources."""
-    return identities(technology, urls)
+    return identities(technology, urls, role)
 
 
-def identities(technology: str, urls: Sequence[str]) -> list[str]:
-    """`identify`'s work, for a task that needs it on the way."""
+def identities(technology: str, urls: Sequence[str], role: str = "source") -> list[str]:
+    """`identify`'s work, for a task that needs it on the way. A failure names the URL
+    by its place among `urls` (Driver.place_name) as well as redacted: two URLs that
+    differ only in their password redact alike."""
     driver = get_driver(technology)
     identities = []
-    for url in urls:
-        with classified(driver, f"identifying {redact_url(url)}"):
+    for index, url in enumerate(urls):
+        name = driver.place_name(index, role)
+        with classified(driver, f"identifying {name} ({redact_url(url)})"):
             # Redacted as a belt: an identity is stored and shown, never a password. Not
             # masked with every registered secret: a Secret block may hold a whole host or
             # path, and masking it would make different places look alike.

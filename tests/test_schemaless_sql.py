@@ -199,19 +199,21 @@ def test_incremental_chain_and_point_in_time_restore(new_databases, local_store,
 
 
 def test_cross_engine_postgresql_to_mariadb_to_sqlite(new_databases, local_store, tmp_path):
+    # One store holds backups of three source sets: `latest` would be ambiguous, so
+    # each restore names the backup its step took.
     [pg] = new_databases("postgresql", 1)
     fill(pg, 3_000, seed=9)
-    back_up([pg], local_store)
+    taken = back_up([pg], local_store)
     [maria] = new_databases("mariadb", 1)
-    restore_into([maria], local_store)
+    restore_into([maria], local_store, backup=taken.backup_id)
     assert cells_of(maria) == cells_of(pg)
-    back_up([maria], local_store)
+    taken = back_up([maria], local_store)
     lite = f"sqlite:///{tmp_path / 'from-mariadb.db'}"
-    restore_into([lite], local_store)
+    restore_into([lite], local_store, backup=taken.backup_id)
     assert cells_of(lite) == cells_of(pg)
     [pg_again] = new_databases("postgresql", 1)
-    back_up([lite], local_store)
-    restore_into([pg_again], local_store)
+    taken = back_up([lite], local_store)
+    restore_into([pg_again], local_store, backup=taken.backup_id)
     assert cells_of(pg_again) == cells_of(pg)
 
 

@@ -300,6 +300,9 @@ class SchemalessDriver(Driver):
     def identity(self, url: str) -> str:
         return engines.place_identity(url)
 
+    def place_name(self, index: int, role: str) -> str:
+        return f"{role} {shard_name(index)}"  # the i-th source or target is shard i
+
     # -- backup ---------------------------------------------------------------------
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:
         tables = table_list(options)
