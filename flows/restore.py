@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -179,7 +180,8 @@ def _restore(request: RestoreRequest, report: Report, leases: ExitStack) -> Rest
     try:
         with transaction() as txn:
             guard_targets(technology, spec, safety, request.targets, created, request.options)
-            return _load_and_verify(request, units, plan, manifest, outcome, phases, clock)
+            with _outside_transaction():  # a retried unit must not roll the targets back
+                return _load_and_verify(request, units, plan, manifest, outcome, phases, clock)
     except BackstopError as exc:
         # The guard's rollback hook left what it did on its own (child) transaction.
         notes = [c.get(_ROLLED_BACK, None) for c in (txn.children if txn else [])]
@@ -303,6 +305,24 @@ def _target_refused(
 _ROLLED_BACK = "rolled_back"  # what the rollback hook did, kept on its transaction
 
 
+@contextmanager
+def _outside_transaction() -> Iterator[None]:
+    """Run the tasks started inside without the current Prefect transaction as parent.
+
+    Prefect rolls a failed task run's transaction back and then its parent too
+    (Transaction.reset), even when the run is about to be retried. Inside the restore's
+    transaction, one unit's transient fault would so run the rollback hook at once, a
+    safety restore racing the other units still loading (Docstore: the mutated
+    documents back under the new ones; "index ... already exists"). Only the restore's
+    own failure, raised out of `with transaction()`, once every unit has stopped (see
+    `gather`), may roll the targets back."""
+    token = Transaction.__var__.set(None)
+    try:
+        yield
+    finally:
+        Transaction.__var__.reset(token)
+
+
 def _safety_backup(
     request: RestoreRequest, units: list[StoredUnit], plan: RestorePlan
 ) -> str | None:
@@ -361,18 +381,19 @@ def _roll_back_targets(txn: Transaction) -> None:
         return
     logger.warning("restore failed: rolling the targets back to safety backup %s", safety)
     try:
-        back = restore(
-            request=RestoreRequest(
-                technology=txn.get("technology"),
-                store=StoreSpec(**txn.get("store")),
-                targets=txn.get("targets"),
-                backup=safety,
-                mode=RestoreMode.OVERWRITE,
-                options=txn.get("options", {}),
-                force=True,
-                safety_backup=False,
+        with _outside_transaction():  # a retried task of the rollback must not rerun it
+            back = restore(
+                request=RestoreRequest(
+                    technology=txn.get("technology"),
+                    store=StoreSpec(**txn.get("store")),
+                    targets=txn.get("targets"),
+                    backup=safety,
+                    mode=RestoreMode.OVERWRITE,
+                    options=txn.get("options", {}),
+                    force=True,
+                    safety_backup=False,
+                )
             )
-        )
     except Exception as exc:
         txn.set(_ROLLED_BACK, f"ROLLING BACK to safety backup {safety} FAILED too: {exc}")
         raise
