@@ -45,7 +45,13 @@ def test_a_third_party_driver_backs_up_restores_and_verifies(
     restored = cli("restore", "kvdir", "--store", local_store.url,
                    "--target", f"kvdir://{target}", "--json")  # fmt: skip
     assert restored.code == 0 and restored.json["verified"] is True
-    assert restored.json["quality"] == "no suite"
+    # The plugin's own quality suite ran on the backup and on the restored target.
+    assert restored.json["quality"] == "passed"
+    [manifest] = local_store.open().list_backups("kvdir")
+    checks = {c["check"]: c["passed"] for c in manifest.quality.checks}
+    assert checks["unique across the part: key"] is True
+    assert checks["count equals the source's"] is True
+    assert any(c.startswith("gx:expect_column_values_to_match_regex(column=key") for c in checks)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == values
 
     (target / "key-3").write_bytes(b"changed")

@@ -3,7 +3,7 @@
 A source or target is `kvdir:///absolute/folder`; every regular file in it is a key,
 its bytes the value. One unit per folder; the backup file is a sequence of
 (key length, value length, key, value) records. It implements the whole contract,
-no quality suite (the default: the read-back is all the backup gets), and is
+declares a small data-quality suite (keys present, plain file names, unique), and is
 installed through the `backstop.drivers` entry point by tests/test_example_driver.py.
 """
 
@@ -22,6 +22,8 @@ from backstop.drivers.contract import (
     Driver,
     FileSink,
     FileSource,
+    QualityChunk,
+    QualityPart,
     RestoreMode,
     RestorePlan,
     RestoreResult,
@@ -33,6 +35,7 @@ from backstop.drivers.contract import (
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
 from backstop.drivers.framing import RecordReader
 from backstop.drivers.identity import file_identity
+from backstop.drivers.quality import ColumnRule, QualitySuite
 
 _HEADER = struct.Struct("<HI")
 MAX_VALUE = 64 << 20  # what one record may claim: bounds the memory a crafted file takes
@@ -73,6 +76,10 @@ class KvDirDriver(Driver):
     capabilities = Capabilities(consistency=(ConsistencyKind.NONE,), modes=("logical",))
     url_schemes = ("kvdir",)
     single_url = "one folder per backup"
+    # A plugin's suite is declared the same way as the built-in drivers' are.
+    quality_suite = QualitySuite(
+        rules=(ColumnRule("key", not_null=True, regex=r"^[^/\x00]+$"),), unique=(("key",),)
+    )
 
     def classify(self, exc: BaseException) -> ErrorKind:
         # A busy disk may clear up; anything else will not.
@@ -137,3 +144,18 @@ class KvDirDriver(Driver):
         elif _digest(items.items()) != unit.meta["digest"]:
             problems.append("the keys' digest differs from the backup's")
         return TargetCheck(unit=unit.name, ok=not problems, records=len(items), problems=problems)
+
+    # -- data quality ---------------------------------------------------------------
+    def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
+        return {unit.name: QualityPart(records=unit.records)}
+
+    def quality_chunks(self, unit: StoredUnit, source: FileSource) -> Iterator[QualityChunk]:
+        with source.open(unit.files[0]) as stream:
+            keys = [key for key, _ in read_records(stream)]  # a toy: real drivers chunk
+        yield QualityChunk(part=unit.name, columns={"key": keys})
+
+    def target_quality_chunks(
+        self, unit: StoredUnit, target: str, plan: RestorePlan
+    ) -> Iterator[QualityChunk]:
+        keys = [p.name for p in sorted(_folder(target).iterdir()) if p.is_file()]
+        yield QualityChunk(part=unit.name, columns={"key": keys})
