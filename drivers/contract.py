@@ -245,6 +245,12 @@ class Driver(ABC):
 
         return normalized_url(url)
 
+    def reaches_same(self, url_a: str, url_b: str) -> bool:
+        """Asked of the servers, for two resolved URLs whose identities differ: do they
+        still reach one place (a server known by several addresses that its identity
+        cannot tell apart)? The default trusts identities. Nothing may be written."""
+        return False
+
     def place_name(self, index: int, role: str) -> str:
         """How errors name the URL at `index` among a command's URLs of one `role`
         (source/target), so that two URLs whose redacted forms are alike (only the

@@ -14,7 +14,7 @@ from backstop.flows.restore import restore
 from backstop.flows.runtime import Stopwatch
 from backstop.tasks.artifacts import publish_table
 from backstop.tasks.events import reported
-from backstop.tasks.identity import identify
+from backstop.tasks.identity import identify, probe_apart
 from backstop.tasks.manifest import Role
 from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls
 
@@ -30,12 +30,15 @@ def check_scratch(technology: str, sources: list[str], scratch: list[str]) -> No
     scratch_ids = identify(technology, scratch, "scratch")
     check_distinct(scratch_ids, scratch, "scratch")
     check_apart(scratch_ids, scratch, source_ids, sources, "scratch", "source")
+    probe_apart(technology, scratch, scratch, "scratch", "scratch")
+    probe_apart(technology, scratch, sources, "scratch", "source")
 
 
 @flow(name="backstop-drill", flow_run_name="drill-{request.technology}")
 def drill(request: DrillRequest) -> DrillOutcome:
     with reported("drill", request.technology, request.sources, ok="passed") as report:
         refuse_literal_secrets(request)
+        get_driver(request.technology).check_options(request.options, "backup")
         check_scratch(request.technology, request.sources, request.scratch)
         clock = Stopwatch()
         backed_up = backup(

@@ -27,7 +27,7 @@ from backstop.flows.params import BackupRequest, RestoreOutcome, RestoreRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
 from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.events import Report, emit, reported
-from backstop.tasks.identity import identify
+from backstop.tasks.identity import identify, probe_apart
 from backstop.tasks.leases import Lease
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import Manifest, Role
@@ -105,6 +105,7 @@ def _restore(request: RestoreRequest, report: Report, leases: ExitStack) -> Rest
 
     if len(request.targets) > 1:  # before any slow step: two targets must be two places
         check_distinct(identify(technology, request.targets, "target"), request.targets, "target")
+        probe_apart(technology, request.targets, request.targets, "target", "target")
 
     store = spec.open()
     manifest = store.resolve(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from prefect import task
 
+from backstop.drivers.errors import BadInputError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.tasks.retry import RETRYING, classified
@@ -33,3 +34,28 @@ def identities(technology: str, urls: Sequence[str], role: str = "source") -> li
             # path, and masking it would make different places look alike.
             identities.append(redact_url(driver.identity(resolve_url(url))))
     return identities
+
+
+@task(name="probe-apart", **RETRYING)
+def probe_apart(
+    technology: str, written: Sequence[str], read: Sequence[str], written_role: str,
+    read_role: str,
+) -> None:  # fmt: skip
+    """After the identities: ask the servers whether any place written is one read
+    (Driver.reaches_same), for what identities cannot tell (one server, many addresses).
+    With one role for both (`written` is `read`: distinct targets), a URL is not
+    compared with itself."""
+    driver = get_driver(technology)
+    for i, target in enumerate(written):
+        for j, source in enumerate(read):
+            if written_role == read_role and j <= i:
+                continue
+            with classified(driver, f"comparing {redact_url(target)} with {redact_url(source)}"):
+                same = driver.reaches_same(resolve_url(target), resolve_url(source))
+            if same:
+                raise BadInputError(
+                    f"--{written_role} {redact_url(target)} is also a --{read_role} "
+                    f"({redact_url(source)}): the same place, the server says, reached by "
+                    "another address; it would be overwritten, so it must be another "
+                    "server or path"
+                )

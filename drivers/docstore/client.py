@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
@@ -66,9 +67,11 @@ def connect(url: str) -> Iterator[MongoClient]:
 
 
 def deployment_identity(url: str) -> str:
-    """Which deployment a URL reaches (Driver.identity): `hello` names a replica set and
-    its members from the server's side; a standalone server (FerretDB included) is its
-    resolved address, so `localhost` and `127.0.0.1` agree."""
+    """Which deployment a URL reaches (Driver.identity), as the servers name it: `hello`
+    names a replica set and its members; a standalone server (FerretDB included) is the
+    process its serverStatus names (host name, process, pid), since one server answers
+    at many addresses (127.0.0.2, an alias, another interface). Only where serverStatus
+    is not allowed, its resolved address."""
     import hashlib
 
     from pymongo.uri_parser import parse_uri
@@ -77,10 +80,24 @@ def deployment_identity(url: str) -> str:
 
     with connect(url) as client:
         hello = client.admin.command("hello")
+        status = None if hello.get("setName") else _server_status(client)
     set_name = hello.get("setName")
     if set_name:
         members = sorted(str(h).lower() for h in hello.get("hosts", []))
         digest = hashlib.sha256("\n".join([set_name, *members]).encode()).hexdigest()[:20]
         return f"replset-{digest}"
+    if status:
+        return "server-" + hashlib.sha256(repr(status).encode()).hexdigest()[:20]
     seeds = sorted({canonical_host(host, port) for host, port in parse_uri(url)["nodelist"]})
     return ",".join(seeds)
+
+
+def _server_status(client: Any) -> tuple[str, str, int] | None:
+    """(host name, process, pid) from serverStatus, or None where it is not allowed."""
+    try:
+        status = client.admin.command("serverStatus")
+    except pm.OperationFailure:
+        return None
+    if not status.get("host") or not status.get("pid"):
+        return None
+    return (str(status["host"]).lower(), str(status.get("process", "")), int(status["pid"]))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from kazoo import exceptions as kz
-from kazoo.client import KazooClient
+from kazoo.client import KazooClient, KazooState
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
@@ -143,3 +145,41 @@ def ensemble_identity(parsed: ZkUrl) -> str:
         name, _, port = host.rpartition(":")
         hosts.append(canonical_host(name.strip("[]"), int(port)))
     return ",".join(sorted(set(hosts)))
+
+
+def same_ensemble(hosts_a: str, hosts_b: str) -> bool:
+    """Whether two host lists reach one ensemble, asked of the servers themselves: a
+    session opened through the first is resumed through the second. Sessions are
+    ensemble-wide, so one ensemble resumes it and another answers that it expired,
+    whatever addresses either is known by (a standalone server has no member list to
+    compare). Nothing is written; the probe's session is closed."""
+    first = KazooClient(hosts=hosts_a, timeout=10.0, logger=_PROBE_LOG)
+    try:
+        first.start(timeout=CONNECT_TIMEOUT_S)
+    except KazooTimeoutError:
+        first.close()
+        raise TransientError(f"ZooKeeper at {hosts_a} is unreachable") from None
+    session = first.client_id
+    second = KazooClient(hosts=hosts_b, timeout=10.0, client_id=session, logger=_PROBE_LOG)
+    expired = threading.Event()
+    second.add_listener(lambda state: expired.set() if state == KazooState.LOST else None)
+    try:
+        connected = second.start_async()
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while not (connected.is_set() or expired.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if expired.is_set():
+            return False
+        if not connected.is_set():  # no answer is no proof of being elsewhere
+            raise TransientError(
+                f"could not tell whether {hosts_a} and {hosts_b} are one ensemble: "
+                f"{hosts_b} did not answer"
+            )
+        return second.client_id is not None and second.client_id[0] == session[0]
+    finally:
+        for client in (second, first):
+            client.stop()
+            client.close()
+
+
+_PROBE_LOG = logging.getLogger("backstop.zookeeper.probe")

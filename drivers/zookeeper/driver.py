@@ -29,6 +29,7 @@ from backstop.drivers.contract import (
 )
 from backstop.drivers.digests import ALGORITHM, SetDigest
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
+from backstop.drivers.identity import same_place
 from backstop.drivers.redact import redact_url
 from backstop.drivers.zookeeper import admin
 from backstop.drivers.zookeeper.client import (
@@ -38,6 +39,7 @@ from backstop.drivers.zookeeper.client import (
     explain,
     reader,
     readers,
+    same_ensemble,
 )
 from backstop.drivers.zookeeper.paths import Selection, parse_zk_url
 from backstop.drivers.zookeeper.quality import SUITE
@@ -106,6 +108,18 @@ class ZooKeeperDriver(Driver):
     )
     url_schemes = ("zk",)
     quality_suite = SUITE
+    backup_options = {
+        "mode": "logical (default), admin-snapshot or datadir",
+        "include": "znode path patterns to back up (logical mode)",
+        "exclude": "znode path patterns to leave out (logical mode)",
+        "sessions": "parallel ZooKeeper sessions of a logical backup",
+        "admin_url": "the admin server, http://host:port (admin-snapshot mode)",
+        "admin_port": "the admin server's port on the first host (default 8080)",
+        "data_dir": "the server's dataDir (datadir mode)",
+    }
+    restore_options = {
+        "include_system": "true: allow restoring the /zookeeper subtree",
+    }
     single_url = "an ensemble is host:port,host:port in one URL"
 
     def classify(self, exc: BaseException) -> ErrorKind:
@@ -121,6 +135,15 @@ class ZooKeeperDriver(Driver):
         inside its place."""
         parsed = parse_zk_url(url)
         return f"zookeeper://{ensemble_identity(parsed)}{parsed.chroot}"
+
+    def reaches_same(self, url_a: str, url_b: str) -> bool:
+        """A standalone server's identity is its resolved address, and one server has
+        many (127.0.0.2, a DNS alias, another interface): when the chroots overlap,
+        ask the servers whether they are one ensemble."""
+        a, b = parse_zk_url(url_a), parse_zk_url(url_b)
+        if not same_place(a.chroot or "/", b.chroot or "/"):
+            return False
+        return same_ensemble(a.hosts, b.hosts)
 
     # -- backup ---------------------------------------------------------------------
     def plan_backup(self, sources: Sequence[str], options: Mapping[str, Any]) -> list[Unit]:

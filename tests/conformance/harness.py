@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import struct
 import uuid
 from collections.abc import Callable
@@ -73,6 +74,19 @@ class Harness:
             ).hexdigest()
             for part, records in self.records(urls).items()
         }
+
+    def forwarded(self, urls: list[str]) -> list[str]:
+        """The same server reached through a TCP forwarder on another port: an alias
+        that no address comparison sees through (a load balancer, a NAT rule)."""
+        from servers.proxy import Forwarder
+
+        out = []
+        for url in urls:
+            port = int(re.search(r"@?[\w.\[\]:-]*?:(\d+)(?=[/,?]|$)", url.split("://", 1)[1])[1])
+            forwarder = Forwarder(port)
+            self._cleanups.append(forwarder.close)
+            out.append(url.replace(f":{port}", f":{forwarder.port}", 1))
+        return out
 
     # -- plumbing -----------------------------------------------------------------------
     def installed(self) -> None:
@@ -335,7 +349,7 @@ class ZooKeeperHarness(Harness):
         return [self.server.url(f"/{self._name('conf-target-')}")]
 
     def aliases(self, urls: list[str]) -> list[list[str]]:
-        return [[u.replace("@127.0.0.1:", "@localhost:") for u in urls]]
+        return [[u.replace("@127.0.0.1:", "@localhost:") for u in urls], self.forwarded(urls)]
 
     def records(self, urls: list[str]) -> Records:
         zk = self._client()
@@ -450,7 +464,7 @@ class DocstoreHarness(Harness):
         return [self._server()]
 
     def aliases(self, urls: list[str]) -> list[list[str]]:
-        return [[u.replace("//127.0.0.1:", "//localhost:") for u in urls]]
+        return [[u.replace("//127.0.0.1:", "//localhost:") for u in urls], self.forwarded(urls)]
 
     def records(self, urls: list[str]) -> Records:
         import bson
