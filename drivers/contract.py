@@ -188,10 +188,11 @@ def _check_url_syntax(url: str, role: str) -> None:
     from urllib.parse import urlsplit
 
     from backstop.drivers.errors import BadInputError
-    from backstop.drivers.redact import redact_url
+    from backstop.drivers.redact import check_userinfo, redact_url
 
     if any(c in url for c in "\x00\r\n"):
         raise BadInputError(f"{role} URL contains a NUL or line break: {redact_url(url)!r}")
+    check_userinfo(url)
     try:
         urlsplit(url)
     except ValueError as exc:
@@ -209,6 +210,11 @@ class Driver(ABC):
     # What must hold of the records (drivers/quality.py); None: the read-back alone.
     # A driver with a suite implements quality_parts and the two chunk readers.
     quality_suite: ClassVar[QualitySuite | None] = None
+    # The options (--option K=V) the driver reads, name -> what it does. Any other is
+    # refused (check_options): a typo would otherwise be ignored silently, and a secret
+    # given as an option would be stored with the run's parameters and the manifest.
+    backup_options: ClassVar[Mapping[str, str]] = {}
+    restore_options: ClassVar[Mapping[str, str]] = {}
 
     # -- errors -------------------------------------------------------------------
     @abstractmethod
@@ -216,6 +222,20 @@ class Driver(ABC):
         """Transient (retry) or permanent (fail now), for an exception of the client."""
 
     # -- input --------------------------------------------------------------------
+    def check_options(self, options: Mapping[str, Any], operation: str) -> None:
+        """Raise BadInputError naming every option this driver does not read for
+        `operation` ("backup" or "restore"), with the ones it knows."""
+        from backstop.drivers.errors import BadInputError
+
+        known = self.backup_options if operation == "backup" else self.restore_options
+        unknown = sorted(str(key) for key in options if key not in known)
+        if unknown:
+            listed = ", ".join(f"{k} ({what})" for k, what in sorted(known.items()))
+            raise BadInputError(
+                f"{self.name} {operation} does not know the option(s) {', '.join(unknown)}; "
+                f"known: {listed or 'none'}"
+            )
+
     def check_urls(self, urls: Sequence[str], role: str) -> None:
         """Raise BadInputError for a URL this driver cannot use (`role`: source/target)."""
         from backstop.drivers.errors import BadInputError

@@ -31,10 +31,14 @@ MASK = "***"
 _lock = threading.Lock()
 _secrets: set[str] = set()
 
-# user:password@ in any scheme://user:password@host form, including SQLAlchemy's.
+# user:password@ in any scheme://user:password@host form, including SQLAlchemy's. The
+# password runs to the authority's LAST "@" (urllib's rpartition): a raw "@" in it is
+# masked whole, never its tail shown (such a URL is refused as input: check_userinfo).
 _USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@"
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/?#@\s]*):(?P<pw>[^/?#\s]*)@"
 )
+# scheme://authority, the authority up to the first / ? or # (where every parser ends it).
+_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?P<authority>[^/?#]*)")
 # name=value in a query; the value is a secret when the name says so (is_secret_name).
 _QUERY_PARAM = re.compile(r"(?P<key>[?&](?P<name>[A-Za-z0-9_.%\-]+)=)(?P<val>[^&#\s]*)")
 # ${env:NAME} and ${secret:block-name} placeholders resolved at connect time.
@@ -66,6 +70,30 @@ def redact_url(url: str) -> str:
     return _QUERY_PARAM.sub(
         lambda m: f"{m['key']}{MASK}" if is_secret_name(unquote(m["name"])) else m[0], text
     )
+
+
+def check_userinfo(url: str) -> None:
+    """Refuse (BadInputError) a URL whose user name or password holds a raw "@" or
+    whitespace. Client libraries split such a URL differently (SQLAlchemy at the first
+    "@", urllib and PyMongo at the last), so part of the password could be taken for
+    the host, and redacted or stashed apart from the rest; percent-encoded it is one."""
+    text = _PLACEHOLDER.sub(lambda m: "x" * len(m[0]), url)  # a reference is one token
+    match = _AUTHORITY.match(text)
+    if match is None:
+        return
+    userinfo, at, _host = match["authority"].rpartition("@")
+    if at and ("@" in userinfo or any(c.isspace() for c in userinfo)):
+        from backstop.drivers.errors import BadInputError
+
+        # Shown with the whole user:password masked: redact_url cannot tell where a
+        # password with a space in it ends.
+        start, end = match.start("authority"), match.start("authority") + len(userinfo)
+        shown = redact_url(f"{url[:start]}{MASK}{url[end:]}")
+        raise BadInputError(
+            f"{shown!r}: the user name or password holds a raw '@' or whitespace, "
+            "which client libraries split differently; percent-encode it (@ as %40, a space "
+            "as %20)"
+        )
 
 
 def url_password(url: str) -> str | None:
@@ -187,6 +215,7 @@ def _secret_spans(url: str) -> list[tuple[str, int, int]]:
 
 def literal_url_secrets(url: str) -> list[str]:
     """What in this URL is a secret written in plain text (not a whole reference)."""
+    check_userinfo(url)
     return [what for what, a, b in _secret_spans(url) if not is_reference(url[a:b])]
 
 
@@ -224,6 +253,7 @@ def stash_url_secrets(url: str, stash: Callable[[str], str] = stash_in_environme
     The value moved is the URL's own text (still percent-encoded), so resolving the
     reference gives back exactly the URL that was given.
     """
+    check_userinfo(url)
     for what, start, end in reversed(_secret_spans(url)):
         value = url[start:end]
         if is_reference(value):

@@ -60,6 +60,7 @@ def _backup(request: BackupRequest) -> BackupOutcome:
     logger = get_run_logger()
     clock = Stopwatch()
     driver = get_driver(request.technology)
+    driver.check_options(request.options, "backup")
     driver.check_urls(resolve_urls(request.sources), "source")
     if request.incremental and not driver.capabilities.incremental:
         raise BadInputError(f"{driver.name} does not support incremental backups")

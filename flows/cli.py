@@ -40,6 +40,17 @@ def _key_values(pairs: list[str], flag: str, shape: str = "KEY=VALUE") -> dict[s
     return options
 
 
+def _options(args: argparse.Namespace, stash: bool = True) -> dict[str, Any]:
+    """The driver options of a backup, restore or drill, plain-text secrets moved into
+    the environment (references in their place, like URLs' passwords); a backup's
+    --include/--exclude travel as options too."""
+    options = _key_values(args.option, "--option")
+    if args.command == "backup":
+        options |= {"include": args.include} if args.include else {}
+        options |= {"exclude": args.exclude} if args.exclude else {}
+    return stash_option_secrets(options) if stash else options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backstop",
@@ -265,9 +276,7 @@ def cmd_backup(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         sources=_hide_passwords(args.source, "source"),
         store=_store(args),
         incremental=args.incremental,
-        options=_key_values(args.option, "--option")
-        | ({"include": args.include} if args.include else {})
-        | ({"exclude": args.exclude} if args.exclude else {}),
+        options=_options(args),
     )
     with _progress(args):
         outcome = backup(request=request)
@@ -294,7 +303,7 @@ def cmd_restore(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         include=args.include,
         until=args.until,
         rename=_key_values(args.rename, "--rename", "FROM=TO"),
-        options=_key_values(args.option, "--option"),
+        options=_options(args),
         dry_run=args.dry_run,
         force=args.force,
         safety_backup=args.safety_backup,
@@ -388,7 +397,7 @@ def cmd_drill(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         sources=_hide_passwords(args.source, "source"),
         scratch=_hide_passwords(args.scratch, "target"),
         store=_store(args),
-        options=_key_values(args.option, "--option"),
+        options=_options(args),
     )
     with _progress(args):
         outcome = drill(request=request)
@@ -597,6 +606,9 @@ def _check_input(args: argparse.Namespace) -> None:
         from backstop.drivers.registry import get_driver
 
         driver = get_driver(args.technology)
+        # A typo, or a secret given where no option takes one, refused before it is stored.
+        operation = "restore" if args.command == "restore" else "backup"
+        driver.check_options(_options(args, stash=False), operation)
         for attr in roles[args.command]:
             urls = getattr(args, attr)
             if any("${secret:" in url for url in urls):

@@ -86,6 +86,7 @@ def _restore(request: RestoreRequest, report: Report, leases: ExitStack) -> Rest
     logger = get_run_logger()
     clock = Stopwatch()
     driver = get_driver(request.technology)
+    driver.check_options(request.options, "restore")
     driver.check_urls(resolve_urls(request.targets), "target")
     caps = driver.capabilities
     if request.include and not caps.selective_restore:

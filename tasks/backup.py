@@ -18,7 +18,7 @@ from backstop.tasks.packaging import ReadBackSource, StoreSink, StoreSource, che
 from backstop.tasks.progress import reporter
 from backstop.tasks.quality import checked_parts, run_suite
 from backstop.tasks.retry import RETRYING, classified
-from backstop.tasks.secrets import resolve_url
+from backstop.tasks.secrets import resolve_options, resolve_url
 from backstop.tasks.store import StoreSpec
 
 READ_BACK = "read-back"  # a check of the stored bytes, as opposed to the data's quality
@@ -65,7 +65,10 @@ def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit)
     progress = reporter()
     label = f"backup {unit.name}"
     sink = StoreSink(store.open(), technology, backup_id, progress=progress.start(label))
-    resolved = dataclasses.replace(unit, source=resolve_url(unit.source))
+    # An option may hold a reference too (a password in admin_url): resolved here only.
+    resolved = dataclasses.replace(
+        unit, source=resolve_url(unit.source), options=resolve_options(unit.options)
+    )
     try:
         with classified(driver, f"{unit.name} ({redact_url(unit.source)})"):
             result = driver.backup_unit(resolved, sink)

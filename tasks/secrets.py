@@ -67,6 +67,8 @@ def literal_secrets_in(request: BaseModel) -> list[str]:
             f"store {redact_url(store.url)!r}: {what}" for what in literal_url_secrets(store.url)
         ]
         found += [f"store option {path}" for path in literal_option_secrets(store.options)]
+    # Driver options are stored too (flow-run parameters, the manifest's options).
+    found += [f"option {path}" for path in literal_option_secrets(getattr(request, "options", {}))]
     return found
 
 
@@ -79,6 +81,8 @@ def hide_secrets(request: Request) -> Request:
         urls = getattr(request, field, None)
         if urls:
             update[field] = [stash_url_secrets(url) for url in urls]
+    if getattr(request, "options", None):
+        update["options"] = stash_option_secrets(request.options)
     store = getattr(request, "store", None)
     if store is not None:
         update["store"] = store.model_copy(

@@ -27,6 +27,7 @@ from backstop.drivers.redact import (
     stash_option_secrets,
     stash_url_secrets,
 )
+from backstop.drivers.registry import get_driver
 from backstop.flows.params import BackupRequest, RestoreRequest
 from backstop.tasks.secrets import hide_secrets, literal_secrets_in
 from backstop.tasks.store import StoreSpec
@@ -115,6 +116,75 @@ def test_hide_secrets_covers_every_url_and_the_store():
     hidden = hide_secrets(request)
     assert literal_secrets_in(hidden) == []
     assert not any(pw in hidden.model_dump_json() for pw in ("pw1", "pw2", "pw3", "pw4"))
+
+
+def test_driver_options_get_the_same_secret_rules():
+    # A password in an option's URL (ZooKeeper's admin_url) is stored with the run's
+    # parameters and the manifest's options unless it travels as a reference.
+    request = BackupRequest(
+        technology="zookeeper",
+        sources=["zk://h:2181"],
+        store=StoreSpec(url="file:///tmp/s"),
+        options={"mode": "admin-snapshot", "admin_url": "http://admin:pw5@h:8080"},
+    )
+    assert literal_secrets_in(request) == ["option admin_url"]
+    hidden = hide_secrets(request)
+    assert literal_secrets_in(hidden) == []
+    assert "pw5" not in hidden.model_dump_json()
+    assert resolve_placeholders(hidden.options["admin_url"]) == "http://admin:pw5@h:8080"
+
+
+@pytest.mark.parametrize(
+    ("technology", "operation", "options", "unknown", "known"),
+    [
+        ("schemaless", "backup", {"tables": "cells", "password": "SEKRET"}, "password", "tables"),
+        ("schemaless", "backup", {"table": "cells"}, "table", "tables"),
+        ("schemaless", "restore", {"tables": "cells"}, "tables", "ignore_extra_columns"),
+        ("zookeeper", "backup", {"auth": "digest:admin:SEKRET"}, "auth", "admin_url"),
+        ("zookeeper", "restore", {"mode": "datadir"}, "mode", "include_system"),
+        ("docstore", "backup", {"namespace": "db.c"}, "namespace", "namespaces"),
+        ("docstore", "restore", {"quiesce": "fsynclock"}, "quiesce", "include_system"),
+    ],
+)
+def test_an_option_the_driver_does_not_read_is_refused(
+    technology: str, operation: str, options: dict, unknown: str, known: str
+):
+    with pytest.raises(BadInputError) as refused:
+        get_driver(technology).check_options(options, operation)
+    message = str(refused.value)
+    assert f"option(s) {unknown};" in message and f"{known} (" in message
+    assert "SEKRET" not in message
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["backup", "schemaless", "--source", "sqlite:///a.db", "--option", "tables=cells",
+         "--option", "password=SEKRET"],
+        ["backup", "schemaless", "--source", "sqlite:///a.db", "--option", "table=cells"],
+        ["backup", "zookeeper", "--source", "zk://127.0.0.1:1", "--option",
+         "auth=digest:admin:SEKRET"],
+        ["restore", "docstore", "--target", "mongodb://127.0.0.1:1/", "--option", "bogus=1"],
+        ["drill", "zookeeper", "--source", "zk://127.0.0.1:1/a", "--scratch",
+         "zk://127.0.0.1:1/b", "--option", "auth=digest:admin:SEKRET"],
+        ["backup", "schemaless", "--source", "postgresql://u:p@ss@127.0.0.1:1/db"],
+    ],
+)  # fmt: skip
+def test_cli_refuses_unknown_options_and_raw_userinfo_before_prefect_starts(
+    argv: list[str], tmp_path, capsys, monkeypatch
+):
+    from backstop.flows import cli
+
+    monkeypatch.chdir(tmp_path)
+    # Exit 2 from the input check: no flow is imported, let alone run (which would
+    # store the options as parameters).
+    monkeypatch.setattr(cli, "COMMANDS", {})
+    code = cli.main([*argv, "--store", str(tmp_path / "store"), "--json"])
+    out = capsys.readouterr()
+    assert code == 2
+    error = json.loads(out.out)["error"]
+    assert "SEKRET" not in out.out + out.err and "ss@" not in error
+    assert "known:" in error or "percent-encode" in error
 
 
 # -- against the session's Prefect server -------------------------------------------------

@@ -80,6 +80,16 @@ class DocstoreDriver(Driver):
     )
     url_schemes = ("mongodb",)
     quality_suite = SUITE
+    backup_options = {
+        "include": "namespace patterns to back up (db.collection, * wildcards)",
+        "exclude": "namespace patterns to leave out",
+        "include_system": "true: back up the admin/config/local databases too",
+        "namespaces": "exact db.collection names to back up (what a safety backup takes)",
+        "quiesce": "none (default) or fsynclock: lock a standalone server's writes",
+    }
+    restore_options = {
+        "include_system": "true: allow restoring the admin/config/local databases",
+    }
     single_url = "a deployment is one URL"
 
     def classify(self, exc: BaseException) -> ErrorKind:

@@ -281,6 +281,11 @@ class SchemalessDriver(Driver):
     )
     url_schemes = ("sqlite", "postgresql", "mysql", "mariadb")
     quality_suite = SUITE
+    backup_options = {
+        "tables": "comma-separated cell tables to back up (default: every one)",
+        IGNORE_EXTRA_COLUMNS: "true: back up cell tables that have extra columns",
+    }
+    restore_options = {IGNORE_EXTRA_COLUMNS: "true: restore into tables with extra columns"}
 
     def classify(self, exc: BaseException) -> ErrorKind:
         return classify(exc)
