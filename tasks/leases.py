@@ -12,7 +12,9 @@ never pins a folder for ever.
 
 Freshness is the newer of the heartbeat the holder wrote and the time the store says
 the lease file was last written, so a clock that runs behind on either side keeps a
-lease alive rather than letting a running backup be deleted.
+lease alive rather than letting a running backup be deleted. A time more than
+MAX_CLOCK_AHEAD_S in the future is not believed (a forged or mis-dated lease would
+otherwise keep its folder for ever): such a lease counts as stale.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from backstop.tasks.store import ArtifactStore
 LEASE_PREFIX = ".lease-"
 REFRESH_S = float(os.environ.get("BACKSTOP_LEASE_REFRESH_S", "60"))
 STALE_S = 600.0  # ten missed heartbeats: the holder is gone
+MAX_CLOCK_AHEAD_S = 300.0  # a heartbeat dated further ahead than this is not believed
 _MAX_LEASE_BYTES = 4096
 
 log = logging.getLogger(__name__)
@@ -46,10 +49,14 @@ class LeaseInfo:
     kind: str
     holder: str
     age_s: float
+    name: str = ""  # the lease file, relative to the store
 
     def describe(self) -> str:
         doing = "backup running" if self.kind == "backup" else f"{self.kind} in progress"
-        return f"{doing} ({self.holder}, heartbeat {self.age_s:.0f} s ago)"
+        return (
+            f"{doing} ({self.holder}, heartbeat {self.age_s:.0f} s ago; once sure that "
+            f"holder is gone, delete {self.name} to break the lease)"
+        )
 
 
 class Lease:
@@ -152,9 +159,14 @@ def _read_lease(store: ArtifactStore, entry: dict[str, Any], now: datetime) -> L
         pass  # released meanwhile: its file time (if listed) still decides
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    newest = max((_aware(t) for t in times), default=None)
+    # A time further ahead than clocks drift apart is no heartbeat: a forged or
+    # future-dated lease would otherwise pin its folder against prune for ever.
+    believable = [t for t in map(_aware, times) if (t - now).total_seconds() <= MAX_CLOCK_AHEAD_S]
+    newest = max(believable, default=None)
     age = (now - newest).total_seconds() if newest else STALE_S
-    return LeaseInfo(kind=kind, holder=holder, age_s=max(age, 0.0))
+    return LeaseInfo(
+        kind=kind, holder=holder, age_s=max(age, 0.0), name=store.relative(entry["name"])
+    )
 
 
 def _written_at(entry: dict[str, Any]) -> datetime | None:
