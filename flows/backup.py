@@ -35,7 +35,6 @@ from backstop.tasks.manifest import (
     DriverInfo,
     Manifest,
     Role,
-    new_backup_id,
     totals_of,
 )
 from backstop.tasks.quality import quality_of
@@ -68,15 +67,13 @@ def _backup(request: BackupRequest) -> BackupOutcome:
     technology, spec = driver.name, request.store
     role = request.role or default_role()
     source_ids = identify(technology, request.sources)
-    backup_id = new_backup_id()
     started = datetime.now(UTC)
     sources = [redact_url(s) for s in request.sources]
-    logger.info("backup %s/%s of %s into %s", technology, backup_id, sources, spec.display())
 
     parent = None
     options = dict(request.options)
     if request.incremental:
-        parent = store.newest_parent(technology, sources)
+        parent = store.newest_parent(technology, sources, source_ids)
         if parent is None:
             raise BadInputError(
                 f"--incremental: no complete {technology} backup of {sources} in "
@@ -90,8 +87,15 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         }
         logger.info("incremental on top of %s", parent.backup_id)
 
-    # Held while the folder is written: prune leaves a leased folder alone.
-    lease = Lease(store, technology, backup_id, "backup").acquire()
+    # A folder of its own (ids can collide), then a lease held while it is written:
+    # prune leaves a leased folder alone.
+    backup_id = store.claim_backup_id(technology)
+    logger.info("backup %s/%s of %s into %s", technology, backup_id, sources, spec.display())
+    try:
+        lease = Lease(store, technology, backup_id, "backup").acquire()
+    except BaseException:
+        discard_partial(spec, technology, backup_id)
+        raise
     try:
         stored, handle = _snapshot(request, options, backup_id)
         phases = {"snapshot": clock.seconds}

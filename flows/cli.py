@@ -432,7 +432,7 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         "SOURCES"
     ]
     for r in rows:
-        state = "STALE" if r["stale"] else "ok"
+        state = "BROKEN" if r["broken_chain"] else "STALE" if r["stale"] else "ok"
         lines.append(
             f"{r['technology']:<11} {r['newest_backup']:<22} {r['role']:<9} "
             f"{r['age_hours']:>7.1f}h {_human_size(r['bytes']):>10}  {state:<5}  "
@@ -440,6 +440,9 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         )
     if data["incomplete"]:
         lines.append(f"incomplete backup folders: {', '.join(data['incomplete'])}")
+    for r in rows:
+        if r["broken_chain"]:
+            lines.append(f"{r['newest_backup']} cannot be restored: {r['broken_chain']}")
     return data, "\n".join(lines)
 
 

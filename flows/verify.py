@@ -12,7 +12,7 @@ from backstop.tasks.events import emit
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.restore import load_manifest
 from backstop.tasks.secrets import refuse_literal_secrets
-from backstop.tasks.verify import verify_backup_files
+from backstop.tasks.verify import broken_chains, restore_reads, verify_backup_files
 
 
 class VerificationFailed(PermanentError):
@@ -32,7 +32,9 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
         if not request.technology:
             raise BadInputError("--backup and --source need --technology")
         ref = request.backup or "latest"  # --source alone: the latest of those sources
-        manifests = [load_manifest(spec, request.technology, ref, request.sources)]
+        chosen = load_manifest(spec, request.technology, ref, request.sources)
+        # An incremental is restorable only with its parents: their files are checked too.
+        manifests = restore_reads(spec.open(), chosen)
         unreadable = {}
     else:
         # A manifest that cannot be read is a problem to report, and no reason to leave
@@ -42,6 +44,7 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
 
     results = gather(verify_backup_files.map(unmapped(spec), manifests)) if manifests else []
     problems = [p for found in results for p in found]
+    problems += broken_chains(spec.open(), manifests)
     problems += list(unreadable.values())  # each names its manifest
     if not manifests and not unreadable:
         problems.append(f"no complete backup found in {spec.display()}")

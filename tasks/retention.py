@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from backstop.drivers.errors import BackstopError, BadInputError
 from backstop.tasks.leases import fresh_leases
 from backstop.tasks.manifest import Manifest
-from backstop.tasks.store import ArtifactStore, BackupFolder
+from backstop.tasks.store import ArtifactStore, BackupFolder, newest_key
 
 SeriesKey = tuple[str, tuple[str, ...], str]  # (technology, sources, kind)
 
@@ -53,7 +53,7 @@ def take_inventory(store: ArtifactStore, technology: str | None = None) -> Inven
         key = (manifest.technology, tuple(manifest.sources), series_kind(manifest))
         series.setdefault(key, []).append(manifest)
     for backups in series.values():
-        backups.sort(key=lambda m: m.backup_id, reverse=True)
+        backups.sort(key=newest_key, reverse=True)  # by finish time, not the id's suffix
     return Inventory(series=series, incomplete=incomplete, unreadable=unreadable)
 
 
@@ -66,6 +66,7 @@ def started_at(backup_id: str) -> datetime:
 def status_rows(inventory: Inventory, now: datetime, stale_after: timedelta) -> list[dict]:
     """One row per series: its newest backup, how old it is, and whether that is too old."""
     rows = []
+    known = {(m.technology, m.backup_id): m for ms in inventory.series.values() for m in ms}
     for (technology, sources, *_kind), backups in sorted(inventory.series.items()):
         newest = backups[0]
         age = now - newest.finished_at
@@ -79,6 +80,7 @@ def status_rows(inventory: Inventory, now: datetime, stale_after: timedelta) -> 
                 "age_hours": round(age.total_seconds() / 3600, 2),
                 "stale": age > stale_after,
                 "incremental": newest.parent is not None,
+                "broken_chain": chain_break(newest, known),
                 "records": newest.totals.records,
                 "bytes": newest.totals.bytes,
                 "consistency": newest.consistency.kind,
@@ -88,6 +90,22 @@ def status_rows(inventory: Inventory, now: datetime, stale_after: timedelta) -> 
             }
         )
     return rows
+
+
+def chain_break(manifest: Manifest, known: dict[tuple[str, str], Manifest]) -> str | None:
+    """Why an incremental cannot be restored, from the manifests already read: a parent
+    that is not a complete, readable backup, or a chain that loops. None when it can."""
+    seen = {manifest.backup_id}
+    link = manifest
+    while link.parent:
+        parent = known.get((link.technology, link.parent))
+        if parent is None:
+            return f"parent {link.parent} of {link.backup_id} is missing or incomplete"
+        if parent.backup_id in seen:
+            return f"the chain loops back to {parent.backup_id}"
+        seen.add(parent.backup_id)
+        link = parent
+    return None
 
 
 # -- leases -------------------------------------------------------------------------------

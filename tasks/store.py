@@ -21,10 +21,22 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, Field, ValidationError
 
-from backstop.drivers.errors import BadInputError, IntegrityError, QualityError, TransientError
+from backstop.drivers.errors import (
+    BackstopError,
+    BadInputError,
+    IntegrityError,
+    QualityError,
+    TransientError,
+)
 from backstop.drivers.files import fsync_dir, make_private_dirs, open_private
 from backstop.drivers.redact import redact_url
-from backstop.tasks.manifest import BACKUP_ID, MANIFEST_NAME, TECHNOLOGY_NAME, Manifest
+from backstop.tasks.manifest import (
+    BACKUP_ID,
+    MANIFEST_NAME,
+    TECHNOLOGY_NAME,
+    Manifest,
+    new_backup_id,
+)
 
 # Far above any real manifest (about 300 bytes per file), far below what hurts to read.
 MAX_MANIFEST_BYTES = 256 << 20
@@ -223,20 +235,21 @@ class ArtifactStore:
                     continue
         return StoreScan(manifests, unreadable)
 
-    def newest_parent(self, technology: str, sources: list[str]) -> Manifest | None:
-        """The newest complete, validated backup of exactly these (redacted) sources: what
-        an incremental builds on."""
-        for folder in reversed([f for f in self.folders(technology) if f.complete]):
-            manifest = self.read_manifest(technology, folder.backup_id)
+    def newest_parent(
+        self, technology: str, sources: list[str], source_ids: list[str]
+    ) -> Manifest | None:
+        """The newest complete, validated backup of exactly these sources, in this order:
+        what an incremental builds on. Identities decide (`sqlite:///a.db` run from two
+        folders is two files); a manifest from before identities were recorded matches
+        by its (redacted) URLs only."""
+        candidates = [
+            m
+            for m in self._ordinary_backups(technology)
             # A safety or drill backup may be of the same sources, but holds a target's
             # old content or a drill's copy: never what the next incremental continues.
-            if (
-                manifest.sources == sources
-                and manifest.quality.status == "passed"
-                and manifest.ordinary
-            ):
-                return manifest
-        return None
+            if m.quality.status == "passed" and _same_sources(m, sources, source_ids)
+        ]
+        return newest_of(candidates)
 
     def chain(self, manifest: Manifest) -> list[Manifest]:
         """The backups an incremental stands on, full backup first, ending with itself.
@@ -293,7 +306,7 @@ class ArtifactStore:
         if sources:
             return _newest_of_sources(candidates, technology, sources, identify, self.url)
         newest: dict[tuple[str, ...], Manifest] = {}
-        for manifest in candidates:  # oldest first: the last one seen is the newest
+        for manifest in sorted(candidates, key=newest_key):  # the last one seen is the newest
             newest[manifest.source_set] = manifest
         if not newest:
             raise BadInputError(
@@ -307,7 +320,7 @@ class ArtifactStore:
                 "(repeatable) or --backup ID:\n  "
                 + "\n  ".join(
                     f"{', '.join(m.sources)} -> {m.backup_id}"
-                    for m in sorted(newest.values(), key=lambda m: m.backup_id, reverse=True)
+                    for m in sorted(newest.values(), key=newest_key, reverse=True)
                 )
             )
         return next(iter(newest.values()))
@@ -326,6 +339,31 @@ class ArtifactStore:
             if manifest.ordinary:
                 found.append(manifest)
         return found
+
+    def claim_backup_id(self, technology: str, attempts: int = 20) -> str:
+        """A new backup id whose folder no other backup uses: ids are made to the second
+        with 16 random bits, and two backups sharing a folder would write into each
+        other. On a local disk the folder is created here, exclusively (mkdir fails if
+        it exists). An object store has no folders to create: the best it offers is to
+        check that nothing exists under the prefix yet, and the caller writes its lease
+        there at once. Two writers racing within that gap are not excluded (best
+        effort, as the id's random suffix already makes it unlikely)."""
+        for _ in range(attempts):
+            backup_id = new_backup_id()
+            path = self.backup_dir(technology, backup_id)
+            with _store_errors(path):
+                if self.is_local:
+                    make_private_dirs(posixpath.dirname(path))
+                    try:
+                        os.mkdir(path, 0o700)
+                    except FileExistsError:
+                        continue
+                    return backup_id
+                if not self.fs.exists(path) and not self.fs.find(path, maxdepth=1):
+                    return backup_id
+        raise TransientError(
+            f"no free backup id in {redact_url(self.url)} after {attempts} tries; try again"
+        )
 
     def delete_backup(self, technology: str, backup_id: str) -> None:
         """Remove a backup folder, its manifest first: a deletion cut short leaves an
@@ -469,13 +507,28 @@ def _newest_of_sources(
     identify: Callable[[], list[str]] | None,
     store_url: str,
 ) -> Manifest:
-    """The newest candidate backed up from these sources: by their URLs as the manifest
-    shows them, else by identity (the same place spelled another way)."""
+    """The newest candidate backed up from these sources. Where identities are known
+    they decide (one URL text from two working folders is two places; two spellings of
+    one place are one); a manifest without recorded identities matches by its URLs."""
     wanted = set(sources)
-    matching = [m for m in candidates if set(m.sources) == wanted]
-    if not matching and identify is not None:
-        ids = set(identify())
-        matching = [m for m in candidates if m.source_ids and set(m.source_ids) == ids]
+    ids = _identities_if_reachable(identify)
+    matching = [
+        m
+        for m in candidates
+        if (
+            set(m.source_ids) == ids
+            if m.source_ids and ids is not None
+            else set(m.sources) == wanted
+        )
+    ]
+    if ids is None and len({m.source_set for m in matching}) > 1:
+        raise BadInputError(
+            f"{', '.join(sorted(wanted))} could not be identified, and backups of "
+            f"{len({m.source_set for m in matching})} different places were taken under "
+            "these URLs (a relative path run from different folders, a host name moved): "
+            "choose with --backup ID:\n  "
+            + "\n  ".join(f"{', '.join(m.source_set)} -> {m.backup_id}" for m in matching)
+        )
     if not matching:
         known = sorted({", ".join(m.sources) for m in candidates})
         raise BadInputError(
@@ -483,7 +536,37 @@ def _newest_of_sources(
             f"{redact_url(store_url)}"
             + (f"; its backups are of: {'; '.join(known)}" if known else "")
         )
-    return matching[-1]
+    return newest_of(matching)
+
+
+def newest_of(manifests: Sequence[Manifest]) -> Manifest | None:
+    """The newest by when it finished (ties: the id). A backup id's time is only to the
+    second and its suffix is random: two backups in one second are ordered by the
+    manifest, not by chance."""
+    return max(manifests, key=newest_key, default=None)
+
+
+def newest_key(manifest: Manifest) -> tuple[Any, str]:
+    return (manifest.finished_at, manifest.backup_id)
+
+
+def _identities_if_reachable(identify: Callable[[], list[str]] | None) -> set[str] | None:
+    """The sources' identities; None when they cannot be had (a lost server is what a
+    restore is for): then URLs decide, and only where they name one place."""
+    if identify is None:
+        return None
+    try:
+        return set(identify())
+    except BackstopError:
+        return None
+
+
+def _same_sources(manifest: Manifest, sources: list[str], source_ids: list[str]) -> bool:
+    """Whether a backup is of these sources, in this order: by identity when it recorded
+    them (a legacy manifest without them, by its redacted URLs)."""
+    if manifest.source_ids:
+        return manifest.source_ids == source_ids
+    return manifest.sources == sources
 
 
 def _check_name(value: str, pattern, what: str) -> None:

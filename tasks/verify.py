@@ -7,7 +7,7 @@ from typing import Any
 from prefect import task
 
 from backstop.drivers.contract import RestorePlan, StoredUnit, TargetCheck
-from backstop.drivers.errors import IntegrityError
+from backstop.drivers.errors import BadInputError, IntegrityError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.tasks.manifest import Manifest
@@ -15,7 +15,7 @@ from backstop.tasks.packaging import StoreSource, check_file
 from backstop.tasks.quality import checked_parts, run_suite
 from backstop.tasks.retry import RETRYING, classified
 from backstop.tasks.secrets import resolve_url
-from backstop.tasks.store import StoreSpec
+from backstop.tasks.store import ArtifactStore, StoreSpec
 
 
 @task(name="verify-backup-files", task_run_name="verify-{manifest.backup_id}", **RETRYING)
@@ -29,6 +29,31 @@ def verify_backup_files(store: StoreSpec, manifest: Manifest) -> list[str]:
         except IntegrityError as exc:
             problems.append(str(exc))
     return problems
+
+
+def chain_problem(store: ArtifactStore, manifest: Manifest) -> str | None:
+    """Why an incremental's chain cannot be restored (a parent missing, incomplete,
+    unreadable or looping back), or None when it can (a full backup always can)."""
+    if not manifest.parent:
+        return None
+    try:
+        store.chain(manifest)
+    except (IntegrityError, BadInputError) as exc:
+        return f"{manifest.technology}/{manifest.backup_id}: cannot be restored: {exc}"
+    return None
+
+
+def broken_chains(store: ArtifactStore, manifests: list[Manifest]) -> list[str]:
+    """The chain problem of each incremental among `manifests`."""
+    return [p for m in manifests if (p := chain_problem(store, m)) is not None]
+
+
+def restore_reads(store: ArtifactStore, manifest: Manifest) -> list[Manifest]:
+    """The backups one backup's restore reads (its chain, full backup first); when the
+    chain is broken, just the backup itself (`broken_chains` reports the break)."""
+    if chain_problem(store, manifest) is not None:
+        return [manifest]
+    return store.chain(manifest)
 
 
 @task(name="verify-target", task_run_name="verify-target-{unit.name}", **RETRYING)
