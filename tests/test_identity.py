@@ -213,6 +213,36 @@ def test_a_drill_into_its_postgresql_source_by_another_host_name_is_refused(
     assert not same_place(driver.identity(source), driver.identity(other))
 
 
+def test_a_postgresql_role_without_pg_control_system_still_sees_one_server_by_any_address(
+    pg_server,
+):
+    """The fallback identity is what the server says of itself, not how it was reached:
+    the same through 127.0.0.1, a forwarder on another port and the Unix socket."""
+    import psycopg
+    from servers.proxy import Forwarder
+    from servers.sql import PASSWORD
+
+    database = pg_server.create_database()
+    admin = pg_server.url(database).replace("+psycopg", "")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE ROLE plain LOGIN PASSWORD 'plain-pw' NOSUPERUSER")
+        conn.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+    try:
+        forwarder = Forwarder(pg_server.port)
+        direct = pg_server.url(database).replace(f"backstop:{PASSWORD}@", "plain:plain-pw@")
+        forwarded = direct.replace(f":{pg_server.port}/", f":{forwarder.port}/")
+        socket = (f"postgresql+psycopg://plain:plain-pw@/{database}"
+                  f"?host={pg_server.folder}&port={pg_server.port}")  # fmt: skip
+        driver = get_driver("schemaless")
+        ids = [driver.identity(url) for url in (direct, forwarded, socket)]
+        assert "system-" not in ids[0]  # the fallback was taken
+        assert all(same_place(ids[0], other) for other in ids[1:]), ids
+        forwarder.close()
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
+
+
 def test_a_drill_into_its_zookeeper_source_by_another_spelling_is_refused(
     cli, zk_server, zk_client, zk_root, local_store
 ):

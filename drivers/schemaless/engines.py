@@ -349,8 +349,9 @@ def place_identity(url: str) -> str:
 
 def _postgres_identity(conn: Connection) -> tuple[str, str]:
     """The cluster's system identifier (initdb's, the same on every address and port
-    that reaches it) and the database; the server's address where pg_control_system()
-    is not granted."""
+    that reaches it) and the database. Where pg_control_system() is not granted, what
+    the server says of itself to any role: when its postmaster started (microseconds)
+    and the port it listens on, the same through a socket, an address or a forwarder."""
     from sqlalchemy import exc as sa_exc
 
     database = conn.exec_driver_sql("SELECT current_database()").scalar_one()
@@ -361,10 +362,11 @@ def _postgres_identity(conn: Connection) -> tuple[str, str]:
             ).scalar_one()
         return f"system-{system}", database
     except sa_exc.DBAPIError:
-        address, port = conn.exec_driver_sql(
-            "SELECT host(inet_server_addr()), inet_server_port()"
+        started, port = conn.exec_driver_sql(
+            "SELECT extract(epoch FROM pg_postmaster_start_time())::numeric::text, "
+            "current_setting('port')"
         ).one()
-        return f"{address or 'local-socket'}:{port or ''}", database
+        return f"postmaster-{started}:{port}", database
 
 
 def _mysql_identity(conn: Connection) -> tuple[str, str]:
