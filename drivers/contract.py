@@ -194,9 +194,13 @@ def _check_url_syntax(url: str, role: str) -> None:
         raise BadInputError(f"{role} URL contains a NUL or line break: {redact_url(url)!r}")
     check_userinfo(url)
     try:
-        urlsplit(url)
+        netloc = urlsplit(url).netloc
     except ValueError as exc:
         raise BadInputError(f"{role} {redact_url(url)!r} is not a valid URL: {exc}") from None
+    for host in netloc.rpartition("@")[2].split(","):  # zk:// and mongodb:// list hosts
+        port = host.rpartition(":")[2] if ":" in host else ""
+        if port.isdecimal() and not 0 < int(port) < 65536:
+            raise BadInputError(f"{role} {redact_url(url)!r}: port {port} is out of range")
 
 
 class Driver(ABC):

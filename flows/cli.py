@@ -604,6 +604,10 @@ def _check_input(args: argparse.Namespace) -> None:
 
     if getattr(args, "store", None) is not None:
         check_store_url(args.store)
+    if getattr(args, "technology", None):  # a typo is named with the known ones, at once
+        from backstop.drivers.registry import get_driver
+
+        get_driver(args.technology)
     roles = {"backup": ("source",), "drill": ("source", "scratch"), "restore": ("target",)}
     if args.command in roles:
         from backstop.drivers.registry import get_driver

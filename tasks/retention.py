@@ -9,6 +9,7 @@ restic's `forget` does per host and path.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -139,10 +140,11 @@ def check_policy(keep_last: int | None, keep_days: float | None, grace_hours: fl
         )
     if keep_last is not None and keep_last < 1:
         raise BadInputError(f"--keep-last must be at least 1, got {keep_last}")
-    if keep_days is not None and keep_days <= 0:
-        raise BadInputError(f"--keep-days must be more than 0, got {keep_days}")
-    if grace_hours < 0:
-        raise BadInputError(f"--grace-hours must not be negative, got {grace_hours}")
+    # Written so that nan and inf fail too (every comparison with nan is false).
+    if keep_days is not None and not 0 < keep_days < math.inf:
+        raise BadInputError(f"--keep-days must be a number of days above 0, got {keep_days}")
+    if not 0 <= grace_hours < math.inf:
+        raise BadInputError(f"--grace-hours must be a number of hours, 0 or more, got {grace_hours}")
 
 
 def plan_retention(

@@ -394,6 +394,11 @@ def test_a_manifest_copied_into_another_backups_folder_fails_verify_and_restore(
         ("backup", "zookeeper", "--source", "zk://[::1", "--store", "STORE"),
         ("restore", "zookeeper", "--store", "STORE", "--target", "zk://:x"),
         ("drill", "schemaless", "--source", "sqlite:///a", "--scratch", "zk://h", "--store=STORE"),
+        ("backup", "schemaless", "--source", "postgresql://u@h:99999/db", "--store", "STORE"),
+        ("backup", "zookeeper", "--source", "zk://h:1,h:70000/x", "--store", "STORE"),
+        ("verify", "--store", "STORE", "--technology", "../x"),
+        ("prune", "--store", "STORE", "--keep-days", "nan"),
+        ("prune", "--store", "STORE", "--keep-last", "1", "--grace-hours", "inf"),
     ],
     ids=lambda argv: " ".join(argv),
 )
