@@ -144,7 +144,9 @@ def check_policy(keep_last: int | None, keep_days: float | None, grace_hours: fl
     if keep_days is not None and not 0 < keep_days < math.inf:
         raise BadInputError(f"--keep-days must be a number of days above 0, got {keep_days}")
     if not 0 <= grace_hours < math.inf:
-        raise BadInputError(f"--grace-hours must be a number of hours, 0 or more, got {grace_hours}")
+        raise BadInputError(
+            f"--grace-hours must be a number of hours, 0 or more, got {grace_hours}"
+        )
 
 
 def plan_retention(
