@@ -109,12 +109,17 @@ class KvDirDriver(Driver):
 
     def prepare_restore(
         self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
-    ) -> None:
+    ) -> dict[str, Any] | None:
         folder = _folder(targets[0])
         if not folder.is_dir():
             raise BadInputError(f"target folder {folder} does not exist")
         if plan.mode is RestoreMode.FAIL_IF_EXISTS and any(folder.iterdir()):
             raise BadInputError(f"target folder {folder} is not empty; choose a --mode")
+        if plan.mode is RestoreMode.MERGE:
+            # What the target held before: a merge keeps those keys as they are, and
+            # verification accepts them (a toy: a real driver keeps a watermark).
+            return {"keys": sorted(p.name for p in folder.iterdir() if p.is_file())}
+        return None
 
     def restore_unit(
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
@@ -137,6 +142,8 @@ class KvDirDriver(Driver):
     def verify_unit(
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> TargetCheck:
+        if plan.mode is RestoreMode.MERGE:
+            return self._verify_merge(unit, _folder(target), source, plan)
         items = _files(_folder(target))
         problems = []
         if len(items) != unit.records:
@@ -144,6 +151,25 @@ class KvDirDriver(Driver):
         elif _digest(items.items()) != unit.meta["digest"]:
             problems.append("the keys' digest differs from the backup's")
         return TargetCheck(unit=unit.name, ok=not problems, records=len(items), problems=problems)
+
+    def _verify_merge(
+        self, unit: StoredUnit, folder: Path, source: FileSource, plan: RestorePlan
+    ) -> TargetCheck:
+        """After a merge every backed-up key is in the target: as backed up, or as the
+        target held it before (a merge never changes what the target holds)."""
+        kept = set(plan.before.get("keys", ()))
+        missing = differing = 0
+        with source.open(unit.files[0]) as stream:
+            for key, value in read_records(stream):
+                path = folder / key
+                if not path.is_file():
+                    missing += 1
+                elif key not in kept and path.read_bytes() != value:
+                    differing += 1
+        problems = [f"{missing} backed-up keys are missing"] * bool(missing) + [
+            f"{differing} keys differ from the backup"
+        ] * bool(differing)
+        return TargetCheck(unit=unit.name, ok=not problems, records=unit.records, problems=problems)
 
     # -- data quality ---------------------------------------------------------------
     def quality_parts(self, unit: StoredUnit) -> dict[str, QualityPart]:
