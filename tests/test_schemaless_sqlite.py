@@ -126,44 +126,6 @@ def test_backup_is_a_snapshot_at_the_watermark_while_writers_run(
         assert b.execute("SELECT MAX(added_id) FROM cells").fetchone()[0] == watermark
 
 
-def test_fail_if_exists_refuses_a_non_empty_target_and_leaves_it_untouched(
-    shards, local_store, target_urls
-):
-    run_backup(shards, local_store)
-    run_restore(local_store, target_urls)
-    before = [file_digest(t) for t in target_urls]
-    with pytest.raises(BadInputError, match="already holds 3000 cells"):
-        run_restore(local_store, target_urls)
-    assert [file_digest(t) for t in target_urls] == before
-
-
-def test_overwrite_replaces_what_the_target_holds(shards, local_store, target_urls):
-    run_backup(shards, local_store)
-    run_restore(local_store, target_urls)
-    with sqlite3.connect(db_path(target_urls[0])) as db:
-        db.execute("UPDATE cells SET body = x'00' WHERE added_id = 5")
-        db.execute(
-            "INSERT INTO cells (row_key, column_name, ref_key, body, created_at) VALUES "
-            "('ffffffff-0000-4000-8000-000000000000', 'x', 1, x'01', '2026-01-01')"
-        )
-    outcome = run_restore(local_store, target_urls, mode=RestoreMode.OVERWRITE)
-    assert outcome.verified
-    assert compare_shards(shards, target_urls).equal
-
-
-def test_merge_adds_missing_cells_and_keeps_existing_ones(shards, local_store, target_urls):
-    run_backup(shards, local_store)
-    run_restore(local_store, target_urls)
-    with sqlite3.connect(db_path(target_urls[1])) as db:
-        db.execute("DELETE FROM cells WHERE added_id % 3 = 0")
-    missing = 3000 - cell_count(target_urls[1])
-    outcome = run_restore(local_store, target_urls, mode=RestoreMode.MERGE)
-    assert outcome.verified
-    assert outcome.records == missing
-    assert outcome.records_skipped == 6000 - missing
-    assert compare_shards(shards, target_urls).equal
-
-
 def test_merge_keeps_a_target_cell_that_differs_under_the_same_key(
     shards, local_store, target_urls
 ):

@@ -9,7 +9,6 @@ import uuid
 import pytest
 from zk_trees import authenticated_client, build_tree, read_tree
 
-from backstop.drivers.contract import RestoreMode
 from backstop.drivers.errors import BadInputError
 from backstop.flows.backup import backup
 from backstop.flows.params import BackupRequest, RestoreRequest
@@ -58,30 +57,6 @@ def test_logical_round_trip_into_another_chroot(zk_server, zk_client, zk_root, l
     assert sorted(zk_client.get_children(f"{target_root}/queue")) == sorted(
         zk_client.get_children(f"{zk_root}/queue")
     )
-
-
-def test_restore_refuses_non_empty_target_then_overwrite_and_merge(
-    zk_server, zk_client, zk_root, local_store
-):
-    build_tree(zk_client, zk_root, nodes=300)
-    zk_backup(zk_server.url(zk_root), local_store)
-    target = f"{zk_root}-t"
-    zk_client.ensure_path(f"{target}/existing")
-    zk_client.set(f"{target}/existing", b"keep me")
-    with pytest.raises(BadInputError, match="already holds 1 node"):
-        zk_restore(local_store, zk_server.url(target))
-    assert zk_client.get_children(target) == ["existing"]
-    assert zk_client.get(f"{target}/existing")[0] == b"keep me"
-
-    merged = zk_restore(local_store, zk_server.url(target), mode=RestoreMode.MERGE)
-    assert merged.verified
-    assert zk_client.get(f"{target}/existing")[0] == b"keep me"
-    tree = read_tree(zk_client, target)
-    del tree["/existing"]
-    assert tree == read_tree(zk_client, zk_root)
-
-    zk_restore(local_store, zk_server.url(target), mode=RestoreMode.OVERWRITE)
-    assert read_tree(zk_client, target) == read_tree(zk_client, zk_root)
 
 
 def test_include_restores_only_the_selected_subtrees(zk_server, zk_client, zk_root, local_store):
