@@ -106,7 +106,10 @@ class ArtifactStore:
         return posixpath.join(self.root, technology, backup_id)
 
     def file_path(self, technology: str, backup_id: str, name: str) -> str:
-        return posixpath.join(self.backup_dir(technology, backup_id), check_file_name(name))
+        return posixpath.join(
+            self.backup_dir(technology, backup_id),
+            check_file_name(name, f"backup {technology}/{backup_id}"),
+        )
 
     # -- data files ---------------------------------------------------------------
     @contextmanager
@@ -404,14 +407,15 @@ MAX_FILE_NAME_BYTES = 1024
 MAX_NAME_PART_BYTES = 255
 
 
-def check_file_name(name: object) -> str:
+def check_file_name(name: object, where: str = "") -> str:
     """A file name read from a manifest, accepted only as a plain relative path that stays
     inside its folder. Every reader (restore, verify, export) goes through this before
-    building a path from the name, so a crafted manifest cannot point outside a folder."""
+    building a path from the name, so a crafted manifest cannot point outside a folder.
+    `where` names the backup, for a whole-store verify that reads many."""
     problem = _file_name_problem(name)
     if problem:
         shown = repr(name)[:200]
-        raise IntegrityError(f"unsafe file name in backup: {shown} ({problem})")
+        raise IntegrityError(f"unsafe file name in {where or 'backup'}: {shown} ({problem})")
     return name  # type: ignore[return-value]  # checked above
 
 
@@ -481,7 +485,7 @@ def check_manifest_names(manifest: Manifest, technology: str, backup_id: str) ->
             "backup of its folder: the manifest was moved or altered"
         )
     for file in manifest.files:
-        check_file_name(file.name)
+        check_file_name(file.name, f"backup {technology}/{backup_id}")
         linked = file.meta.get("backup_id")
         if linked is not None and not (isinstance(linked, str) and BACKUP_ID.match(linked)):
             raise IntegrityError(f"{label}: file {file.name!r} names a bad backup {linked!r}")

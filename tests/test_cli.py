@@ -299,7 +299,7 @@ def test_export_refuses_names_leaving_its_folder_and_touches_nothing_outside(
         result = cli("export", "schemaless", *store, "--backup", backup_id, "--dir", str(out),
                      "--json")  # fmt: skip
         assert result.code == 1, (name, result.stdout)
-        assert "unsafe file name" in result.json["error"]
+        assert f"unsafe file name in backup schemaless/{backup_id}" in result.json["error"]
         assert sentinel.read_text() == "not the export's to touch", name
         assert tree(tmp_path, out) == before, name  # nothing made or removed outside --dir
         assert not out.exists() or not any(out.iterdir())
