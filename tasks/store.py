@@ -303,30 +303,36 @@ class ArtifactStore:
                     f"{ref!r} is not a backup id (like 20261126T120501Z-3fa2) or 'latest'"
                 )
             return self.read_manifest(technology, ref)
-        candidates = self._ordinary_backups(technology)
-        if validated_only:
-            candidates = _validated(candidates, technology)
-        if sources:
-            return _newest_of_sources(candidates, technology, sources, identify, self.url)
-        newest: dict[tuple[str, ...], Manifest] = {}
-        for manifest in sorted(candidates, key=newest_key):  # the last one seen is the newest
-            newest[manifest.source_set] = manifest
-        if not newest:
-            raise BadInputError(
-                f"no complete {technology} backup in {redact_url(self.url)} to take as "
-                "latest (safety and drill backups are restored only by --backup ID)"
-            )
-        if len(newest) > 1:
-            raise BadInputError(
-                f"{redact_url(self.url)} holds {technology} backups of {len(newest)} different "
-                "sources, so 'latest' could restore the wrong one; choose with --source URL "
-                "(repeatable) or --backup ID:\n  "
-                + "\n  ".join(
-                    f"{', '.join(m.sources)} -> {m.backup_id}"
-                    for m in sorted(newest.values(), key=newest_key, reverse=True)
+        candidates = sorted(self._ordinary_backups(technology), key=newest_key)
+        if sources:  # one place, checked for ambiguity by _of_sources
+            chosen = _of_sources(candidates, technology, sources, identify, self.url)
+        else:
+            # Grouped by source before the quality rule: a source whose backups all
+            # failed it must not leave another source's backup as the only "latest".
+            groups: dict[tuple[str, ...], list[Manifest]] = {}
+            for manifest in candidates:
+                groups.setdefault(manifest.source_set, []).append(manifest)
+            if not groups:
+                raise BadInputError(
+                    f"no complete {technology} backup in {redact_url(self.url)} to take as "
+                    "latest (safety and drill backups are restored only by --backup ID)"
                 )
-            )
-        return next(iter(newest.values()))
+            if len(groups) > 1:
+                raise BadInputError(
+                    f"{redact_url(self.url)} holds {technology} backups of {len(groups)} "
+                    "different sources, so 'latest' could restore the wrong one; choose with "
+                    "--source URL (repeatable) or --backup ID:\n  "
+                    + "\n  ".join(
+                        f"{', '.join(group[-1].sources)} -> {group[-1].backup_id}"
+                        for group in sorted(
+                            groups.values(), key=lambda g: newest_key(g[-1]), reverse=True
+                        )
+                    )
+                )
+            [chosen] = groups.values()
+        if validated_only:
+            chosen = _validated(chosen, technology)
+        return newest_of(chosen)
 
     def _ordinary_backups(self, technology: str) -> list[Manifest]:
         """Complete ordinary backups, oldest first. A manifest that cannot be read (or
@@ -504,14 +510,14 @@ def _validated(candidates: list[Manifest], technology: str) -> list[Manifest]:
     return passed
 
 
-def _newest_of_sources(
+def _of_sources(
     candidates: list[Manifest],
     technology: str,
     sources: Sequence[str],
     identify: Callable[[], list[str]] | None,
     store_url: str,
-) -> Manifest:
-    """The newest candidate backed up from these sources. Where identities are known
+) -> list[Manifest]:
+    """The candidates backed up from these sources, oldest first. Where identities are known
     they decide (one URL text from two working folders is two places; two spellings of
     one place are one); a manifest without recorded identities matches by its URLs."""
     wanted = set(sources)
@@ -536,11 +542,11 @@ def _newest_of_sources(
     if not matching:
         known = sorted({", ".join(m.sources) for m in candidates})
         raise BadInputError(
-            f"no complete, validated {technology} backup of {', '.join(sorted(wanted))} in "
+            f"no complete {technology} backup of {', '.join(sorted(wanted))} in "
             f"{redact_url(store_url)}"
             + (f"; its backups are of: {'; '.join(known)}" if known else "")
         )
-    return newest_of(matching)
+    return matching
 
 
 def newest_of(manifests: Sequence[Manifest]) -> Manifest | None:

@@ -46,7 +46,7 @@ def test_an_incremental_never_builds_on_the_same_relative_url_from_another_folde
     restore = cli("restore", "schemaless", "--source", relative, "--target", target,
                   "--store", local_store.url, "--json")  # fmt: skip
     assert restore.code == 2, restore.stdout
-    assert "no complete, validated schemaless backup" in restore.json["error"]
+    assert "no complete schemaless backup of" in restore.json["error"]
     assert not (tmp_path / "restored.db").exists()
 
     # From the first folder, the same URL text is the backed-up file again.

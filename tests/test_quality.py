@@ -122,6 +122,30 @@ def failed_checks(checks: list[dict]) -> dict[str, int]:
     return {c["check"]: c["unexpected"] for c in checks if not c["passed"]}
 
 
+def test_a_source_whose_backups_all_failed_quality_never_makes_another_sources_latest(
+    cli, shards, local_store, tmp_path
+):
+    """Grouped by source before the quality rule: shard A's only backup failed its
+    checks, shard B's passed; `latest` is still ambiguous (exit 2 naming both), and
+    `--source A` says to use --force, rather than restoring B's data."""
+    bad, good = shards
+    with sqlite3.connect(bad.removeprefix("sqlite:///")) as db:
+        db.execute(
+            "INSERT INTO cells (row_key, column_name, ref_key, body, created_at) "
+            "VALUES ('nope', 'c', -1, X'00', '2026-11-26 00:00:00.000000')"
+        )
+    store = ("--store", local_store.url)
+    assert cli("backup", "schemaless", "--source", bad, *store, "--json").code == 1
+    assert cli("backup", "schemaless", "--source", good, *store, "--json").code == 0
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    ambiguous = cli("restore", "schemaless", *store, "--target", target, "--json")
+    assert ambiguous.code == 2, ambiguous.stdout
+    assert "2 different sources" in ambiguous.json["error"]
+    of_bad = cli("restore", "schemaless", *store, "--target", target, "--source", bad, "--json")
+    assert of_bad.code == 1 and "--force" in of_bad.json["error"], of_bad.stdout
+    assert not (tmp_path / "target.db").exists()
+
+
 def test_duplicates_in_different_chunks_are_found_across_the_part():
     ids = [bytes([7]) + i.to_bytes(12, "big") for i in range(25_000)]
     ids[24_000] = ids[3]  # in another chunk than its twin
