@@ -199,6 +199,7 @@ def stored_by_prefect(since: datetime) -> list[str]:
         LogFilter,
         LogFilterFlowRunId,
     )
+    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.events.filters import EventFilter, EventOccurredFilter
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
@@ -207,7 +208,10 @@ def stored_by_prefect(since: datetime) -> list[str]:
     EventsWorker.drain_all(timeout=10)
     texts: list[str] = []
     with get_client(sync_client=True) as client:
-        runs = [r for r in client.read_flow_runs(limit=200) if r.created and r.created >= since]
+        # Newest first: the store of a whole test session holds far more than one page,
+        # and the default order (by id) is no order in time.
+        recent = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
+        runs = [r for r in recent if r.created and r.created >= since]
         assert runs, "no flow run was recorded"
         ids = FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs]))
         for run in runs:
