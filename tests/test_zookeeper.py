@@ -7,32 +7,11 @@ import time
 import uuid
 
 import pytest
-from zk_trees import authenticated_client, build_tree, read_tree
+from zk_trees import authenticated_client, build_tree, read_tree, zk_backup, zk_restore
 
 from backstop.drivers.errors import BadInputError
-from backstop.flows.backup import backup
-from backstop.flows.params import BackupRequest, RestoreRequest
-from backstop.flows.restore import restore
-from backstop.tasks.secrets import hide_secrets
 
 pytestmark = pytest.mark.integration
-
-
-def zk_backup(source: str, store, **options):
-    # The tests' URLs carry the digest password: moved out of the parameters first.
-    return backup(
-        request=hide_secrets(
-            BackupRequest(technology="zookeeper", sources=[source], store=store, options=options)
-        )
-    )
-
-
-def zk_restore(store, target: str, **kwargs):
-    return restore(
-        request=hide_secrets(
-            RestoreRequest(technology="zookeeper", store=store, targets=[target], **kwargs)
-        )
-    )
 
 
 def test_logical_round_trip_into_another_chroot(zk_server, zk_client, zk_root, local_store):

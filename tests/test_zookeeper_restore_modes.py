@@ -7,35 +7,14 @@ import pytest
 from faults import fail_once_after
 from kazoo import exceptions as kz
 from kazoo.security import OPEN_ACL_UNSAFE
-from zk_trees import CUSTOM_ACL, build_tree, read_tree
+from zk_trees import CUSTOM_ACL, build_tree, read_tree, zk_backup, zk_restore
 
 from backstop.drivers.contract import RestoreMode
 from backstop.drivers.errors import BadInputError, PermanentError
 from backstop.drivers.zookeeper import driver as zk_driver
 from backstop.drivers.zookeeper.znodes import node_hash
-from backstop.flows.backup import backup
-from backstop.flows.params import BackupRequest, RestoreRequest
-from backstop.flows.restore import restore
-from backstop.tasks.secrets import hide_secrets
 
 pytestmark = pytest.mark.integration
-
-
-def zk_backup(source: str, store, **options):
-    # The tests' URLs carry the digest password: moved out of the parameters first.
-    return backup(
-        request=hide_secrets(
-            BackupRequest(technology="zookeeper", sources=[source], store=store, options=options)
-        )
-    )
-
-
-def zk_restore(store, target: str, **kwargs):
-    return restore(
-        request=hide_secrets(
-            RestoreRequest(technology="zookeeper", store=store, targets=[target], **kwargs)
-        )
-    )
 
 
 def _small_tree(zk, root: str) -> None:

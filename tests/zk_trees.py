@@ -72,3 +72,30 @@ def read_tree(client: KazooClient, root: str) -> dict[str, tuple[bytes, list]]:
         out[relative] = (data, sorted((a.perms, a.id.scheme, a.id.id) for a in acls))
         stack.extend(f"{path}/{c}" if path != "/" else f"/{c}" for c in client.get_children(path))
     return out
+
+
+def zk_backup(source: str, store, **options):
+    """A ZooKeeper backup through the flow. The tests' URLs carry the digest password:
+    moved out of the parameters first, as the CLI does."""
+    from backstop.flows.backup import backup
+    from backstop.flows.params import BackupRequest
+    from backstop.tasks.secrets import hide_secrets
+
+    return backup(
+        request=hide_secrets(
+            BackupRequest(technology="zookeeper", sources=[source], store=store, options=options)
+        )
+    )
+
+
+def zk_restore(store, target: str, **kwargs):
+    """A ZooKeeper restore through the flow (password moved out as in zk_backup)."""
+    from backstop.flows.params import RestoreRequest
+    from backstop.flows.restore import restore
+    from backstop.tasks.secrets import hide_secrets
+
+    return restore(
+        request=hide_secrets(
+            RestoreRequest(technology="zookeeper", store=store, targets=[target], **kwargs)
+        )
+    )
