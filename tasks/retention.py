@@ -142,7 +142,7 @@ def check_policy(keep_last: int | None, keep_days: float | None, grace_hours: fl
         raise BadInputError(f"--keep-last must be at least 1, got {keep_last}")
     # Written so that nan and inf fail too (every comparison with nan is false).
     if keep_days is not None and not 0 < keep_days < math.inf:
-        raise BadInputError(f"--keep-days must be a number of days above 0, got {keep_days}")
+        raise BadInputError(f"--keep-days must be more than 0 (a number of days), got {keep_days}")
     if not 0 <= grace_hours < math.inf:
         raise BadInputError(
             f"--grace-hours must be a number of hours, 0 or more, got {grace_hours}"
