@@ -289,3 +289,9 @@ def quality_of(checks: list[dict[str, Any]]) -> QualityResult:
     return QualityResult(
         status="passed" if all(c["passed"] for c in checks) else "failed", checks=list(checks)
     )
+
+
+def prepare_suites() -> None:
+    """Import Great Expectations and make its context now (the command calls this
+    while Prefect's server starts), not inside the first unit's task."""
+    _Gx.ready()

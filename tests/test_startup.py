@@ -1,0 +1,136 @@
+"""A command's start-up (flows/startup.py): Prefect's temporary server started first,
+a clear error when it cannot start in time, nothing of it left behind, and a
+configured server used as it is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backstop.flows import startup
+
+BACKSTOP = str(Path(sys.executable).parent / "backstop")
+
+
+def _own_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The CLI's environment with a Prefect home of its own and no server configured:
+    it starts its temporary server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env.update(extra)
+    return env
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Running processes whose environment holds `marker` (this test's Prefect home)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().split(") ", 1)[1][0]
+        except OSError:
+            continue
+        if marker.encode() in environ and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def _gone(marker: str, wait_s: float = 10) -> list[int]:
+    deadline = time.monotonic() + wait_s
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_backup_with_its_own_temporary_server_leaves_nothing_running(
+    tmp_path: Path, datastore_template: list[Path]
+) -> None:
+    env = _own_env(tmp_path)
+    source = f"sqlite:///{datastore_template[0]}"
+    proc = subprocess.run(
+        [BACKSTOP, "backup", "schemaless", "--source", source, "--store", str(tmp_path / "s"),
+         "--json"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    outcome = json.loads(proc.stdout)
+    assert outcome["status"] == "completed"
+    # The server this command started answered, and is stopped with the command.
+    assert outcome["startup_s"]["server_start_s"] > 0
+    assert not _gone(env["PREFECT_HOME"]), "the temporary Prefect server outlived the command"
+    # It recorded the run, as Prefect's own temporary server does.
+    assert (Path(env["PREFECT_HOME"]) / "prefect.db").exists()
+
+
+def test_a_server_that_does_not_start_in_time_is_a_clear_error_and_is_stopped(
+    tmp_path: Path, datastore_template: list[Path]
+) -> None:
+    env = _own_env(tmp_path, BACKSTOP_SERVER_STARTUP_TIMEOUT="0.001")
+    store = tmp_path / "s"
+    proc = subprocess.run(
+        [BACKSTOP, "backup", "schemaless", "--source", f"sqlite:///{datastore_template[0]}",
+         "--store", str(store)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "did not start within 0.001 s" in proc.stderr
+    assert "BACKSTOP_SERVER_STARTUP_TIMEOUT" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not _gone(env["PREFECT_HOME"]), "the temporary Prefect server outlived the command"
+    assert not store.exists() or not any(store.rglob("manifest.json"))
+
+
+def test_bad_input_starts_no_server(tmp_path: Path) -> None:
+    env = _own_env(tmp_path)
+    proc = subprocess.run(
+        [BACKSTOP, "backup", "schemaless", "--source", "nosuch://x", "--store", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert not Path(env["PREFECT_HOME"]).exists()  # Prefect never started
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["environment", "profile", "prefect.toml", "dotenv", "ephemeral-off"],
+)
+def test_a_configured_prefect_server_is_used_as_it_is(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert not startup.api_url_configured()
+    if where == "environment":
+        monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    elif where == "profile":
+        (tmp_path / "home").mkdir()
+        (tmp_path / "home" / "profiles.toml").write_text(
+            'active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "http://prefect:4200/api"\n'
+        )
+    elif where == "prefect.toml":
+        (tmp_path / "prefect.toml").write_text('[api]\nurl = "http://prefect:4200/api"\n')
+    elif where == "dotenv":
+        (tmp_path / ".env").write_text("PREFECT_API_URL=http://prefect:4200/api\n")
+    else:
+        monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_ENABLED", "false")
+    assert startup.api_url_configured()
+
+
+def test_the_startup_wait_is_generous_and_settable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (startup.STARTUP_TIMEOUT_ENV, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    assert startup.startup_timeout() == startup.DEFAULT_STARTUP_TIMEOUT_S >= 600
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    assert startup.startup_timeout() == 90
+    monkeypatch.setenv(startup.STARTUP_TIMEOUT_ENV, "1200")
+    assert startup.startup_timeout() == 1200
