@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from backstop.drivers.errors import BackstopError, BadInputError
 from backstop.drivers.redact import (
@@ -27,6 +30,7 @@ from backstop.drivers.redact import (
 from backstop.flows.signals import Interrupted, exit_if_stuck, stop_on_signals
 
 TECH_HELP = "zookeeper, docstore or schemaless"
+TECH_BY_ID_HELP = TECH_HELP + "; may be left out with --backup ID (the store knows it)"
 
 
 # -- parsing -------------------------------------------------------------------------
@@ -51,8 +55,28 @@ def _options(args: argparse.Namespace, stash: bool = True) -> dict[str, Any]:
     return stash_option_secrets(options) if stash else options
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own usage errors (an unknown flag, a missing argument) still exit 2;
+    with --json on the command line they are one JSON object on stdout, like every other
+    error. Subcommand parsers are of this class too (argparse makes them of the parent's)."""
+
+    _json_requested = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        argv = sys.argv[1:] if args is None else list(args)
+        self._json_requested = "--json" in argv
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        if not self._json_requested:
+            super().error(message)
+        error = f"{self.prog}: {message}"
+        print(json.dumps({"status": "failed", "error": error, "exit_code": 2}))
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="backstop",
         description="Backup and restore of ZooKeeper, Docstore and Schemaless as Prefect flows.",
     )
@@ -117,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = command("restore", "restore a backup into targets, then verify them")
-    sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
+    sub.add_argument("technology", metavar="TECH", nargs="?", help=TECH_BY_ID_HELP)
     store_args(sub)
     sub.add_argument(
         "--target",
@@ -213,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
 
     sub = command("export", "write a backup's files, decompressed and checked, into a folder")
-    sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
+    sub.add_argument("technology", metavar="TECH", nargs="?", help=TECH_BY_ID_HELP)
     store_args(sub)
     sub.add_argument("--backup", default="latest", metavar="ID", help="backup id or latest")
     source_filter_args(sub)
@@ -228,11 +252,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- running ---------------------------------------------------------------------------
 def _configure_prefect(verbose: bool) -> None:
-    """Before Prefect is imported: the CLI prints its own summary, Prefect only warnings."""
+    """Before Prefect is imported: the CLI prints its own summary, Prefect only warnings
+    (backstop's own, such as a consistency warning, go through Prefect's run logger), and
+    no failure twice: the CLI says each failure once, so Prefect's console ERROR lines
+    and tracebacks show only with -v (its API handler still sends them to the server)."""
+    quiet = f"{__name__}.{QuietConsoleHandler.__name__}"
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS", quiet)
+    elif os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS") == quiet:
+        del os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS"]  # inherited from a quiet run
     # This machine may have no route out; the ephemeral server should not try.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+class QuietConsoleHandler(logging.Handler):
+    """Prefect's console handler, less the ERROR records of Prefect's own loggers ("Encountered
+    exception during execution", "Finished in state Failed", their tracebacks): the CLI
+    reports the failure itself. Named in Prefect's logging configuration by
+    _configure_prefect, which must not import Prefect: the handler is made here, when
+    Prefect configures its logging."""
+
+    def __new__(cls, **kwargs: Any) -> logging.Handler:  # type: ignore[misc]
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        handler = PrefectConsoleHandler(**kwargs)
+        handler.addFilter(_not_a_prefect_error)
+        return handler
+
+
+def _not_a_prefect_error(record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and record.name.startswith("prefect"))
 
 
 def _hide_passwords(urls: list[str], role: str) -> list[str]:
@@ -415,8 +465,6 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
     from backstop.tasks.retention import status_rows, take_inventory
 
-    if args.stale_hours <= 0:
-        raise BadInputError(f"--stale-hours must be more than 0, got {args.stale_hours}")
     inventory = take_inventory(_store(args).open(), args.technology)
     rows = status_rows(inventory, datetime.now(UTC), timedelta(hours=args.stale_hours))
     data = {
@@ -449,9 +497,7 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 def cmd_prune(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from backstop.flows.params import PruneRequest
     from backstop.flows.prune import prune
-    from backstop.tasks.retention import check_policy
 
-    check_policy(args.keep_last, args.keep_days, args.grace_hours)
     outcome = prune(
         request=PruneRequest(
             store=_store(args),
@@ -499,8 +545,6 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from backstop.flows.restore import restore
     from backstop.tasks.store import StoreSpec
 
-    if args.cells < 1 or args.shards < 1:
-        raise BadInputError("--cells and --shards must be at least 1")
     wall = time.perf_counter()
     workdir = (
         nullcontext(args.keep)
@@ -615,21 +659,30 @@ def _get_ready(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _check_input(args: argparse.Namespace) -> None:
-    """URLs that cannot be right are bad input, said before Prefect starts (seconds):
-    the store URL's shape, and each source/target URL as its driver reads it."""
+    """Everything that needs no server, said before Prefect is imported or started (a
+    second, not the many a flow takes to start): the store URL, numbers, the backup id's
+    shape, the technology (found in the store for a bare --backup ID), options, each
+    source/target URL as its driver reads it, and what a backup or restore asks of its
+    driver (--incremental, --include, --until, --rename). The flows check all of it again:
+    a deployment's run does not pass through here."""
     from backstop.tasks.store import check_store_url
 
     if getattr(args, "store", None) is not None:
         check_store_url(args.store)
-    if getattr(args, "technology", None):  # a typo is named with the known ones, at once
-        from backstop.drivers.registry import get_driver
+        _key_values(args.store_option, "--store-option")
+    _check_numbers(args)
+    _check_backup_ref(args)
+    if args.command == "restore":
+        _key_values(args.rename, "--rename", "FROM=TO")
+    if args.command in ("restore", "export", "verify") and not args.technology:
+        _find_technology(args)
+    if not getattr(args, "technology", None):
+        return
+    from backstop.drivers.registry import get_driver
 
-        get_driver(args.technology)
+    driver = get_driver(args.technology)  # a typo is named with the known ones, at once
     roles = {"backup": ("source",), "drill": ("source", "scratch"), "restore": ("target",)}
     if args.command in roles:
-        from backstop.drivers.registry import get_driver
-
-        driver = get_driver(args.technology)
         # A typo, or a secret given where no option takes one, refused before it is stored.
         operation = "restore" if args.command == "restore" else "backup"
         driver.check_options(_options(args, stash=False), operation)
@@ -640,6 +693,115 @@ def _check_input(args: argparse.Namespace) -> None:
             # A driver reads resolved URLs only (${env:} references, e.g. a whole host).
             resolved = [resolve_placeholders(url) for url in urls]
             driver.check_urls(resolved, "target" if attr == "scratch" else attr)
+    if args.command == "backup":
+        _check_backup_request(driver, args)
+    elif args.command == "restore":
+        _check_restore_request(driver, args)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Counts and durations that cannot be right (written so that nan fails too)."""
+    if args.command == "status" and not 0 < args.stale_hours < math.inf:
+        raise BadInputError(f"--stale-hours must be more than 0, got {args.stale_hours}")
+    if args.command == "prune":
+        from backstop.tasks.retention import check_policy
+
+        check_policy(args.keep_last, args.keep_days, args.grace_hours)
+    if args.command == "demo" and (args.cells < 1 or args.shards < 1):
+        raise BadInputError("--cells and --shards must be at least 1")
+
+
+def _check_backup_ref(args: argparse.Namespace) -> None:
+    """--backup is `latest` or an id as backups are named (it becomes part of a path)."""
+    ref = getattr(args, "backup", None)
+    if ref is None or ref == "latest":
+        return
+    from backstop.tasks.manifest import BACKUP_ID
+
+    if not BACKUP_ID.match(ref):
+        raise BadInputError(
+            f"--backup {ref!r} is not a backup id (like 20261126T120501Z-3fa2) or 'latest'"
+        )
+    if args.source:
+        raise BadInputError(
+            "--source chooses the latest backup of those sources; give either "
+            "--source or --backup ID, not both"
+        )
+
+
+def _find_technology(args: argparse.Namespace) -> None:
+    """restore, export and verify of one backup by id need no technology: the store holds
+    each backup under its technology's folder, so the id says which (sets args.technology).
+    `latest` and --source need it named: they choose among one technology's backups."""
+    ref = args.backup
+    if args.command == "verify" and ref is None and not args.source:
+        return  # every backup of every technology
+    if ref is None or ref == "latest":
+        asked = "--source" if args.command == "verify" and ref is None else "--backup latest"
+        named = "--technology TECH" if args.command == "verify" else f"TECH ({TECH_HELP})"
+        raise BadInputError(f"{asked} needs the technology: give {named}, or --backup ID")
+    spec = _store(args)
+    found = spec.open().technologies_holding(ref)
+    if not found:
+        raise BadInputError(f"no complete backup {ref} in {spec.display()}")
+    if len(found) > 1:
+        how = "--technology TECH" if args.command == "verify" else "TECH"
+        raise BadInputError(
+            f"backup id {ref} is in {spec.display()} under {' and '.join(found)}: "
+            f"name the one meant ({how})"
+        )
+    args.technology = found[0]
+
+
+def _check_backup_request(driver: Any, args: argparse.Namespace) -> None:
+    options = _options(args, stash=False)
+    mode = options.get("mode")
+    if "mode" in driver.backup_options and mode and mode not in driver.capabilities.modes:
+        raise BadInputError(
+            f"unknown {driver.name} mode {mode!r}; choose one of "
+            f"{', '.join(driver.capabilities.modes)}"
+        )
+    if args.incremental and not driver.capabilities.incremental:
+        raise BadInputError(f"{driver.name} does not support incremental backups")
+    _check_driver_syntax(driver.name, args.include, args.exclude, {}, None)
+
+
+def _check_restore_request(driver: Any, args: argparse.Namespace) -> None:
+    """What the restore flow refuses first, refused here without a server (same words)."""
+    caps = driver.capabilities
+    if args.include and not caps.selective_restore:
+        raise BadInputError(f"{driver.name} does not support --include (selective restore)")
+    if args.until and not caps.point_in_time:
+        raise BadInputError(f"{driver.name} does not support --until (point-in-time restore)")
+    if args.rename and not caps.rename:
+        raise BadInputError(f"{driver.name} does not support --rename")
+    rename = _key_values(args.rename, "--rename", "FROM=TO")
+    _check_driver_syntax(driver.name, args.include, [], rename, args.until)
+
+
+def _check_driver_syntax(
+    technology: str,
+    include: list[str],
+    exclude: list[str],
+    rename: dict[str, Any],
+    until: str | None,
+) -> None:
+    """Patterns and points in the syntax of the built-in drivers, checked by the very
+    functions those drivers call later in the flow (a plugin driver checks its own there)."""
+    if technology == "zookeeper" and (include or exclude):
+        from backstop.drivers.zookeeper.paths import Selection
+
+        Selection(include, exclude)
+    elif technology == "docstore":
+        from backstop.drivers.docstore.names import Renames, check_patterns
+
+        check_patterns(include)
+        check_patterns(exclude)
+        Renames(list(rename.items()))
+    elif technology == "schemaless" and until:
+        from backstop.drivers.schemaless.until import parse_until
+
+        parse_until(until, "shard-000")  # the shape only: any shard reads it the same way
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -667,6 +829,8 @@ def _run(args: argparse.Namespace) -> int:
         exit_if_stuck(code)
         return code
     except Exception as exc:  # a bug or an unclassified failure: exit 1, say what it was
+        if args.verbose:
+            print(mask_secrets(traceback.format_exc()), file=sys.stderr, end="")
         message = f"{type(exc).__name__}: {exc}"
         _emit(
             args,

@@ -215,6 +215,20 @@ class ArtifactStore:
                     found.append(BackupFolder(tech, backup_id, complete))
         return sorted(found, key=lambda f: (f.backup_id, f.technology))
 
+    def technologies_holding(self, backup_id: str) -> list[str]:
+        """The technologies under whose folder a complete backup (one with a manifest) of
+        this id lies: how a backup is found by its id alone. Two is possible (a store put
+        together from copies): the caller asks which one is meant."""
+        _check_name(backup_id, BACKUP_ID, "backup id")
+        found = []
+        for tech in self._children(self.root):
+            if TECHNOLOGY_NAME.match(tech):
+                manifest = posixpath.join(self.root, tech, backup_id, MANIFEST_NAME)
+                with _store_errors(manifest):
+                    if self.fs.exists(manifest):
+                        found.append(tech)
+        return found
+
     def list_backups(self, technology: str | None = None) -> list[Manifest]:
         """Complete backups (those with a manifest), oldest first."""
         return [
