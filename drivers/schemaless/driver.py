@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
@@ -45,7 +46,7 @@ from backstop.drivers.errors import (
     TransientError,
 )
 from backstop.drivers.redact import redact_url
-from backstop.drivers.schemaless import engines
+from backstop.drivers.schemaless import digest_sql, engines
 from backstop.drivers.schemaless.cells import (
     CELL_COLUMNS,
     FORMAT,
@@ -549,11 +550,19 @@ class SchemalessDriver(Driver):
                         found, bad = _compare_by_key(conn, table, file, source, limit, kept_up_to)
                         records += found
                         problems.extend(bad)
+                elif digest_sql.computes_in_sql(conn):
+                    records += _compare_in_sql(
+                        conn, table, files, source, limit, problems, unit.name
+                    )
                 else:
                     expected = _expected(files, source, limit)
+                    found: list[str] = []
                     records += _compare_digest(
-                        conn, table, files[-1].meta["watermark"], expected, problems, unit.name
+                        conn, table, files[-1].meta["watermark"], expected, found, unit.name
                     )
+                    if found:  # name the ranges that differ
+                        found += _differing_ranges(conn, table, files, source, limit, unit.name)
+                    problems += found
         return TargetCheck(unit=unit.name, ok=not problems, records=records, problems=problems)
 
     def safety_backup_options(
@@ -623,6 +632,46 @@ class SchemalessDriver(Driver):
             for table in tables:
                 batches = _stream_cells(conn, table, _NO_LIMIT, columns=CELL_COLUMNS[:4])
                 yield from _quality_chunks(table, batches)
+
+    def verify_with_quality(
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
+    ) -> Generator[QualityChunk, None, TargetCheck]:
+        """verify_unit and the target's quality chunks at once. On PostgreSQL and MariaDB
+        the server digests the target (verify_unit, on a thread) while this thread reads
+        the four small columns the quality suite checks: the server's work overlaps this
+        process's. SQLite and merge mode compare in Python: one after the other."""
+        if plan.mode is RestoreMode.MERGE or make_url(target).get_backend_name() == "sqlite":
+            check = self.verify_unit(unit, target, source, plan)
+            yield from self.target_quality_chunks(unit, target, plan)
+            return check
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backstop-verify") as pool:
+            checking = pool.submit(self.verify_unit, unit, target, source, plan)
+            yield from self.target_quality_chunks(unit, target, plan)
+            return checking.result()
+
+
+class _ObservedCells:
+    """The quality suite's columns of the cells a backup packages, handed to the sink
+    QUALITY_CHUNK cells at a time (FileSink.observe): the suite runs in the packaging
+    pass, and the backup's validation does not parse the stored file again. The
+    columns are those quality_chunks reads back: the row's values as pack_cells
+    serializes them."""
+
+    def __init__(self, sink: FileSink, table: str) -> None:
+        self._sink, self._table = sink, table
+        self._columns: list[list[Any]] = [[] for _ in CELL_COLUMNS[:4]]
+
+    def add(self, rows: Sequence[Sequence[Any]]) -> None:
+        for column, values in zip(self._columns, zip(*rows, strict=False), strict=False):
+            column.extend(values)
+        if len(self._columns[0]) >= QUALITY_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._columns[0]:
+            columns = dict(zip(CELL_COLUMNS[:4], self._columns, strict=True))
+            self._sink.observe(QualityChunk(part=self._table, columns=columns))
+            self._columns = [[] for _ in CELL_COLUMNS[:4]]
 
 
 _NO_LIMIT = 2**63 - 1  # every cell the target holds
@@ -696,6 +745,51 @@ def _expected(files: list[StoredFile], source: FileSource, limit: Limit) -> tupl
                 digest.update(data)
                 count += n
     return count, digest.hexdigest()
+
+
+def _stored_cells(
+    files: list[StoredFile], source: FileSource, limit: Limit
+) -> Iterator[list[Cell]]:
+    """Batches of a table's backed-up cells up to the limit, in chain (added_id) order."""
+    for file in files:
+        with source.open(file) as stream:
+            for batch in read_cells(stream, BATCH_CELLS):
+                yield batch if limit.unlimited else [c for c in batch if limit.keeps(c)]
+
+
+def _compare_in_sql(
+    conn: Connection,
+    table: str,
+    files: list[StoredFile],
+    source: FileSource,
+    limit: Limit,
+    problems: list[str],
+    unit: str,
+) -> int:
+    """PostgreSQL, MariaDB: the server digests every cell of the target table, range by
+    range, while this process digests the backup's cells (the same function, see
+    digest_sql); nothing but one row per range travels. Every cell of the table takes
+    part, so a cell above the backup's watermark is an extra cell of its range."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backstop-digest") as pool:
+        in_target = pool.submit(digest_sql.sql_digests, conn, table)
+        expected = digest_sql.python_digests(_stored_cells(files, source, limit))
+        found = in_target.result()
+    problems.extend(digest_sql.compare(unit, table, expected, found))
+    return sum(count for count, _ in found.values())
+
+
+def _differing_ranges(
+    conn: Connection,
+    table: str,
+    files: list[StoredFile],
+    source: FileSource,
+    limit: Limit,
+    unit: str,
+) -> list[str]:
+    """SQLite, once its whole-table digest differs: which added_id ranges differ."""
+    expected = digest_sql.python_digests(_stored_cells(files, source, limit))
+    found = digest_sql.python_digests(_stream_cells(conn, table, _NO_LIMIT))
+    return digest_sql.compare(unit, table, expected, found, totals=False)
 
 
 def _compare_digest(
