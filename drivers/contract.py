@@ -28,7 +28,7 @@ and `restore_unit` pulls them from a `FileSource` stream.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -180,6 +180,16 @@ class FileSink(Protocol):
 class FileSource(Protocol):
     def open(self, file: StoredFile) -> AbstractContextManager[BinaryIO]:
         """The file's decompressed content; reading past its end checks its checksums."""
+
+
+def run_to_end(reading: Generator[Any, None, TargetCheck]) -> TargetCheck:
+    """What a `verify_with_quality` reading returns, its chunks left unused (a driver's
+    `verify_unit` may be just that)."""
+    while True:
+        try:
+            next(reading)
+        except StopIteration as end:
+            return end.value
 
 
 def _check_url_syntax(url: str, role: str) -> None:
@@ -377,6 +387,16 @@ class Driver(ABC):
         self, unit: StoredUnit, target: str, plan: RestorePlan
     ) -> Iterator[QualityChunk]:
         """The restored target's records in the same column chunks."""
+        raise NotImplementedError
+
+    def verify_with_quality(
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
+    ) -> Generator[QualityChunk, None, TargetCheck]:
+        """`verify_unit` and `target_quality_chunks` in one read of the target: yields
+        the target's quality chunks as it reads them and returns what `verify_unit`
+        would (the generator's return value), once consumed to its end. Optional: the
+        default raises NotImplementedError when called, and the tasks layer then reads
+        the target twice (verify_unit, then target_quality_chunks)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:

@@ -42,7 +42,12 @@ from backstop.tasks.restore import (
 )
 from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls
 from backstop.tasks.store import StoreSpec
-from backstop.tasks.verify import target_quality, verify_backup_files, verify_target
+from backstop.tasks.verify import (
+    TargetVerdict,
+    target_quality,
+    verify_backup_files,
+    verify_target,
+)
 
 
 def chained_units(chain: list[Manifest]) -> list[StoredUnit]:
@@ -223,7 +228,7 @@ def _load_and_verify(
         )
     )
     phases["load"] = round(clock.seconds - sum(phases.values()), 3)
-    checks = gather(
+    verdicts = gather(
         verify_target.map(
             technology,
             unmapped(spec),
@@ -233,6 +238,7 @@ def _load_and_verify(
             unmapped(plan),
         )
     )
+    checks = [v.check for v in verdicts]
     phases["verify"] = round(clock.seconds - sum(phases.values()), 3)
     rows = [
         {
@@ -258,13 +264,7 @@ def _load_and_verify(
             manifest, "restored target", failed, PermanentError, "the restored target differs"
         )
 
-    target_checks = [
-        c
-        for unit_checks in gather(
-            target_quality.map(technology, units, unit_targets, unmapped(plan))
-        )
-        for c in unit_checks
-    ]
+    target_checks = _target_quality_checks(technology, units, unit_targets, plan, verdicts)
     quality = quality_of(target_checks)
     outcome.quality = quality.status if target_checks else "no suite"
     if target_checks:
@@ -288,6 +288,31 @@ def _load_and_verify(
     outcome.phases_s = phases
     logger.info("restore of %s verified: %s records written", backup_id, outcome.records)
     return outcome
+
+
+def _target_quality_checks(
+    technology: str,
+    units: list[StoredUnit],
+    unit_targets: list[str],
+    plan: RestorePlan,
+    verdicts: list[TargetVerdict],
+) -> list[dict[str, Any]]:
+    """Every unit's target quality checks: those its verification's read gave, else
+    from a read of their own (a driver that reads the target twice)."""
+    unread = [i for i, v in enumerate(verdicts) if v.quality is None]
+    if unread:
+        read = gather(
+            target_quality.map(
+                technology,
+                [units[i] for i in unread],
+                [unit_targets[i] for i in unread],
+                unmapped(plan),
+            )
+        )
+        verdicts = list(verdicts)
+        for i, checks in zip(unread, read, strict=True):
+            verdicts[i] = replace(verdicts[i], quality=checks)
+    return [c for v in verdicts for c in v.quality or []]
 
 
 def _target_refused(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import task
 
-from backstop.drivers.contract import RestorePlan, StoredUnit, TargetCheck
+from backstop.drivers.contract import QualityChunk, RestorePlan, StoredUnit, TargetCheck
 from backstop.drivers.errors import BadInputError, IntegrityError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
@@ -56,6 +58,15 @@ def restore_reads(store: ArtifactStore, manifest: Manifest) -> list[Manifest]:
     return store.chain(manifest)
 
 
+@dataclass
+class TargetVerdict:
+    """A restored unit compared with the backup, and its target's quality checks when
+    the same read of the target gave them (None: run `target_quality` for them)."""
+
+    check: TargetCheck
+    quality: list[dict[str, Any]] | None = None
+
+
 @task(name="verify-target", task_run_name="verify-target-{unit.name}", **RETRYING)
 def verify_target(
     technology: str,
@@ -64,11 +75,33 @@ def verify_target(
     unit: StoredUnit,
     target: str,
     plan: RestorePlan,
-) -> TargetCheck:
+) -> TargetVerdict:
+    """Compare the target with the backup; where the driver reads the target once for
+    both (verify_with_quality), run the quality suite on the chunks of that same read."""
     driver = get_driver(technology)
     source = StoreSource(store.open(), technology, backup_id)
+    url = resolve_url(target)
     with classified(driver, f"verifying {unit.name} in {redact_url(target)}"):
-        return driver.verify_unit(unit, resolve_url(target), source, plan)
+        if checked_parts(driver, unit) is not None:
+            try:
+                reading = driver.verify_with_quality(unit, url, source, plan)
+            except NotImplementedError:
+                pass
+            else:
+                returned: list[TargetCheck] = []
+                chunks = _keeping_return(reading, returned)
+                quality = run_suite(technology, chunks, None, unit.name)
+                for _ in chunks:  # read to its end whatever the suite left
+                    pass
+                return TargetVerdict(returned[0], quality)
+        return TargetVerdict(driver.verify_unit(unit, url, source, plan))
+
+
+def _keeping_return(
+    generator: Generator[QualityChunk, None, TargetCheck], into: list[TargetCheck]
+) -> Iterator[QualityChunk]:
+    """The generator's items; its return value goes into `into` once it ends."""
+    into.append((yield from generator))
 
 
 @task(name="target-quality", task_run_name="target-quality-{unit.name}", **RETRYING)

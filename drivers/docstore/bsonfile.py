@@ -130,9 +130,13 @@ _LENGTH_PREFIXED = {0x02: 4, 0x0D: 4, 0x0E: 4}  # string-like: int32 length + by
 _SELF_SIZED = {0x03, 0x04, 0x0F}  # documents, arrays, code with scope: int32 total
 
 
-def id_key(raw: bytes) -> bytes | None:
+def id_key(raw: bytes | memoryview) -> bytes | None:
     """The `_id` element's type byte and value bytes, without decoding the document
     (servers put `_id` first, so this reads a few bytes); None when there is none."""
+    if not isinstance(raw, bytes):
+        # pymongo hands out a document that came in several network reads as a view
+        # of its buffer (RawBSONDocument.raw), which has no bytes.index.
+        raw = bytes(raw)
     try:
         return _id_key(raw)
     except (IndexError, struct.error):

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
@@ -33,6 +33,7 @@ from backstop.drivers.contract import (
     TargetCheck,
     Unit,
     UnitResult,
+    run_to_end,
 )
 from backstop.drivers.digests import ALGORITHM, SetDigest, algorithm_problem
 from backstop.drivers.docstore.bsonfile import (
@@ -308,38 +309,25 @@ class DocstoreDriver(Driver):
     def verify_unit(
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> TargetCheck:
+        return run_to_end(self.verify_with_quality(unit, target, source, plan))
+
+    def verify_with_quality(
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
+    ) -> Generator[QualityChunk, None, TargetCheck]:
+        """One read of the target collection: every document's digest, and its _id for
+        the quality suite (the chunks target_quality_chunks would give)."""
         if not list(_chosen([unit], list(plan.include))):
             return TargetCheck(unit=unit.name, ok=True, records=0)
         db, name = _target(unit, plan)
-        problems = []
         digest = SetDigest()
         with connect(target) as client:
             collection = client[db][name]
-            for document in collection.find({}, batch_size=1000):
-                digest.add(document_hash(document.raw))
+            documents = (d.raw for d in collection.find({}, batch_size=READ_BATCH))
+            yield from _id_chunks(f"{db}.{name}", _digested(documents, digest))
             indexes = _index_specs(
                 [json_util.loads(json_util.dumps(i)) for i in collection.list_indexes()]
             )
-        if plan.mode is RestoreMode.MERGE:
-            if digest.count < unit.records:
-                problems.append(
-                    f"{unit.name}: {digest.count} documents, fewer than the backup's {unit.records}"
-                )
-        elif digest.count != unit.records:
-            problems.append(
-                f"{unit.name}: {digest.count} documents in the target, {unit.records} in the backup"
-            )
-        elif problem := algorithm_problem(unit.meta, "backup"):
-            problems.append(f"{unit.name}: {problem}")
-        elif digest.hex != unit.meta["digest"]:
-            problems.append(f"{unit.name}: the digest of (_id, raw document) differs")
-        missing = [i for i in unit.meta.get("indexes", []) if i not in indexes]
-        if plan.mode is RestoreMode.MERGE:  # a same-named index of the target's is kept
-            names = {i["name"] for i in indexes}
-            missing = [i for i in missing if i["name"] not in names]
-        if missing:
-            problems.append(f"{unit.name}: indexes missing or different: {missing}")
-        return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
+        return _compared(unit, plan, digest, indexes)
 
     def safety_backup_options(
         self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
@@ -456,6 +444,40 @@ def _id_chunks(part: str, raws: Iterator[bytes]) -> Iterator[QualityChunk]:
             ids = []
     if ids:
         yield QualityChunk(part=part, columns={"_id": ids})
+
+
+def _digested(raws: Iterator[bytes], digest: SetDigest) -> Iterator[bytes]:
+    """The documents, each added to `digest` as it passes."""
+    for raw in raws:
+        digest.add(document_hash(raw))
+        yield raw
+
+
+def _compared(
+    unit: StoredUnit, plan: RestorePlan, digest: SetDigest, indexes: list[dict[str, Any]]
+) -> TargetCheck:
+    """The target collection's count, digest and indexes against the backup's."""
+    problems = []
+    if plan.mode is RestoreMode.MERGE:
+        if digest.count < unit.records:
+            problems.append(
+                f"{unit.name}: {digest.count} documents, fewer than the backup's {unit.records}"
+            )
+    elif digest.count != unit.records:
+        problems.append(
+            f"{unit.name}: {digest.count} documents in the target, {unit.records} in the backup"
+        )
+    elif problem := algorithm_problem(unit.meta, "backup"):
+        problems.append(f"{unit.name}: {problem}")
+    elif digest.hex != unit.meta["digest"]:
+        problems.append(f"{unit.name}: the digest of (_id, raw document) differs")
+    missing = [i for i in unit.meta.get("indexes", []) if i not in indexes]
+    if plan.mode is RestoreMode.MERGE:  # a same-named index of the target's is kept
+        names = {i["name"] for i in indexes}
+        missing = [i for i in missing if i["name"] not in names]
+    if missing:
+        problems.append(f"{unit.name}: indexes missing or different: {missing}")
+    return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
 
 
 def _documents(database, name: str, handle: Mapping[str, Any] | None) -> Iterator[Any]:

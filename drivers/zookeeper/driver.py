@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 from kazoo import exceptions as kz
@@ -26,6 +26,7 @@ from backstop.drivers.contract import (
     TargetCheck,
     Unit,
     UnitResult,
+    run_to_end,
 )
 from backstop.drivers.digests import ALGORITHM, SetDigest
 from backstop.drivers.errors import BadInputError, ErrorKind, PermanentError
@@ -313,33 +314,31 @@ class ZooKeeperDriver(Driver):
     def verify_unit(
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> TargetCheck:
-        mode = plan.mode
+        return run_to_end(self.verify_with_quality(unit, target, source, plan))
+
+    def verify_with_quality(
+        self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
+    ) -> Generator[QualityChunk, None, TargetCheck]:
+        """One walk of the target (logical backups): the digest of its tree, or with
+        merge or --include each backed-up node compared, and the paths for the quality
+        suite (the chunks target_quality_chunks would give)."""
         if unit.meta.get("mode") != "logical":
             return admin.verify_snapshot_restore(unit, target, source)
+        expected = kept_before = None
+        if plan.mode is RestoreMode.MERGE or plan.include:
+            [file] = unit.files
+            with source.open(file) as stream:
+                expected = _final_hashes(_selected(read(stream), plan.include))
+            # Merge keeps the nodes the target held before the restore as they were.
+            kept_before = plan.before.get("zxid") if plan.mode is RestoreMode.MERGE else None
+        tally = _TargetTally(expected, kept_before)
         selection = _unit_selection(unit)
-        problems: list[str] = []
-        chroot = parse_zk_url(target).chroot
-        with reader(target) as zk:
-            if mode is RestoreMode.MERGE or plan.include:
-                [file] = unit.files
-                with source.open(file) as stream:
-                    expected = _final_hashes(_selected(read(stream), plan.include))
-                # Merge keeps the nodes the target held before the restore as they were.
-                kept_before = plan.before.get("zxid") if mode is RestoreMode.MERGE else None
-                found, differing, missing = _compare_present(zk, expected, kept_before)
-                if missing:
-                    problems.append(f"{missing} backed-up node(s) are missing from the target")
-                if differing:
-                    problems.append(f"{differing} node(s) differ from the backup (data or ACL)")
-                return TargetCheck(
-                    unit=unit.name, ok=not problems, records=found, problems=problems
-                )
-            digest = SetDigest()
-            for node in walk(zk, ["/"], selection, skip_system=not chroot):
-                if not node.ephemeral_owner:
-                    digest.add(node_hash(node.path, node.data, node.acls))
-        problems += digest_problems(digest, unit.meta, "backup")
-        return TargetCheck(unit=unit.name, ok=not problems, records=digest.count, problems=problems)
+        skip_system = not parse_zk_url(target).chroot
+        with readers(target, DEFAULT_SESSIONS) as sessions:
+            nodes = parallel_walk(sessions, ["/"], selection, skip_system=skip_system)
+            yield from _path_chunks(unit, tally.paths(nodes), selection)
+            tally.read_unwalked(sessions[0])
+        return tally.check(unit)
 
     def safety_backup_options(
         self, units: Sequence[StoredUnit], targets: Sequence[str], plan: RestorePlan
@@ -795,6 +794,63 @@ def _final_hashes(nodes) -> dict[str, int]:
         else:
             final[node.path] = node_hash(node.path, node.data, node.acls)
     return final
+
+
+class _TargetTally:
+    """What one walk of a restored target says against the backup: the digest of the
+    whole tree, or (merge, --include: `expected` given) each backed-up node compared, a
+    node created at or before `kept_before` (merge: the target's own) counting as equal
+    whatever it holds."""
+
+    def __init__(self, expected: dict[str, int] | None, kept_before: int | None) -> None:
+        self.expected, self.kept_before = expected, kept_before
+        self.digest = SetDigest()
+        self.found = self.differing = self.missing = 0
+        self._seen: set[str] = set()
+
+    def paths(self, nodes: Iterator[Znode]) -> Iterator[str]:
+        """The walked nodes' paths for the quality suite, each node tallied as it passes
+        (ephemeral nodes are no part of a backup, nor of its quality suite)."""
+        for node in nodes:
+            if self.expected is None:
+                if not node.ephemeral_owner:
+                    self.digest.add(node_hash(node.path, node.data, node.acls))
+            elif node.path in self.expected:
+                self._seen.add(node.path)
+                self._compare(node)
+            if not node.ephemeral_owner:
+                yield node.path
+
+    def read_unwalked(self, zk) -> None:
+        """Backed-up nodes the walk did not reach (e.g. a /zookeeper restored with
+        include_system) are read one by one, as they were before the walk served both."""
+        if self.expected is None:
+            return
+        unwalked = {p: h for p, h in self.expected.items() if p not in self._seen}
+        found, differing, self.missing = _compare_present(zk, unwalked, self.kept_before)
+        self.found += found
+        self.differing += differing
+
+    def _compare(self, node: Znode) -> None:
+        assert self.expected is not None
+        kept = self.kept_before is not None and node.stat[0] <= self.kept_before
+        if kept or node_hash(node.path, node.data, node.acls) == self.expected[node.path]:
+            self.found += 1
+        else:
+            self.differing += 1
+
+    def check(self, unit: StoredUnit) -> TargetCheck:
+        if self.expected is None:
+            problems = digest_problems(self.digest, unit.meta, "backup")
+            return TargetCheck(
+                unit=unit.name, ok=not problems, records=self.digest.count, problems=problems
+            )
+        problems = []
+        if self.missing:
+            problems.append(f"{self.missing} backed-up node(s) are missing from the target")
+        if self.differing:
+            problems.append(f"{self.differing} node(s) differ from the backup (data or ACL)")
+        return TargetCheck(unit=unit.name, ok=not problems, records=self.found, problems=problems)
 
 
 def _compare_present(
