@@ -1,13 +1,16 @@
-"""Schemaless on PostgreSQL and MariaDB: backup and restore cells/s and peak RSS, next to
-pg_dump/pg_restore and mariadb-dump/mariadb on the same table in the same run, plus
-4 shards in parallel against 1.
+"""Schemaless on PostgreSQL and MariaDB: the `backstop` command's wall time and peak RSS
+for backup and restore, next to pg_dump/pg_restore and mariadb-dump/mariadb on the same
+table in the same run, plus 4 shards in parallel against 1.
 
 Starts its own servers (Debian's packages; tests/servers/install.sh installs them) with
 their default durability, fills one shard with ~1 KB cells server-side, and runs the
-real flows in their own processes:
+real CLI (`backstop backup|restore ... --json`) as a subprocess, once against a running
+`prefect server` started for the session and once with Prefect's temporary server on a
+warm PREFECT_HOME (--modes). The restored tables (backstop's and the peer's) are
+compared with the source by a count and an order-independent sum of per-row MD5s.
 
-    .venv/bin/python benchmarks/bench_schemaless_sql.py [--sizes 100000,1000000]
-        [--engines postgresql,mariadb]
+    .venv/bin/python benchmarks/bench_schemaless_sql.py [--sizes 100k,1M]
+        [--engines postgresql,mariadb] [--modes server,temporary] [--no-parallel]
 
 Results are printed and written to benchmarks/results/schemaless-sql.md.
 """
@@ -17,18 +20,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from common import markdown_table, run_flow, timed_peer, timed_shell  # noqa: E402
+from common import (  # noqa: E402
+    MODE_TITLES,
+    RSS_NOTE,
+    PrefectModes,
+    cli_fields,
+    machine_line,
+    markdown_table,
+    modes_arg,
+    ratio,
+    rss_growth,
+    run_cli,
+    section,
+    sizes_arg,
+    timed_peer,
+    timed_shell,
+)
 from servers.sql import PASSWORD, USER, MariaDBServer, PostgresServer, pg_bin_dir  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
@@ -54,6 +69,21 @@ FILL = {
     ),
 }
 
+# Count and an order-independent sum of per-row MD5s (60 bits each) over the user's data
+# (added_id is left out: it is the table's own counter).
+DIGEST = {
+    "postgresql": (
+        "SELECT count(*), coalesce(sum(('x' || substr(md5(concat_ws('|', row_key, "
+        "column_name, ref_key, md5(body), created_at)), 1, 15))::bit(60)::bigint), 0)::text "
+        "FROM cells"
+    ),
+    "mariadb": (
+        "SELECT count(*), cast(coalesce(sum(conv(substr(md5(concat_ws('|', row_key, "
+        "column_name, ref_key, md5(body), created_at)), 1, 15), 16, 10)), 0) AS char) "
+        "FROM cells"
+    ),
+}
+
 
 def fill(url: str, engine: str, count: int) -> None:
     db = create_engine(url)
@@ -65,152 +95,179 @@ def fill(url: str, engine: str, count: int) -> None:
     db.dispose()
 
 
+def digest(url: str, engine: str) -> tuple[int, str]:
+    db = create_engine(url)
+    with db.connect() as conn:
+        count, total = conn.execute(text(DIGEST[engine])).one()
+    db.dispose()
+    return int(count), str(total)
+
+
 def peers(engine: str, server, database: str, work: Path) -> dict:
-    """The engine's own dump and load of the same table, with peak RSS."""
-    env_pw = {"PGPASSWORD": PASSWORD, "MYSQL_PWD": PASSWORD}
-    os.environ.update(env_pw)
+    """The engine's own dump and load of the same table (wall time and peak RSS), and
+    the loaded copy's URL (to compare with the source)."""
+    os.environ.update({"PGPASSWORD": PASSWORD, "MYSQL_PWD": PASSWORD})
     dump = work / f"{engine}.dump"
+    target = server.create_database()
     if engine == "postgresql":
         bin_dir = pg_bin_dir()
         conn = ["-h", "127.0.0.1", "-p", str(server.port), "-U", USER]
         dump_s, dump_rss = timed_peer(
             [str(bin_dir / "pg_dump"), *conn, "-Fc", "-t", "cells", "-f", str(dump), database]
         )
-        target = server.create_database()
         load_s, load_rss = timed_peer([str(bin_dir / "pg_restore"), *conn, "-d", target, str(dump)])
-        return {"dump_tool": "pg_dump -Fc", "load_tool": "pg_restore", "dump_s": dump_s,
-                "dump_rss_mb": dump_rss, "load_s": load_s, "load_rss_mb": load_rss,
-                "dump_mb": dump.stat().st_size / 1e6}  # fmt: skip
-    conn = f"-h 127.0.0.1 -P {server.port} -u {USER}"
-    dump_s = timed_shell(f"mariadb-dump {conn} --single-transaction {database} cells > {dump}")
-    target = server.create_database()
-    load_s = timed_shell(f"mariadb {conn} {target} < {dump}")
-    return {"dump_tool": "mariadb-dump --single-transaction", "load_tool": "mariadb < dump",
-            "dump_s": dump_s, "dump_rss_mb": None, "load_s": load_s, "load_rss_mb": None,
-            "dump_mb": dump.stat().st_size / 1e6}  # fmt: skip
+        tools = ("pg_dump -Fc", "pg_restore")
+    else:
+        conn = f"-h 127.0.0.1 -P {server.port} -u {USER}"
+        dump_s, dump_rss = timed_shell(
+            f"mariadb-dump {conn} --single-transaction {database} cells > {dump}"
+        )
+        load_s, load_rss = timed_shell(f"mariadb {conn} {target} < {dump}")
+        tools = ("mariadb-dump --single-transaction", "mariadb < dump")
+    dump_mb = round(dump.stat().st_size / 1e6, 1)
+    dump.unlink()
+    return {"dump_tool": tools[0], "load_tool": tools[1], "dump_s": dump_s,
+            "dump_rss_mb": dump_rss, "load_s": load_s, "load_rss_mb": load_rss,
+            "dump_mb": dump_mb, "peer_target": server.url(target)}  # fmt: skip
 
 
-def measure(engine: str, server, cells: int, work: Path) -> dict:
+def measure(engine: str, server, cells: int, work: Path, prefect: PrefectModes) -> list[dict]:
+    """One source of `cells` cells: the peer once, then backup and restore per mode."""
     database = server.create_database()
     source = server.url(database)
-    fill(source, engine, cells)
-    os.sync()
-    store = {"url": (work / f"store-{engine}-{cells}").as_uri()}
-    backup = run_flow("backup", {"technology": "schemaless", "sources": [source], "store": store})
-    target = server.url(server.create_database())
-    restore = run_flow(
-        "restore",
-        {"technology": "schemaless", "store": store, "targets": [target],
-         "backup": backup["backup_id"]},
-    )  # fmt: skip
-    peer = peers(engine, server, database, work)
-    shutil.rmtree(work / f"store-{engine}-{cells}", ignore_errors=True)
-    row = {
-        "engine": engine,
-        "cells": backup["records"],
-        "raw_mb": round(backup["raw_bytes"] / 1e6, 1),
-        "backup_s": backup["duration_s"],
-        "backup_validate_s": backup["phases_s"]["validate"],
-        "backup_cells_per_s": round(backup["records"] / backup["duration_s"]),
-        "backup_rss_mb": backup["peak_rss_mb"],
-        "restore_s": restore["duration_s"],
-        "restore_load_s": restore["phases_s"]["load"],
-        "restore_cells_per_s": round(restore["records"] / restore["duration_s"]),
-        "restore_rss_mb": restore["peak_rss_mb"],
-        **{k: round(v, 3) if isinstance(v, float) else v for k, v in peer.items()},
-    }
-    row["backup_vs_dump"] = round(peer["dump_s"] / backup["duration_s"], 2)
-    row["restore_vs_load"] = round(peer["load_s"] / restore["duration_s"], 2)
-    row["load_vs_load"] = round(peer["load_s"] / restore["phases_s"]["load"], 2)
-    return row
+    with section(f"{engine} fill {cells:,}"):
+        fill(source, engine, cells)
+        os.sync()
+        expected = digest(source, engine)
+    with section(f"{engine} {cells:,} peers"):
+        peer = peers(engine, server, database, work)
+        peer_target = peer.pop("peer_target")
+        peer["peer_restored_equal"] = digest(peer_target, engine) == expected
+    rows = []
+    for mode in prefect.modes:
+        env = prefect.env(mode)
+        store = work / f"store-{engine}-{cells}-{mode}"
+        os.sync()
+        with section(f"{engine} {cells:,} backup ({mode})"):
+            backup = run_cli(
+                ["backup", "schemaless", "--source", source, "--store", str(store)], env
+            )
+        prefect.note_server_rss()
+        target = server.url(server.create_database())
+        with section(f"{engine} {cells:,} restore ({mode})"):
+            restore = run_cli(
+                ["restore", "schemaless", "--store", str(store), "--target", target,
+                 "--backup", backup["backup_id"]], env,
+            )  # fmt: skip
+        prefect.note_server_rss()
+        shutil.rmtree(store, ignore_errors=True)
+        row = {
+            "engine": engine,
+            "cells": backup["records"],
+            "mode": mode,
+            "backup_ratio": ratio(peer["dump_s"], backup["wall_s"]),
+            "restore_ratio": ratio(peer["load_s"], restore["wall_s"]),
+            "raw_mb": round(backup["raw_bytes"] / 1e6, 1),
+            **cli_fields("backup", backup),
+            **cli_fields("restore", restore),
+            **peer,
+            "restored_equal": digest(target, engine) == expected,
+        }
+        row["backup_flow_ratio"] = ratio(peer["dump_s"], backup["duration_s"])
+        row["restore_flow_ratio"] = ratio(peer["load_s"], restore["duration_s"])
+        row["load_ratio"] = ratio(peer["load_s"], restore["phases_s"].get("load"))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
-def parallel_shards(engine: str, server, cells: int, work: Path) -> dict:
-    """The same number of cells on 4 shards, backed up and restored concurrently."""
+def parallel_shards(engine: str, server, cells: int, work: Path, prefect: PrefectModes) -> dict:
+    """The same number of cells on 4 shards, backed up and restored by one command each
+    (the first mode)."""
+    mode = prefect.modes[0]
+    env = prefect.env(mode)
     sources = [server.url(server.create_database()) for _ in range(4)]
     for url in sources:
         fill(url, engine, cells // 4)
     os.sync()
-    store = {"url": (work / f"store-par-{engine}").as_uri()}
-    backup = run_flow("backup", {"technology": "schemaless", "sources": sources, "store": store})
-    targets = [server.url(server.create_database()) for _ in range(4)]
-    restore = run_flow(
-        "restore",
-        {"technology": "schemaless", "store": store, "targets": targets,
-         "backup": backup["backup_id"]},
-    )  # fmt: skip
-    shutil.rmtree(work / f"store-par-{engine}", ignore_errors=True)
-    return {"engine": engine, "cells": backup["records"], "shards": 4,
-            "backup_s": backup["duration_s"], "restore_s": restore["duration_s"]}  # fmt: skip
+    store = work / f"store-par-{engine}"
+    with section(f"{engine} 4 shards"):
+        backup = run_cli(
+            ["backup", "schemaless", *[f"--source={u}" for u in sources], "--store", str(store)],
+            env,
+        )
+        targets = [server.url(server.create_database()) for _ in range(4)]
+        restore = run_cli(
+            ["restore", "schemaless", "--store", str(store), *[f"--target={u}" for u in targets],
+             "--backup", backup["backup_id"]], env,
+        )  # fmt: skip
+    shutil.rmtree(store, ignore_errors=True)
+    return {"engine": engine, "cells": backup["records"], "shards": 4, "mode": mode,
+            "backup_wall_s": backup["wall_s"], "restore_wall_s": restore["wall_s"],
+            "backup_flow_s": backup["duration_s"], "restore_flow_s": restore["duration_s"]}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--engines", default="postgresql,mariadb")
-    parser.add_argument("--out", default=str(HERE / "results" / "schemaless-sql.md"))
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="backstop-bench-sql-"))
-    rows, parallel = [], []
-    for engine in args.engines.split(","):
-        cls = PostgresServer if engine == "postgresql" else MariaDBServer
-        server = cls(work / engine, durable=True).start()
-        try:
-            for size in sizes:
-                rows.append(measure(engine, server, size, work))
-                print(json.dumps(rows[-1]), flush=True)
-            parallel.append(parallel_shards(engine, server, sizes[-1], work))
-            print(json.dumps(parallel[-1]), flush=True)
-        finally:
-            server.stop()
-    shutil.rmtree(work, ignore_errors=True)
+COLUMNS = [
+    ("engine", "engine"), ("cells", "cells"), ("mode", "Prefect"),
+    ("backup_ratio", "backup: wall ratio"), ("restore_ratio", "restore+verify: wall ratio"),
+    ("backup_wall_s", "backup wall s"), ("dump_tool", "peer dump"), ("dump_s", "dump wall s"),
+    ("restore_wall_s", "restore wall s"), ("load_tool", "peer load"), ("load_s", "load wall s"),
+    ("backup_flow_s", "backup in-flow s"), ("backup_phases_s", "backup phases s"),
+    ("backup_flow_ratio", "backup: in-flow ratio"),
+    ("restore_flow_s", "restore in-flow s"), ("restore_phases_s", "restore phases s"),
+    ("restore_flow_ratio", "restore: in-flow ratio"), ("load_ratio", "load phase vs load"),
+    ("backup_rss_mb", "backup RSS MB"), ("backup_tree_rss_mb", "backup tree RSS MB"),
+    ("dump_rss_mb", "dump RSS MB"), ("restore_rss_mb", "restore RSS MB"),
+    ("restore_tree_rss_mb", "restore tree RSS MB"), ("load_rss_mb", "load RSS MB"),
+    ("raw_mb", "raw MB"), ("dump_mb", "dump MB"),
+    ("restored_equal", "restored = source"), ("peer_restored_equal", "peer's = source"),
+]  # fmt: skip
 
-    columns = [
-        ("engine", "engine"), ("cells", "cells"), ("raw_mb", "raw MB"),
-        ("backup_s", "backup s"), ("backup_validate_s", "of which validate s"),
-        ("backup_cells_per_s", "backup cells/s"),
-        ("backup_rss_mb", "backup RSS MB"), ("dump_tool", "peer dump"), ("dump_s", "dump s"),
-        ("backup_vs_dump", "backup vs dump"), ("restore_s", "restore s"),
-        ("restore_load_s", "of which load s"), ("restore_cells_per_s", "restore cells/s"),
-        ("restore_rss_mb", "restore RSS MB"), ("load_tool", "peer load"), ("load_s", "load s"),
-        ("restore_vs_load", "restore+verify vs load"),
-        ("load_vs_load", "load vs load"),
-    ]  # fmt: skip
+
+def report(rows: list[dict], parallel: list[dict], prefect: PrefectModes) -> str:
+    modes = "; ".join(f"*{m}*: {MODE_TITLES[m]}" for m in prefect.modes)
     lines = [
         "# Schemaless on PostgreSQL and MariaDB: next to pg_dump and mariadb-dump",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
-        f"({os.cpu_count()} cores, Python {platform.python_version()}); PostgreSQL 15 and "
-        "MariaDB 10.11 from Debian on the same machine with their default durability; one "
-        "shard holding cells of ~1 KB; local store, zstd level 3. The backup includes its "
-        "validate phase (split out): the read-back of the packaged file, which is also the "
-        "Great Expectations data-quality suite's pass over every cell. The restore includes "
-        "the checksum pass before, and after the load (split out) the digest verification "
-        "and the quality suite on the target. Ratios above 1 mean backstop is faster.",
+        machine_line(),
         "",
-        *markdown_table(columns, rows),
+        "PostgreSQL 15 and MariaDB 10.11 from Debian on the same machine with their default "
+        "durability; one shard holding cells of ~1 KB; local store, zstd level 3. Each "
+        "figure is one run of the `backstop` command (subprocess, `--json`), timed from "
+        f"start to exit, under each Prefect set-up ({modes}); the peer ran once per size "
+        "on the same table in the same run. *Wall ratio* = peer wall time / backstop wall "
+        "time: above 1 means backstop is faster. The backup includes its validate phase; "
+        "the restore includes the checksum pass before, and after the load the digest "
+        "verification and the quality suite on the target, which the peers do not do. "
+        "*In-flow* is the flow's own duration (duration_s), without the command's start-up "
+        "and shutdown; *load phase vs load* compares only the part the peer does. "
+        f"{RSS_NOTE}{prefect.server_note()} *restored = source*: count and sum of per-row "
+        "MD5s equal.",
+        "",
+        *markdown_table(COLUMNS, rows),
     ]
-    lines += ["", "4 shards in parallel (same total of cells) against 1:", ""]
-    lines += ["| engine | cells | shards | backup s | restore s | backup speed-up "
-              "| restore speed-up |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    if parallel:
+        lines += ["", "4 shards in parallel (same total of cells) against 1 (wall time):", "",
+                  "| engine | cells | shards | Prefect | backup wall s | restore wall s "
+                  "| backup speed-up | restore speed-up |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for par in parallel:
         single = next(
-            r for r in rows if r["engine"] == par["engine"] and r["cells"] == par["cells"]
-        )
-        lines.append(
-            f"| {par['engine']} | {par['cells']:,} | 4 | {par['backup_s']} | {par['restore_s']} "
-            f"| {single['backup_s'] / par['backup_s']:.2f}x "
-            f"| {single['restore_s'] / par['restore_s']:.2f}x |"
-        )
-    for engine in args.engines.split(","):
-        sized = [r for r in rows if r["engine"] == engine]
-        if len(sized) > 1:
+            (r for r in rows if r["engine"] == par["engine"] and r["cells"] == par["cells"]
+             and r["mode"] == par["mode"]), None,
+        )  # fmt: skip
+        if single:
             lines.append(
-                f"\n{engine}: backup peak RSS at {sized[-1]['cells']:,} over "
-                f"{sized[0]['cells']:,} cells: "
-                f"{sized[-1]['backup_rss_mb'] / sized[0]['backup_rss_mb']:.2f}x"
+                f"| {par['engine']} | {par['cells']:,} | 4 | {par['mode']} "
+                f"| {par['backup_wall_s']} | {par['restore_wall_s']} "
+                f"| {single['backup_wall_s'] / par['backup_wall_s']:.2f}x "
+                f"| {single['restore_wall_s'] / par['restore_wall_s']:.2f}x |"
             )
+    growth = rss_growth(
+        rows, "engine", "cells",
+        ["backup_rss_mb", "backup_tree_rss_mb", "restore_rss_mb", "restore_tree_rss_mb"],
+    )  # fmt: skip
+    if growth:
+        lines += ["", "Peak RSS growth:", "", *growth]
     lines += [
         "",
         "```json",
@@ -218,8 +275,39 @@ def main() -> None:
         "```",
         "",
     ]
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=sizes_arg, default=os.environ.get("BENCH_SIZES", "100k,1M"))
+    parser.add_argument("--engines", default="postgresql,mariadb")
+    parser.add_argument("--modes", type=modes_arg, default="server,temporary")
+    parser.add_argument("--no-parallel", action="store_true", help="skip the 4-shard run")
+    parser.add_argument("--out", default=str(HERE / "results" / "schemaless-sql.md"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="backstop-bench-sql-"))
+    rows, parallel = [], []
+    try:
+        with PrefectModes(work, args.modes) as prefect:
+            for engine in args.engines.split(","):
+                cls = PostgresServer if engine == "postgresql" else MariaDBServer
+                server = cls(work / engine, durable=True).start()
+                try:
+                    for size in args.sizes:
+                        rows += measure(engine, server, size, work, prefect)
+                    if not args.no_parallel:
+                        parallel.append(
+                            parallel_shards(engine, server, args.sizes[-1], work, prefect)
+                        )
+                        print(json.dumps(parallel[-1]), flush=True)
+                finally:
+                    server.stop()
+            text_ = report(rows, parallel, prefect)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    Path(args.out).write_text(text_)
+    print(text_)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Schemaless on SQLite: backup and restore speed and peak RSS at 100k and 1M cells.
+"""Schemaless on SQLite: the `backstop` command's wall time and peak RSS for backup and
+restore at 100k and 1M cells, next to SQLite's own tools on the same data in the same
+run: `sqlite3 .dump | zstd -3` (the logical peer of a backup), loading that dump (the
+peer of a restore) and `sqlite3 .backup` (a page copy). The real CLI
+(`backstop backup|restore ... --json`) runs as a subprocess, once against a running
+`prefect server` and once with Prefect's temporary server on a warm PREFECT_HOME
+(--modes); the restored cells are compared with the source.
 
-Each size is measured in fresh processes, next to SQLite's own tools on the same
-data in the same run: `sqlite3 .dump | zstd -3` (the logical peer of a backup) and
-`sqlite3 .backup` (a page copy). Run with the project's virtualenv:
-
-    .venv/bin/python benchmarks/bench_schemaless_sqlite.py [--sizes 100000,1000000]
+    .venv/bin/python benchmarks/bench_schemaless_sqlite.py [--sizes 100k,1M]
+        [--modes server,temporary]
 
 Results are printed and written to benchmarks/results/schemaless-sqlite.md.
 """
@@ -14,116 +17,170 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import run_flow, timed_shell  # noqa: E402
+from common import (  # noqa: E402
+    MODE_TITLES,
+    RSS_NOTE,
+    PrefectModes,
+    cli_fields,
+    machine_line,
+    markdown_table,
+    modes_arg,
+    ratio,
+    rss_growth,
+    run_cli,
+    section,
+    sizes_arg,
+    timed_shell,
+)
 
 
-def measure(cells: int, work: Path) -> dict:
+def digest(db: Path) -> tuple[int, int]:
+    """Count and an order-independent sum of per-row hashes (added_id left out)."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT row_key, column_name, ref_key, body, created_at FROM cells")
+        count, total = 0, 0
+        for row in rows:
+            count += 1
+            total += hash(row) & 0xFFFFFFFFFFFF
+    return count, total
+
+
+def peers(db: Path, work: Path) -> dict:
+    dump = work / "dump.sql.zst"
+    dump_s, dump_rss = timed_shell(f"sqlite3 {db} .dump | zstd -q -3 -o {dump}")
+    copy_s, _ = timed_shell(f'sqlite3 {db} ".backup {work / "copy.db"}"')
+    load_s, load_rss = timed_shell(f"zstd -dc {dump} | sqlite3 {work / 'loaded.db'}")
+    equal = digest(work / "loaded.db")
+    for name in ("copy.db", "loaded.db", "dump.sql.zst"):
+        (work / name).unlink()
+    return {"dump_s": dump_s, "dump_rss_mb": dump_rss, "copy_s": copy_s, "load_s": load_s,
+            "load_rss_mb": load_rss, "peer_digest": equal}  # fmt: skip
+
+
+def measure(cells: int, work: Path, prefect: PrefectModes) -> list[dict]:
     from backstop.flows.demo import make_schemaless_datastore
 
     started = time.perf_counter()
     [source] = make_schemaless_datastore(work / "source", shards=1, cells=cells)
     generate_s = time.perf_counter() - started
-    db = source.removeprefix("sqlite:///")
-    store = {"url": (work / "store").as_uri()}
+    db = Path(source.removeprefix("sqlite:///"))
+    os.sync()
+    expected = digest(db)
+    with section(f"peers {cells:,}"):
+        peer = peers(db, work)
+    peer["peer_restored_equal"] = peer.pop("peer_digest") == expected
+    rows = []
+    for mode in prefect.modes:
+        env = prefect.env(mode)
+        store = work / f"store-{mode}"
+        with section(f"backup {cells:,} ({mode})"):
+            backup = run_cli(
+                ["backup", "schemaless", "--source", source, "--store", str(store)], env
+            )
+        prefect.note_server_rss()
+        (work / f"restored-{mode}").mkdir()
+        target = work / f"restored-{mode}" / "shard0.db"
+        with section(f"restore {cells:,} ({mode})"):
+            restore = run_cli(
+                ["restore", "schemaless", "--store", str(store), "--target", f"sqlite:///{target}",
+                 "--backup", backup["backup_id"]], env,
+            )  # fmt: skip
+        prefect.note_server_rss()
+        row = {
+            "cells": cells,
+            "mode": mode,
+            "backup_ratio": ratio(peer["dump_s"], backup["wall_s"]),
+            "restore_ratio": ratio(peer["load_s"], restore["wall_s"]),
+            **cli_fields("backup", backup),
+            **cli_fields("restore", restore),
+            **peer,
+            "backup_flow_ratio": ratio(peer["dump_s"], backup["duration_s"]),
+            "restore_flow_ratio": ratio(peer["load_s"], restore["duration_s"]),
+            "raw_mb": round(backup["raw_bytes"] / 1e6, 1),
+            "stored_mb": round(backup["bytes"] / 1e6, 1),
+            "generate_s": round(generate_s, 1),
+            "restored_equal": digest(target) == expected,
+        }
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(work / f"restored-{mode}", ignore_errors=True)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
-    backup = run_flow("backup", {"technology": "schemaless", "sources": [source], "store": store})
-    (work / "restored").mkdir()
-    target = f"sqlite:///{work / 'restored' / 'shard0.db'}"
-    restore = run_flow(
-        "restore",
-        {
-            "technology": "schemaless",
-            "store": store,
-            "targets": [target],
-            "backup": backup["backup_id"],
-        },
-    )
 
-    dump_s = timed_shell(f"sqlite3 {db} .dump | zstd -q -3 -o {work / 'dump.sql.zst'}")
-    copy_s = timed_shell(f'sqlite3 {db} ".backup {work / "copy.db"}"')
-    load_s = timed_shell(f"zstd -dc {work / 'dump.sql.zst'} | sqlite3 {work / 'loaded.db'}")
-    raw_mb = backup["raw_bytes"] / 1e6
-    return {
-        "cells": cells,
-        "generate_s": round(generate_s, 1),
-        "raw_mb": round(raw_mb, 1),
-        "stored_mb": round(backup["bytes"] / 1e6, 1),
-        "backup_s": backup["duration_s"],
-        "backup_cells_per_s": round(cells / backup["duration_s"]),
-        "backup_mb_per_s": round(raw_mb / backup["duration_s"], 1),
-        "backup_peak_rss_mb": backup["peak_rss_mb"],
-        "restore_s": restore["duration_s"],
-        "restore_cells_per_s": round(cells / restore["duration_s"]),
-        "restore_peak_rss_mb": restore["peak_rss_mb"],
-        "sqlite3_dump_zstd_s": round(dump_s, 2),
-        "sqlite3_backup_s": round(copy_s, 2),
-        "sqlite3_load_dump_s": round(load_s, 2),
-        "backup_vs_dump": round(dump_s / backup["duration_s"], 2),
-        "restore_vs_load": round(load_s / restore["duration_s"], 2),
-    }
+COLUMNS = [
+    ("cells", "cells"), ("mode", "Prefect"),
+    ("backup_ratio", "backup: wall ratio"), ("restore_ratio", "restore+verify: wall ratio"),
+    ("backup_wall_s", "backup wall s"), ("dump_s", "`.dump\\|zstd` wall s"),
+    ("restore_wall_s", "restore wall s"), ("load_s", "load dump wall s"),
+    ("copy_s", "`.backup` wall s"),
+    ("backup_flow_s", "backup in-flow s"), ("backup_phases_s", "backup phases s"),
+    ("backup_flow_ratio", "backup: in-flow ratio"),
+    ("restore_flow_s", "restore in-flow s"), ("restore_phases_s", "restore phases s"),
+    ("restore_flow_ratio", "restore: in-flow ratio"),
+    ("backup_rss_mb", "backup RSS MB"), ("backup_tree_rss_mb", "backup tree RSS MB"),
+    ("dump_rss_mb", "dump RSS MB"), ("restore_rss_mb", "restore RSS MB"),
+    ("restore_tree_rss_mb", "restore tree RSS MB"), ("load_rss_mb", "load RSS MB"),
+    ("raw_mb", "raw MB"), ("stored_mb", "stored MB"),
+    ("restored_equal", "restored = source"), ("peer_restored_equal", "peer's = source"),
+]  # fmt: skip
 
 
-def report(rows: list[dict]) -> str:
+def report(rows: list[dict], prefect: PrefectModes) -> str:
+    modes = "; ".join(f"*{m}*: {MODE_TITLES[m]}" for m in prefect.modes)
     lines = [
         "# Schemaless on SQLite: backup and restore",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
-        f"({os.cpu_count()} cores, Python {platform.python_version()}), one SQLite shard, "
-        "local store, zstd level 3. Durations are the flows' own (restore includes the "
-        "pre-restore checksum pass and the post-restore digest verification); peak RSS is "
-        "the flow process's. Peers ran on the same file in the same run.",
+        machine_line(),
         "",
-        "| cells | raw MB | stored MB | backup s | cells/s | MB/s | backup peak RSS MB "
-        "| restore s | restore cells/s | restore peak RSS MB | `.dump\\|zstd` s | backup vs dump "
-        "| `.backup` s | load dump s | restore vs load |",
-        "|" + "---|" * 15,
+        "One SQLite shard, local store, zstd level 3. Each figure is one run of the "
+        "`backstop` command (subprocess, `--json`) timed from start to exit, under each "
+        f"Prefect set-up ({modes}); the peers ran once per size on the same file in the "
+        "same run. *Wall ratio* = peer wall time / backstop wall time: above 1 means "
+        "backstop is faster. The restore includes the checksum pass before and the digest "
+        "verification after, which the peer does not do. *In-flow* is the flow's own "
+        f"duration (duration_s). {RSS_NOTE}{prefect.server_note()}",
+        "",
+        *markdown_table(COLUMNS, rows),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['cells']:,} | {r['raw_mb']} | {r['stored_mb']} | {r['backup_s']} "
-            f"| {r['backup_cells_per_s']:,} | {r['backup_mb_per_s']} | {r['backup_peak_rss_mb']} "
-            f"| {r['restore_s']} | {r['restore_cells_per_s']:,} | {r['restore_peak_rss_mb']} "
-            f"| {r['sqlite3_dump_zstd_s']} | {r['backup_vs_dump']}x | {r['sqlite3_backup_s']} "
-            f"| {r['sqlite3_load_dump_s']} | {r['restore_vs_load']}x |"
-        )
-    if len(rows) >= 2:
-        small, large = rows[0], rows[-1]
-        lines += [
-            "",
-            f"Peak RSS ratio {large['cells']:,} / {small['cells']:,} cells: backup "
-            f"{large['backup_peak_rss_mb'] / small['backup_peak_rss_mb']:.2f}x, restore "
-            f"{large['restore_peak_rss_mb'] / small['restore_peak_rss_mb']:.2f}x "
-            "(the target is at most 1.5x: memory stays flat as data grows).",
-        ]
-    lines += ["", "Raw rows:", "", "```json", json.dumps(rows, indent=1), "```", ""]
+    growth = rss_growth(
+        rows, "mode", "cells",
+        ["backup_rss_mb", "backup_tree_rss_mb", "restore_rss_mb", "restore_tree_rss_mb"],
+    )  # fmt: skip
+    if growth:
+        lines += ["", "Peak RSS growth:", "", *growth]
+    lines += ["", "```json", json.dumps(rows, indent=1), "```", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--sizes", type=sizes_arg, default=os.environ.get("BENCH_SIZES", "100k,1M"))
+    parser.add_argument("--modes", type=modes_arg, default="server,temporary")
     parser.add_argument("--out", default=str(HERE / "results" / "schemaless-sqlite.md"))
     args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="backstop-bench-sqlite-"))
     rows = []
-    for cells in (int(s) for s in args.sizes.split(",")):
-        work = Path(tempfile.mkdtemp(prefix=f"backstop-bench-{cells}-"))
-        try:
-            rows.append(measure(cells, work))
-            print(json.dumps(rows[-1]), flush=True)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    text = report(rows)
+    try:
+        with PrefectModes(root, args.modes) as prefect:
+            for cells in args.sizes:
+                work = root / f"cells-{cells}"
+                work.mkdir()
+                rows += measure(cells, work, prefect)
+                shutil.rmtree(work, ignore_errors=True)
+            text = report(rows, prefect)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
