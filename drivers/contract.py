@@ -9,8 +9,10 @@ A driver is plain Python (no Prefect). The tasks layer calls it in this order:
              any write) -> [overwrite: absent_parts, safety backup] -> restore_unit
              (per unit, retried on transient errors) -> verify_unit (per unit)
              [failed overwrite: drop_parts(absent parts), restore the safety backup]
-    quality: quality_parts + quality_chunks (the packaged backup, in place of a
-             plain read-back), target_quality_chunks (the restored target)
+    quality: sink.observe from backup_unit (the records' columns as they are
+             packaged), then quality_parts; or, when a unit observes nothing,
+             quality_chunks (the packaged backup read back); target_quality_chunks
+             (the restored target)
 
 Every URL a driver method receives is resolved: the `${env:NAME}` and
 `${secret:BLOCK}` references that requests carry in place of secrets (anywhere in a
@@ -175,6 +177,16 @@ class FileSink(Protocol):
         self, name: str, *, format: str, meta: Mapping[str, Any] | None = None
     ) -> AbstractContextManager[FileWriter]:
         """A new data file of the backup; closing it seals size, count and checksums."""
+
+    def observe(self, chunk: QualityChunk) -> None:
+        """Hand the quality suite the columns of records just written (optional).
+
+        A driver with a suite may call it as it reads, so the suite runs in the same
+        pass as the packaging and the backup's validation need not parse the stored
+        files again. Once it has observed one chunk of a unit, it must observe every
+        record of that unit, as `quality_chunks` would read them back: the suite's
+        verdicts then stand for the stored files, whose read-back checks only their
+        bytes. A unit that observes nothing gets the read-back pass."""
 
 
 class FileSource(Protocol):

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
-from backstop.drivers.contract import StoredUnit, Unit
+from backstop.drivers.contract import Driver, QualityChunk, StoredUnit, Unit
 from backstop.drivers.errors import IntegrityError, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.tasks.manifest import Manifest
-from backstop.tasks.packaging import ReadBackSource, StoreSink, StoreSource, check_file
+from backstop.tasks.packaging import ReadBackSource, Stage, StoreSink, StoreSource, check_file
 from backstop.tasks.progress import reporter
-from backstop.tasks.quality import checked_parts, run_suite
+from backstop.tasks.quality import SuiteRun, checked_parts, run_suite
 from backstop.tasks.retry import RETRYING, classified
 from backstop.tasks.secrets import resolve_options, resolve_url
 from backstop.tasks.store import StoreSpec
@@ -58,44 +60,107 @@ def release_quiesce(technology: str, sources: Sequence[str], handle: dict[str, A
         driver.release(handle, [resolve_url(s) for s in sources])
 
 
+class Snapshot(BaseModel):
+    """What snapshot_unit returns: the stored unit, and the verdicts of the quality
+    suite when the driver handed it the records as they were packaged (None: the
+    validation's read-back runs the suite)."""
+
+    unit: StoredUnit
+    checks: list[dict[str, Any]] | None = None
+
+
+class PackagingSuite:
+    """The suite's run over the chunks a driver observes while it backs up a unit.
+
+    Each chunk is checked on a stage thread, so Great Expectations and the key ledgers
+    overlap the driver's reading; the stage's queue holds one chunk, so memory stays
+    a few chunks (the driver's, the queued one, the one being checked).
+    """
+
+    def __init__(self, technology: str, unit: str) -> None:
+        self._run = SuiteRun(technology, unit, bounds_later=True)
+        self._stage: Stage[QualityChunk] | None = None
+        self.observed = False
+
+    def add(self, chunk: QualityChunk) -> None:
+        if self._stage is None:  # the first chunk starts the stage (and imports GX)
+            self._stage = Stage("quality", self._run.add, maxsize=1)
+        self.observed = True
+        self._stage.put(chunk)
+
+    def verdicts(self, driver: Driver, unit: StoredUnit) -> list[dict[str, Any]] | None:
+        """The suite's checks, now that the unit's parts are known; None when nothing
+        was observed or this unit's kind has no suite (the read-back decides)."""
+        if self._stage is not None:
+            self._stage.close()  # every chunk checked; a chunk's error is raised here
+        parts = checked_parts(driver, unit)
+        if not self.observed or parts is None:
+            return None
+        return self._run.verdicts(parts)
+
+    def close(self) -> None:
+        if self._stage is not None:
+            with contextlib.suppress(BaseException):  # the driver's failure matters more
+                self._stage.close()
+        self._run.close()
+
+
 @task(name="snapshot-unit", task_run_name="snapshot-{unit.name}", **RETRYING)
-def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit) -> StoredUnit:
-    """Snapshot one unit and package it into the store as it streams."""
+def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit) -> Snapshot:
+    """Snapshot one unit and package it into the store as it streams; where the driver
+    observes its records' columns on the way (FileSink.observe), run the quality suite
+    in the same pass."""
     driver = get_driver(technology)
     progress = reporter()
     label = f"backup {unit.name}"
-    sink = StoreSink(store.open(), technology, backup_id, progress=progress.start(label))
+    suite = PackagingSuite(technology, unit.name) if driver.quality_suite else None
+    sink = StoreSink(
+        store.open(),
+        technology,
+        backup_id,
+        progress=progress.start(label),
+        observe=suite.add if suite else None,
+    )
     # An option may hold a reference too (a password in admin_url): resolved here only.
     resolved = dataclasses.replace(
         unit, source=resolve_url(unit.source), options=resolve_options(unit.options)
     )
     try:
-        with classified(driver, f"{unit.name} ({redact_url(unit.source)})"):
-            result = driver.backup_unit(resolved, sink)
+        try:
+            with classified(driver, f"{unit.name} ({redact_url(unit.source)})"):
+                result = driver.backup_unit(resolved, sink)
+        finally:
+            progress.finish(label)
+        stored = StoredUnit(
+            name=unit.name,
+            source=redact_url(unit.source),
+            records=result.records,
+            point=result.point,
+            meta=result.meta,
+            files=sink.files,
+        )
+        checks = suite.verdicts(driver, stored) if suite else None
     finally:
-        progress.finish(label)
-    return StoredUnit(
-        name=unit.name,
-        source=redact_url(unit.source),
-        records=result.records,
-        point=result.point,
-        meta=result.meta,
-        files=sink.files,
-    )
+        if suite:
+            suite.close()
+    return Snapshot(unit=stored, checks=checks)
 
 
 @task(name="validate-unit", task_run_name="validate-{unit.name}", **RETRYING)
 def validate_unit(
-    technology: str, store: StoreSpec, backup_id: str, unit: StoredUnit
+    technology: str, store: StoreSpec, backup_id: str, unit: StoredUnit, checked: bool = False
 ) -> list[dict[str, Any]]:
-    """Read back every file of a unit: it must decompress to what was hashed on the
-    way in. Where the technology has a data-quality suite, that read is the suite's
-    pass over the records (tasks/quality.py); other files are read back alone."""
+    """Read back every file of a unit: its stored bytes must be the ones hashed on the
+    way in (size, SHA-256), and decode to what was compressed (zstd's frame checksum).
+    `checked`: the suite already ran as the unit was packaged (snapshot_unit), so no
+    record is parsed again. Otherwise, where the technology has a data-quality suite,
+    the read is the suite's pass over the records (tasks/quality.py); other files are
+    read back alone."""
     driver = get_driver(technology)
     source = StoreSource(store.open(), technology, backup_id)
     reading = ReadBackSource(source)
     checks: list[dict[str, Any]] = []
-    parts = checked_parts(driver, unit)
+    parts = None if checked else checked_parts(driver, unit)
     if parts is not None:
         try:
             checks += run_suite(technology, driver.quality_chunks(unit, reading), parts, unit.name)

@@ -14,11 +14,11 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 import zstandard
 
-from backstop.drivers.contract import StoredFile
+from backstop.drivers.contract import QualityChunk, StoredFile
 from backstop.drivers.errors import IntegrityError
 from backstop.drivers.stop import check_stop
 from backstop.tasks.store import ArtifactStore
@@ -39,19 +39,23 @@ _STAGE_BLOCK = 256 << 10  # smaller writes are gathered into blocks of this size
 MAX_WINDOW = 32 << 20
 
 Progress = Callable[[int, int], None]  # (records, raw bytes) just written or read
+Observe = Callable[[QualityChunk], None]  # a chunk of the records just packaged
+T = TypeVar("T")
 
 
-class _Stage:
+class Stage(Generic[T]):
     """One step of the packaging pipeline on a thread of its own.
 
     SHA-256, zstd and the store's writes release the GIL, so stages overlap with the
     driver's reading and with each other; each queue is bounded, so memory stays a
-    few blocks per stage.
+    few blocks per stage. (The quality suite's chunks take a stage too: tasks/backup.py.)
     """
 
-    def __init__(self, name: str, consume: Callable[[bytes], object]) -> None:
+    def __init__(
+        self, name: str, consume: Callable[[T], object], maxsize: int = _STAGE_QUEUE
+    ) -> None:
         self._consume = consume
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_STAGE_QUEUE)
+        self._queue: queue.Queue[T | None] = queue.Queue(maxsize=maxsize)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"backstop-{name}", daemon=True)
         self._thread.start()
@@ -64,7 +68,7 @@ class _Stage:
                 except BaseException as exc:  # raised to the producer on its next call
                     self._error = exc
 
-    def put(self, block: bytes) -> None:
+    def put(self, block: T) -> None:
         if self._error is not None:
             raise self._error
         self._queue.put(block)
@@ -86,7 +90,7 @@ class _StoreWriter:
         self.sha = hashlib.sha256()
         self.bytes = 0
         self._fh = fh
-        self.stage = _Stage("store-writer", self._store)
+        self.stage = Stage("store-writer", self._store)
 
     def _store(self, block: bytes) -> None:
         self.sha.update(block)
@@ -116,7 +120,7 @@ class PackagedWriter:
         )
         self._zstd = compressor.stream_writer(self._out, closefd=False, write_return_read=True)
         self._raw_sha = hashlib.sha256()
-        self._compress = _Stage("compress", self._hash_and_compress)
+        self._compress = Stage("compress", self._hash_and_compress)
         self._pending = bytearray()
         self._progress = progress
         self.raw_bytes = 0
@@ -162,7 +166,8 @@ class PackagedWriter:
 
 
 class StoreSink:
-    """The FileSink a driver backs up into: one per unit, collecting its files."""
+    """The FileSink a driver backs up into: one per unit, collecting its files, and
+    passing the quality chunks the driver hands it to `observe` (the suite's run)."""
 
     def __init__(
         self,
@@ -172,13 +177,21 @@ class StoreSink:
         *,
         level: int = DEFAULT_LEVEL,
         progress: Progress | None = None,
+        observe: Observe | None = None,
     ) -> None:
         self._store = store
         self._technology = technology
         self._backup_id = backup_id
         self._level = level
         self._progress = progress
+        self._observe = observe
         self.files: list[StoredFile] = []
+        self.observed = False  # the driver handed over quality chunks for this unit
+
+    def observe(self, chunk: QualityChunk) -> None:
+        self.observed = True
+        if self._observe is not None:
+            self._observe(chunk)
 
     @contextmanager
     def open(

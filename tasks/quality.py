@@ -15,6 +15,7 @@ bucket at a time.
 from __future__ import annotations
 
 import logging
+import pickle
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -25,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from backstop.drivers.contract import Driver, QualityChunk, QualityPart, StoredUnit
-from backstop.drivers.quality import QualitySuite
+from backstop.drivers.quality import ColumnRule, QualitySuite
 from backstop.tasks.manifest import QualityResult
 
 _SAMPLE = 5
+_BOUND_FRAME = 1_000_000  # values per Great Expectations run of a deferred rule (~8 MB)
 
 
 # -- whole-part checks on disk ------------------------------------------------------------
@@ -101,8 +103,10 @@ def checked_parts(driver: Driver, unit: StoredUnit) -> dict[str, QualityPart] | 
         return None
 
 
-def expectations(suite: QualitySuite, part: QualityPart) -> list[Any]:
-    """The suite's per-record rules as Great Expectations expectations for one part."""
+def expectations(suite: QualitySuite, part: QualityPart, *, bounded: bool = True) -> list[Any]:
+    """The suite's per-record rules as Great Expectations expectations for one part.
+    `bounded=False` leaves out the rules whose bound is only known once the part is
+    read (see `deferred_rules`)."""
     import great_expectations as gx
 
     e = gx.expectations
@@ -112,14 +116,28 @@ def expectations(suite: QualitySuite, part: QualityPart) -> list[Any]:
             out.append(e.ExpectColumnValuesToNotBeNull(column=rule.column))
         if rule.regex is not None:
             out.append(e.ExpectColumnValuesToMatchRegex(column=rule.column, regex=rule.regex))
-        upper = part.max_values.get(rule.max_value_of) if rule.max_value_of else None
-        if rule.min_value is not None or upper is not None:
-            out.append(
-                e.ExpectColumnValuesToBeBetween(
-                    column=rule.column, min_value=rule.min_value, max_value=upper
-                )
-            )
+        if bounded or not rule.max_value_of:
+            out += _between(rule, part)
     return out
+
+
+def deferred_rules(suite: QualitySuite) -> list[ColumnRule]:
+    """The rules bounded by a value of the part (QualityPart.max_values, e.g. the
+    Schemaless watermark) that the backup learns once it has read the part."""
+    return [rule for rule in suite.rules if rule.max_value_of]
+
+
+def _between(rule: ColumnRule, part: QualityPart) -> list[Any]:
+    import great_expectations as gx
+
+    upper = part.max_values.get(rule.max_value_of) if rule.max_value_of else None
+    if rule.min_value is None and upper is None:
+        return []
+    return [
+        gx.expectations.ExpectColumnValuesToBeBetween(
+            column=rule.column, min_value=rule.min_value, max_value=upper
+        )
+    ]
 
 
 # -- running ------------------------------------------------------------------------------
@@ -160,10 +178,145 @@ class _PartState:
     spec: QualityPart
     suite: Any
     ledgers: dict[str, KeyLedger]
+    spills: dict[str, Path] = field(default_factory=dict)  # column -> its values, on disk
     records: int = 0
     last: Any = None
     out_of_order: int = 0
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class SuiteRun:
+    """One unit's run of its technology's suite, a chunk at a time: `add` each chunk
+    (Great Expectations on it, its keys into the on-disk ledgers), then `verdicts`.
+
+    The read-back pass knows every part's QualityPart before it reads (`parts`). The
+    backup's packaging pass (`bounds_later=True`) learns them only once the driver is
+    done: the rules bounded by a value of the part (the Schemaless watermark) keep their
+    column on disk, and `verdicts` checks it against the bound. Memory stays one chunk;
+    close() removes the temporary folder.
+    """
+
+    def __init__(
+        self,
+        technology: str,
+        unit: str = "",
+        parts: dict[str, QualityPart] | None = None,
+        *,
+        bounds_later: bool = False,
+    ) -> None:
+        suite = suite_of(technology)
+        if suite is None:
+            raise ValueError(f"{technology} declares no data-quality suite")
+        self._technology = technology
+        self._suite = suite
+        self._unit = unit
+        self._parts = dict(parts or {})
+        self._bounds_later = bounds_later
+        self._folder = tempfile.TemporaryDirectory(prefix="backstop-quality-")
+        self._states: dict[str, _PartState] = {}
+        self.records = 0  # in every chunk added so far
+
+    def __enter__(self) -> SuiteRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._folder.cleanup()
+
+    def add(self, chunk: QualityChunk) -> None:
+        """Check one chunk of records."""
+        import pandas as pd
+
+        state = self._state_of(chunk.part)
+        frame = pd.DataFrame(chunk.columns)
+        state.records += len(frame)
+        self.records += len(frame)
+        _record_gx(state, _Gx.validate(frame, state.suite))
+        _ledger_keys(state, frame, self._suite)
+        if self._bounds_later:
+            self._spill(state, chunk)
+
+    def verdicts(self, parts: dict[str, QualityPart] | None = None) -> list[dict[str, Any]]:
+        """Every check of the suite, once all chunks are in: one dict per check and
+        part, `passed` or not, with counts and a few unexpected values. `parts` (the
+        packaging pass) says what each part held, now that the driver is done."""
+        if parts is not None:
+            self._parts = dict(parts)
+        for part in self._parts:
+            self._state_of(part)  # a part that yielded nothing is still counted
+        for part, state in self._states.items():
+            state.spec = self._parts.get(part) or QualityPart()
+            if self._bounds_later:
+                self._check_bounds(state)
+        return [
+            c
+            for part, state in self._states.items()
+            for c in _verdicts(part, state, self._suite, self._unit)
+        ]
+
+    def _state_of(self, part: str) -> _PartState:
+        if part not in self._states:
+            import great_expectations as gx
+
+            _Gx.ready()  # a suite needs an active context
+            spec = self._parts.get(part) or QualityPart()
+            suite = gx.ExpectationSuite(name=f"backstop-{self._technology}")
+            for expectation in expectations(self._suite, spec, bounded=not self._bounds_later):
+                suite.add_expectation(expectation)
+            index = len(self._states)
+            ledgers = {
+                name: KeyLedger(Path(self._folder.name), f"part{index}-{name}")
+                for name in self._suite.ledger_names
+            }
+            spills = {
+                rule.column: Path(self._folder.name) / f"part{index}-bounded-{i}.pickle"
+                for i, rule in enumerate(deferred_rules(self._suite))
+            }
+            self._states[part] = _PartState(spec=spec, suite=suite, ledgers=ledgers, spills=spills)
+        return self._states[part]
+
+    @staticmethod
+    def _spill(state: _PartState, chunk: QualityChunk) -> None:
+        # Pickled, not as int64: a broken source may hold NULLs or text there, which the
+        # rule must see as it would in the read-back. The folder is this run's own.
+        for column, path in state.spills.items():
+            with open(path, "ab") as out:
+                pickle.dump(list(chunk.columns.get(column, ())), out, pickle.HIGHEST_PROTOCOL)
+
+    def _check_bounds(self, state: _PartState) -> None:
+        """The deferred rules, now that the part's bounds are known, over the spilled
+        columns in frames of at most _BOUND_FRAME values."""
+        import great_expectations as gx
+        import pandas as pd
+
+        for rule in deferred_rules(self._suite):
+            path = state.spills[rule.column]
+            between = _between(rule, state.spec)
+            if not between or not path.exists():
+                continue
+            suite = gx.ExpectationSuite(name=f"backstop-{self._technology}-bounds")
+            suite.add_expectation(between[0])
+            for values in _spilled_frames(path):
+                frame = pd.DataFrame({rule.column: values})
+                _record_gx(state, _Gx.validate(frame, suite))
+            path.unlink()  # checked once, however often verdicts is asked
+
+
+def _spilled_frames(path: Path) -> Iterator[list[Any]]:
+    values: list[Any] = []
+    with open(path, "rb") as spilled:
+        while True:
+            try:
+                values += pickle.load(spilled)  # this run wrote it, in its own folder
+            except EOFError:
+                break
+            if len(values) >= _BOUND_FRAME:
+                yield values
+                values = []
+    if values:
+        yield values
 
 
 def run_suite(
@@ -172,42 +325,14 @@ def run_suite(
     parts: dict[str, QualityPart] | None = None,
     unit: str = "",
 ) -> list[dict[str, Any]]:
-    """Every check of the technology's suite over a stream of chunks: one dict per
-    check and part, `passed` or not, with counts and a few unexpected values."""
-    import great_expectations as gx
-    import pandas as pd
-
-    suite_spec = suite_of(technology)
-    if suite_spec is None:
+    """Every check of the technology's suite over a stream of chunks (SuiteRun.verdicts),
+    the parts known first; none when the technology declares no suite."""
+    if suite_of(technology) is None:
         return []
-    _Gx.ready()
-    states: dict[str, _PartState] = {}
-    with tempfile.TemporaryDirectory(prefix="backstop-quality-") as folder:
-
-        def state_of(part: str) -> _PartState:
-            if part not in states:
-                spec = (parts or {}).get(part) or QualityPart()
-                suite = gx.ExpectationSuite(name=f"backstop-{technology}")
-                for expectation in expectations(suite_spec, spec):
-                    suite.add_expectation(expectation)
-                ledgers = {
-                    name: KeyLedger(Path(folder), f"part{len(states)}-{name}")
-                    for name in suite_spec.ledger_names
-                }
-                states[part] = _PartState(spec=spec, suite=suite, ledgers=ledgers)
-            return states[part]
-
+    with SuiteRun(technology, unit, parts) as run:
         for chunk in chunks:
-            state = state_of(chunk.part)
-            frame = pd.DataFrame(chunk.columns)
-            state.records += len(frame)
-            _record_gx(state, _Gx.validate(frame, state.suite))
-            _ledger_keys(state, frame, suite_spec)
-        for part in parts or {}:
-            state_of(part)  # a part that yielded nothing is still counted
-        return [
-            c for part, state in states.items() for c in _verdicts(part, state, suite_spec, unit)
-        ]
+            run.add(chunk)
+        return run.verdicts()
 
 
 def _record_gx(state: _PartState, result: Any) -> None:

@@ -227,3 +227,31 @@ def test_a_failed_overwrite_rolls_the_target_back_to_its_safety_backup(
 def cells_in(path: Path) -> list[tuple]:
     with sqlite3.connect(path) as db:
         return db.execute("SELECT * FROM cells ORDER BY added_id").fetchall()
+
+
+def test_the_packaging_pass_gives_the_read_back_verdicts_with_bounds_learned_last():
+    """The backup's packaging pass learns a part's bounds (the watermark) only once the
+    driver is done: the rules bounded by it keep their column on disk, and the verdicts
+    are those of the read-back pass, a value above the watermark included."""
+    from backstop.tasks.quality import SuiteRun
+
+    n = 30
+    columns = {
+        "added_id": [*range(1, 25), 40, *range(26, 31)],  # 40: above the watermark 30
+        "row_key": [f"{i:08d}-0000-4000-8000-000000000000" for i in range(n)],
+        "column_name": ["c"] * n,
+        "ref_key": [*range(n - 1), -1],
+    }
+    parts = {"cells": QualityPart(records=n + 1, max_values={"added_id": 30})}
+    read_back = run_suite("schemaless", chunks("cells", columns, 10), parts, "shard-000")
+    with SuiteRun("schemaless", "shard-000", bounds_later=True) as run:
+        for chunk in chunks("cells", columns, 10):
+            run.add(chunk)
+        packaged = run.verdicts(parts)
+    assert packaged == read_back
+    assert failed_checks(packaged) == {
+        "gx:expect_column_values_to_be_between(column=added_id, max_value=30.0, min_value=1.0)": 1,
+        "gx:expect_column_values_to_be_between(column=ref_key, min_value=0.0)": 1,
+        "added_id strictly increasing": 1,
+        "count equals the source's": 1,
+    }

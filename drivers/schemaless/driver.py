@@ -396,11 +396,14 @@ class SchemalessDriver(Driver):
                 # table (InnoDB then scans its smallest index, not the cells).
                 source_count = _count_since(conn, table, since)
                 meta = {"table": table, "watermark": watermark, "since": since}
+                cells = _ObservedCells(sink, table)
                 with sink.open(_file_name(unit.name, table), format=FORMAT, meta=meta) as out:
                     for rows in _backup_batches(conn, readers, table, watermark, since):
                         data, n = pack_cells(rows)
                         out.write(data, n)
                         records += n
+                        cells.add(rows)
+                    cells.flush()
                 watermarks[table] = watermark
                 tables_meta[table] = {
                     "watermark": watermark,
@@ -687,6 +690,30 @@ class SchemalessDriver(Driver):
             checking = pool.submit(self.verify_unit, unit, target, source, plan)
             yield from self.target_quality_chunks(unit, target, plan)
             return checking.result()
+
+
+class _ObservedCells:
+    """The quality suite's columns of the cells a backup packages, handed to the sink
+    QUALITY_CHUNK cells at a time (FileSink.observe): the suite runs in the packaging
+    pass, and the backup's validation does not parse the stored file again. The
+    columns are those quality_chunks reads back: the row's values as pack_cells
+    serializes them."""
+
+    def __init__(self, sink: FileSink, table: str) -> None:
+        self._sink, self._table = sink, table
+        self._columns: list[list[Any]] = [[] for _ in CELL_COLUMNS[:4]]
+
+    def add(self, rows: Sequence[Sequence[Any]]) -> None:
+        for column, values in zip(self._columns, zip(*rows, strict=False), strict=False):
+            column.extend(values)
+        if len(self._columns[0]) >= QUALITY_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._columns[0]:
+            columns = dict(zip(CELL_COLUMNS[:4], self._columns, strict=True))
+            self._sink.observe(QualityChunk(part=self._table, columns=columns))
+            self._columns = [[] for _ in CELL_COLUMNS[:4]]
 
 
 class _ObservedCells:
