@@ -716,30 +716,6 @@ class _ObservedCells:
             self._columns = [[] for _ in CELL_COLUMNS[:4]]
 
 
-class _ObservedCells:
-    """The quality suite's columns of the cells a backup packages, handed to the sink
-    QUALITY_CHUNK cells at a time (FileSink.observe): the suite runs in the packaging
-    pass, and the backup's validation does not parse the stored file again. The
-    columns are those quality_chunks reads back: the row's values as pack_cells
-    serializes them."""
-
-    def __init__(self, sink: FileSink, table: str) -> None:
-        self._sink, self._table = sink, table
-        self._columns: list[list[Any]] = [[] for _ in CELL_COLUMNS[:4]]
-
-    def add(self, rows: Sequence[Sequence[Any]]) -> None:
-        for column, values in zip(self._columns, zip(*rows, strict=False), strict=False):
-            column.extend(values)
-        if len(self._columns[0]) >= QUALITY_CHUNK:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._columns[0]:
-            columns = dict(zip(CELL_COLUMNS[:4], self._columns, strict=True))
-            self._sink.observe(QualityChunk(part=self._table, columns=columns))
-            self._columns = [[] for _ in CELL_COLUMNS[:4]]
-
-
 _NO_LIMIT = 2**63 - 1  # every cell the target holds
 
 
