@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import posixpath
+import struct
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -50,11 +50,13 @@ from backstop.drivers.zookeeper.walk import (
     read_nodes,
     stat_pass,
     walk,
+    walk_fields,
 )
 from backstop.drivers.zookeeper.znodes import (
     DELETED,
     FORMAT,
     NODE,
+    RecordPacker,
     Znode,
     digest_problems,
     node_hash,
@@ -75,28 +77,6 @@ WRITE_CHUNK = 1 << 20
 BATCH_BYTES = 512 * 1024
 BATCH_OPS = 1000
 _OPEN_ACL = tuple((a.perms, a.id.scheme, a.id.id) for a in OPEN_ACL_UNSAFE)
-
-
-class _Chunker:
-    """Groups small records into large writes."""
-
-    def __init__(self, out) -> None:
-        self._out = out
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._records = 0
-
-    def add(self, record: list[bytes]) -> None:
-        self._parts.extend(record)
-        self._size += sum(map(len, record))
-        self._records += 1
-        if self._size >= WRITE_CHUNK:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._parts:
-            self._out.write(b"".join(self._parts), self._records)
-            self._parts, self._size, self._records = [], 0, 0
 
 
 class ZooKeeperDriver(Driver):
@@ -182,8 +162,6 @@ class ZooKeeperDriver(Driver):
         selection = Selection(unit.options.get("include"), unit.options.get("exclude"))
         url = parse_zk_url(unit.source)
         skip_system = not url.chroot
-        index: dict[str, tuple[int, int, int, int]] = {}  # path -> mzxid, pzxid, aversion, hash
-        digest = SetDigest()
         ephemeral = 0
         with connect(unit.source) as client:
             version = ".".join(map(str, client.server_version()))
@@ -192,16 +170,16 @@ class ZooKeeperDriver(Driver):
             zk = pool[0]
             started = zk.current_zxid()
             with sink.open("tree.znodes", format=FORMAT) as out:
-                chunker = _Chunker(out)
-                for node in parallel_walk(pool, ["/"], selection, skip_system):
-                    if node.ephemeral_owner:
+                copy = _Copy(out)
+                record = copy.node
+                for path, data, stat, acls in walk_fields(pool, ["/"], selection, skip_system):
+                    if stat[7]:  # ephemeralOwner: a session's node, no part of a backup
                         ephemeral += 1
                         continue
-                    _record(node, index, digest, chunker)
-                result = _converge(
-                    zk, index, digest, selection, skip_system, chunker, walk_started=started
-                )
-                chunker.flush()
+                    record(path, data, acls, stat)
+                result = _converge(zk, copy, selection, skip_system, walk_started=started)
+                copy.flush()
+        digest = copy.digest
         point = {
             "zxid": result["zxid"],
             "zxid_hex": hex(result["zxid"]),
@@ -439,10 +417,13 @@ def _path_chunks(
     (above an --include subtree) is not required."""
     batch: list[str] = []
     parents: list[str | None] = []
+    # Without --include every selected node's parent is selected too (an excluded
+    # parent excludes its subtree): the per-path check is needed only with it.
+    check = selection.wants if selection.include else None
     for path in paths:
-        parent = posixpath.dirname(path) if path != "/" else None
+        parent = (path.rpartition("/")[0] or "/") if path != "/" else None
         batch.append(path)
-        parents.append(parent if parent and selection.wants(parent) else None)
+        parents.append(parent if parent and (check is None or check(parent)) else None)
         if len(batch) >= QUALITY_CHUNK:
             yield QualityChunk(part=unit.name, columns={"path": batch, "parent": parents})
             batch, parents = [], []
@@ -478,19 +459,58 @@ def _without_chroot(url: str) -> str:
     return base[: len(base) - len(parsed.chroot)] + sep + query
 
 
-def _record(node: Znode, index: dict, digest: SetDigest, chunker: _Chunker) -> None:
-    h = node_hash(node.path, node.data, node.acls)
-    previous = index.get(node.path)
-    if previous is not None:
-        digest.remove(previous[3])
-    index[node.path] = (node.mzxid, node.pzxid, node.aversion, h)
-    digest.add(h)
-    chunker.add(pack_parts(node))
+class _Copy:
+    """What a logical backup has copied: its records (written in large blocks), their
+    digest, and per path what the convergence checks compare (mzxid, pzxid, aversion)
+    with the node's hash, packed into 36 bytes (memory grows with the tree's paths:
+    the checks must know every copied path)."""
+
+    _STATE = struct.Struct("<qqiQQ")  # mzxid, pzxid, aversion, hash low and high 64 bits
+
+    def __init__(self, out) -> None:
+        self.index: dict[str, bytes] = {}
+        self.digest = SetDigest()
+        self._packer = RecordPacker()
+        self._out = out
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._records = 0
+
+    def state(self, path: str) -> tuple[int, int, int, int]:
+        """(mzxid, pzxid, aversion, hash) recorded for a copied path."""
+        mzxid, pzxid, aversion, low, high = self._STATE.unpack(self.index[path])
+        return mzxid, pzxid, aversion, low | high << 64
+
+    def node(self, path: str, data: bytes | None, acls: tuple, stat: tuple) -> None:
+        """Append a node's state (a later record of a path replaces an earlier one)."""
+        parts, h = self._packer.node(path, data, acls, stat)
+        if path in self.index:
+            self.digest.remove(self.state(path)[3])
+        self.index[path] = self._STATE.pack(stat[1], stat[8], stat[6], h & _LOW64, h >> 64)
+        self.digest.add(h)
+        self._parts += parts
+        self._size += 100 if data is None else 100 + len(data)
+        self._records += 1
+        if self._size >= WRITE_CHUNK:
+            self.flush()
+
+    def deleted(self, path: str) -> None:
+        """Append a deletion record for a copied path that is gone."""
+        self.digest.remove(self.state(path)[3])
+        del self.index[path]
+        self._parts += pack_parts(Znode(DELETED, path))
+        self._records += 1
+
+    def flush(self) -> None:
+        if self._parts:
+            self._out.write(b"".join(self._parts), self._records)
+            self._parts, self._size, self._records = [], 0, 0
 
 
-def _converge(
-    zk, index, digest, selection, skip_system, chunker, walk_started: int
-) -> dict[str, Any]:
+_LOW64 = (1 << 64) - 1
+
+
+def _converge(zk, copy: _Copy, selection, skip_system, walk_started: int) -> dict[str, Any]:
     """Re-check every node's stat until a whole pass finds nothing changed.
 
     A node changed since it was read (data, ACL or children) is read again and its
@@ -503,11 +523,11 @@ def _converge(
     for passes in range(1, MAX_PASSES + 1):
         start = zk.current_zxid()
         changed, regrown, gone = [], [], []
-        for path, stat in stat_pass(zk, list(index)):
+        for path, stat in stat_pass(zk, copy.index):  # the index is not changed meanwhile
             if stat is None:
                 gone.append(path)
                 continue
-            mzxid, pzxid, aversion, _ = index[path]
+            mzxid, pzxid, aversion, _ = copy.state(path)
             if stat[1] != mzxid or stat[6] != aversion:
                 changed.append(path)
             if stat[8] != pzxid:
@@ -520,23 +540,22 @@ def _converge(
             continue
         last_clean = None
         for path in gone:
-            if path in index:
-                digest.remove(index.pop(path)[3])
-                chunker.add(pack_parts(Znode(DELETED, path)))
+            if path in copy.index:
+                copy.deleted(path)
         for node in read_nodes(zk, changed):
-            _record(node, index, digest, chunker)
+            copy.node(node.path, node.data, node.acls, node.stat)
         for path in regrown:
-            _rescan_children(zk, path, index, digest, selection, skip_system, chunker)
+            _rescan_children(zk, path, copy, selection, skip_system)
     if last_clean:
         return last_clean
     return {"kind": "none", "zxid": zk.current_zxid(), "passes": MAX_PASSES}
 
 
-def _rescan_children(zk, path, index, digest, selection, skip_system, chunker) -> None:
+def _rescan_children(zk, path, copy: _Copy, selection, skip_system) -> None:
     """A node's children changed: record its new state and every new descendant."""
-    for node in walk(zk, [path], selection, skip_system, known=index):
-        if node.path == path or (node.path not in index and not node.ephemeral_owner):
-            _record(node, index, digest, chunker)
+    for node in walk(zk, [path], selection, skip_system, known=copy.index):
+        if node.path == path or (node.path not in copy.index and not node.ephemeral_owner):
+            copy.node(node.path, node.data, node.acls, node.stat)
 
 
 def _clear(zk, root: str, keep_system: bool, include: Sequence[str] = ()) -> None:

@@ -9,7 +9,7 @@ import contextlib
 import queue
 import threading
 from collections import deque
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 
 from backstop.drivers.errors import PermanentError
 from backstop.drivers.zookeeper.paths import Selection
@@ -21,6 +21,19 @@ BATCH = 512  # paths a session takes from the shared queue at a time
 
 def child_path(parent: str, name: str) -> str:
     return f"/{name}" if parent == "/" else f"{parent}/{name}"
+
+
+class _AclCheck:
+    """`_checked_acls` once per distinct ACL list (the sessions share parsed lists)."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple] = set()
+
+    def __call__(self, acls: tuple, path: str) -> tuple:
+        if acls not in self._seen:
+            _checked_acls(acls, path)
+            self._seen.add(acls)
+        return acls
 
 
 def _checked_acls(acls: tuple, path: str) -> tuple:
@@ -57,20 +70,7 @@ def walk(
     Nodes deleted while the walk runs are silently absent; the caller's convergence
     passes notice them.
     """
-
-    def descend(path: str) -> bool:
-        return (
-            path not in known
-            and not (skip_system and path == "/zookeeper")
-            and selection.descends(path)
-        )
-
-    try:
-        for path, data, stat, acls in session.fetch(roots, descend=descend):
-            if selection.wants(path):
-                yield Znode(NODE, path, data, _checked_acls(acls, path), stat)
-    except ZkReadError as exc:
-        raise _explained(exc) from None
+    return parallel_walk([session], roots, selection, skip_system, known)
 
 
 def parallel_walk(
@@ -85,9 +85,44 @@ def parallel_walk(
 
     A node is handed out before its children are queued, so parents still come first.
     """
+    for path, data, stat, acls in walk_fields(sessions, roots, selection, skip_system, known):
+        yield Znode(NODE, path, data, acls, stat)
+
+
+def walk_fields(
+    sessions: list[ReadSession],
+    roots: Iterable[str],
+    selection: Selection,
+    skip_system: bool,
+    known: Container[str] = (),
+) -> Iterator[tuple[str, bytes | None, tuple, tuple]]:
+    """`parallel_walk`'s nodes as (path, data, stat, ACLs) tuples, for loops that handle
+    every node of a large tree (no object built per node)."""
+    checked = _AclCheck()
+    wants = selection.wants if selection.include or selection.exclude else _everything
     if len(sessions) == 1:
-        yield from walk(sessions[0], roots, selection, skip_system, known)
+        try:
+            descend = _descender(selection, skip_system, known)
+            for path, data, stat, acls in sessions[0].fetch(roots, descend=descend):
+                if wants(path):
+                    yield path, data, stat, checked(acls, path)
+        except ZkReadError as exc:
+            raise _explained(exc) from None
         return
+    yield from _shared_queue_walk(sessions, roots, _descender(selection, skip_system, known),
+                                  wants, checked)  # fmt: skip
+
+
+def _everything(path: str) -> bool:
+    return True
+
+
+def _descender(selection: Selection, skip_system: bool, known: Container[str]):
+    """Whether the walk goes below a path."""
+    if not known and not selection.include and not selection.exclude:
+        if not skip_system:
+            return lambda path: True
+        return lambda path: path != "/zookeeper"
 
     def descend(path: str) -> bool:
         return (
@@ -96,6 +131,18 @@ def parallel_walk(
             and selection.descends(path)
         )
 
+    return descend
+
+
+def _shared_queue_walk(
+    sessions: list[ReadSession],
+    roots: Iterable[str],
+    descend: Callable[[str], bool],
+    wants: Callable[[str], bool],
+    checked: _AclCheck,
+) -> Iterator[tuple[str, bytes | None, tuple, tuple]]:
+    """Several sessions take batches of paths from one queue, each on a thread; the
+    caller's thread receives the fetched batches through a bounded queue."""
     work: deque[str] = deque(roots)
     outstanding = len(work)  # paths queued or being fetched
     lock = threading.Condition()
@@ -143,8 +190,8 @@ def parallel_walk(
                 raise item
             else:
                 for path, data, stat, _, acls in item:
-                    if selection.wants(path):
-                        yield Znode(NODE, path, data, _checked_acls(acls, path), stat)
+                    if wants(path):
+                        yield path, data, stat, checked(acls, path)
     finally:
         stop.set()
         with lock:

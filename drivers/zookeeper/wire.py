@@ -28,6 +28,9 @@ NO_NODE, NO_AUTH, AUTH_FAILED = -101, -102, -115
 _REPLY = struct.Struct(">iqi")
 _STAT = struct.Struct(">qqqqiiiqiiq")  # czxid mzxid ctime mtime version cversion aversion
 #                                         ephemeralOwner dataLength numChildren pzxid
+# The same bytes read straight into the persisted order (czxid, mzxid, ctime, mtime,
+# version, cversion, aversion, ephemeralOwner, pzxid: dataLength and numChildren skipped).
+_PERSISTED = struct.Struct(">qqqqiiiq8xq")
 _I32 = struct.Struct(">i")
 _HEAD = struct.Struct(">iii")
 _MULTI_HEADER = struct.Struct(">i?i")  # type, done, err
@@ -35,9 +38,7 @@ _MULTI_HEADER = struct.Struct(">i?i")  # type, done, err
 Stat = tuple[int, int, int, int, int, int, int, int, int]  # persisted order: see znodes
 
 
-def _persisted(full: tuple) -> Stat:
-    """Full Stat -> (czxid, mzxid, ctime, mtime, version, cversion, aversion, eph, pzxid)."""
-    return full[0], full[1], full[2], full[3], full[4], full[5], full[6], full[7], full[10]
+_ACL_CACHE_MAX = 4096  # distinct ACL lists remembered per session (most trees have a few)
 
 
 def _string(text: str) -> bytes:
@@ -67,6 +68,10 @@ class ReadSession:
         self.window = window
         self._sock: socket.socket | None = None
         self._buf = bytearray()
+        # A tree's nodes share a handful of ACL lists: each distinct reply body is parsed
+        # once, and the nodes share one tuple (less work, less memory, and callers can
+        # remember per-ACL work by it).
+        self._acls: dict[bytes, tuple] = {}
         self._xid = 0
         self.last_zxid = 0
         self.multi_read = True  # switched off for servers older than 3.6
@@ -123,20 +128,27 @@ class ReadSession:
         self._sock.sendall(out)
 
     def _frame(self) -> memoryview:
+        buf = self._buf
         while True:
-            if len(self._buf) >= 4:
-                (length,) = _I32.unpack_from(self._buf, 0)
-                if len(self._buf) >= 4 + length:
-                    frame = bytes(self._buf[4 : 4 + length])
-                    del self._buf[: 4 + length]
+            if len(buf) >= 4:
+                (length,) = _I32.unpack_from(buf, 0)
+                end = 4 + length
+                if len(buf) >= end:
+                    with memoryview(buf) as view:
+                        frame = view[4:end].tobytes()  # one copy (a slice would be two)
+                    del buf[:end]  # cheap: CPython moves a bytearray's start
                     return memoryview(frame)
-            try:
-                chunk = self._sock.recv(1 << 20)
-            except TimeoutError:
-                raise TimeoutError("ZooKeeper did not answer in time") from None
-            if not chunk:
-                raise ConnectionError("ZooKeeper closed the connection")
-            self._buf += chunk
+            self._fill()
+
+    def _fill(self) -> None:
+        """Append what the server sent next to the buffer (waiting for it)."""
+        try:
+            chunk = self._sock.recv(1 << 20)
+        except TimeoutError:
+            raise TimeoutError("ZooKeeper did not answer in time") from None
+        if not chunk:
+            raise ConnectionError("ZooKeeper closed the connection")
+        self._buf += chunk
 
     def _reply(self) -> tuple[int, int, int, memoryview]:
         while True:
@@ -222,6 +234,41 @@ class ReadSession:
         requests += [(self._next_xid(), OP_GET_ACL, wire) for wire in wires]
         return requests
 
+    def _acl_replies(self, count: int) -> list[tuple[int, tuple]]:
+        """(error code, ACLs) of the next `count` getACL replies; equal reply bodies
+        share one parsed tuple."""
+        cache, buf, out = self._acls, self._buf, []
+        pos = 0  # frames are read in place, the buffer trimmed once they are used
+        try:
+            while len(out) < count:
+                if len(buf) - pos < 4 or len(buf) < pos + 4 + _I32.unpack_from(buf, pos)[0]:
+                    del buf[:pos]
+                    pos = 0
+                    self._fill()
+                    continue
+                (length,) = _I32.unpack_from(buf, pos)
+                start, end = pos + 4, pos + 4 + length
+                pos = end
+                xid, zxid, err = _REPLY.unpack_from(buf, start)
+                if xid == XID_PING or xid == -1:
+                    continue
+                if zxid > 0:
+                    self.last_zxid = zxid
+                if err:
+                    out.append((err, ()))
+                    continue
+                # The reply is the ACL list, then the node's stat: the list is the key.
+                body = bytes(buf[start + _REPLY.size : end - _STAT.size])
+                acls = cache.get(body)
+                if acls is None:
+                    acls = _parse(OP_GET_ACL, memoryview(body))
+                    if len(cache) < _ACL_CACHE_MAX:
+                        cache[body] = acls
+                out.append((0, acls))
+        finally:
+            del buf[:pos]
+        return out
+
     def _chunk_replies(self, chunk: list[str], children: bool):
         per_node: list[list] = []  # [result or error code, ...] in op order per node
         ops = (OP_GET_DATA, OP_GET_CHILDREN) if children else (OP_GET_DATA,)
@@ -239,15 +286,15 @@ class ReadSession:
                     _, _, err, body = self._reply()
                     node.append(err if err else _parse(op, body))
                 per_node.append(node)
-        for path, results in zip(chunk, per_node, strict=True):
-            _, _, err, body = self._reply()  # the node's getACL
-            codes = [r for r in [*results, err or None] if isinstance(r, int)]
-            if NO_NODE in codes:
-                continue  # deleted meanwhile
-            if codes:
+        acl_replies = self._acl_replies(len(chunk))  # each node's getACL, in order
+        for path, results, (err, acls) in zip(chunk, per_node, acl_replies, strict=True):
+            first = results[0]
+            if err or first.__class__ is int or (children and results[1].__class__ is int):
+                codes = [r for r in [*results, err or None] if isinstance(r, int)]
+                if NO_NODE in codes:
+                    continue  # deleted meanwhile
                 raise ZkReadError(codes[0], path)
-            data, stat = results[0]
-            yield path, data, stat, (results[1] if children else []), _parse(OP_GET_ACL, body)
+            yield path, first[0], first[1], (results[1] if children else []), acls
 
     def stats(self, paths: Iterable[str]) -> Iterator[tuple[str, Stat | None]]:
         """(path, stat or None when gone), pipelined."""
@@ -279,15 +326,15 @@ class ReadSession:
             elif err:
                 raise ZkReadError(err, path)
             else:
-                yield path, _persisted(_STAT.unpack_from(body, 0))
+                yield path, _PERSISTED.unpack_from(body, 0)
 
 
 def _parse(op: int, body: memoryview) -> Any:
     if op == OP_GET_DATA:
         (length,) = _I32.unpack_from(body, 0)
         if length < 0:
-            return None, _persisted(_STAT.unpack_from(body, 4))
-        return bytes(body[4 : 4 + length]), _persisted(_STAT.unpack_from(body, 4 + length))
+            return None, _PERSISTED.unpack_from(body, 4)
+        return bytes(body[4 : 4 + length]), _PERSISTED.unpack_from(body, 4 + length)
     if op == OP_GET_CHILDREN:
         (count,) = _I32.unpack_from(body, 0)
         pos, names = 4, []
@@ -314,30 +361,36 @@ def _parse(op: int, body: memoryview) -> Any:
 def _parse_multi(body: memoryview) -> list:
     """A MultiResponse of getData/getChildren results; an error result is its int code."""
     results: list = []
+    append = results.append
+    header, i32, stat = _MULTI_HEADER.unpack_from, _I32.unpack_from, _PERSISTED.unpack_from
     pos = 0
     while True:
-        op, done, _err = _MULTI_HEADER.unpack_from(body, pos)
-        pos += _MULTI_HEADER.size
+        op, done, _err = header(body, pos)
+        pos += 9  # _MULTI_HEADER.size
         if done:
             return results
-        if op == -1:  # ErrorResponse
-            (code,) = _I32.unpack_from(body, pos)
+        if op == OP_GET_DATA:
+            (length,) = i32(body, pos)
             pos += 4
-            results.append(code)
-        elif op == OP_GET_DATA:
-            (length,) = _I32.unpack_from(body, pos)
-            data = None if length < 0 else bytes(body[pos + 4 : pos + 4 + length])
-            pos += 4 + max(length, 0)
-            results.append((data, _persisted(_STAT.unpack_from(body, pos))))
-            pos += _STAT.size
+            if length < 0:
+                data = None
+            else:
+                data = body[pos : pos + length].tobytes()
+                pos += length
+            append((data, stat(body, pos)))
+            pos += 68  # _STAT.size
         elif op == OP_GET_CHILDREN:
-            (count,) = _I32.unpack_from(body, pos)
+            (count,) = i32(body, pos)
             pos += 4
             names = []
             for _ in range(count):
-                (n,) = _I32.unpack_from(body, pos)
+                (n,) = i32(body, pos)
                 names.append(str(body[pos + 4 : pos + 4 + n], "utf-8"))
                 pos += 4 + n
-            results.append(names)
+            append(names)
+        elif op == -1:  # ErrorResponse
+            (code,) = i32(body, pos)
+            pos += 4
+            append(code)
         else:
             raise ZkReadError(op, "multiRead")

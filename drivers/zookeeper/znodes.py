@@ -33,6 +33,7 @@ _I32 = struct.Struct("<i")
 _U16 = struct.Struct("<H")
 _ACL = struct.Struct("<iH")
 _STAT = struct.Struct("<qqqqiiiqq")
+_NULL_DATA = _I32.pack(-1)
 # ZooKeeper itself caps a node's data, and a request's size, at jute.maxbuffer (1 MiB
 # by default); these limits leave room for servers configured far above it while
 # bounding the memory a stored record can claim.
@@ -106,6 +107,47 @@ def pack_parts(node: Znode) -> list[bytes]:
             parts += [_ACL.pack(perms, len(s)), s, _U16.pack(len(i)), i]
         parts.append(_STAT.pack(*node.stat))
     return parts
+
+
+class RecordPacker:
+    """`pack_parts` and `node_hash` of a node's fields, for loops over whole trees: the
+    few distinct ACL lists of a tree are encoded once each, and no Znode is built."""
+
+    def __init__(self) -> None:
+        self._acls: dict[tuple, tuple[bytes, bytes]] = {}  # ACLs -> (record bytes, hash tail)
+
+    def _encoded_acls(self, acls: tuple[Acl, ...]) -> tuple[bytes, bytes]:
+        encoded = self._acls.get(acls)
+        if encoded is None:
+            parts = [_U16.pack(len(acls))]
+            for perms, scheme, ident in acls:
+                s, i = scheme.encode(), ident.encode()
+                parts += [_ACL.pack(perms, len(s)), s, _U16.pack(len(i)), i]
+            acl_text = ";".join(f"{p}:{s}:{i}" for p, s, i in sorted(acls))
+            encoded = (b"".join(parts), b"\x00" + acl_text.encode())
+            if len(self._acls) < 4096:  # a tree of many distinct ACLs: encoded per node
+                self._acls[acls] = encoded
+        return encoded
+
+    def node(
+        self, path: str, data: bytes | None, acls: tuple[Acl, ...], stat: tuple[int, ...]
+    ) -> tuple[list[bytes], int]:
+        """(the NODE record's parts, node_hash) of one node."""
+        raw_path = path.encode("utf-8")
+        acl_bytes, hash_tail = self._encoded_acls(acls)
+        if data is None:
+            h = xxhash.xxh3_128(raw_path + b"\x01")
+            head = _HEAD.pack(NODE, len(raw_path)) + raw_path + _NULL_DATA
+            parts = [head, acl_bytes, _STAT.pack(*stat)]
+        else:
+            if len(data) > MAX_DATA:
+                pack_parts(Znode(NODE, path, data, acls, tuple(stat)))  # raises, naming it
+            h = xxhash.xxh3_128(raw_path + b"\x00")
+            h.update(data)
+            head = _HEAD.pack(NODE, len(raw_path)) + raw_path + _I32.pack(len(data))
+            parts = [head, data, acl_bytes, _STAT.pack(*stat)]
+        h.update(hash_tail)
+        return parts, h.intdigest()
 
 
 def read(stream: BinaryIO) -> Iterator[Znode]:
