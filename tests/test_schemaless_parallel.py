@@ -139,19 +139,19 @@ def test_commits_wait_while_the_readers_start_their_snapshots(
         pending.commit()
         committed.set()
 
-    real_begin = parallel._begin
+    real_start = parallel._start
     opened = []
     waited: list[bool] = []
 
-    def begin_then_commit(stack, engine):
-        conn = real_begin(stack, engine)
+    def begin_then_commit(stack, conn):
+        conn = real_start(stack, conn)
         opened.append(conn)
         if len(opened) == 2:  # between two readers' snapshots
             threading.Thread(target=commit).start()
             waited.append(not committed.wait(1.0))
         return conn
 
-    monkeypatch.setattr(parallel, "_begin", begin_then_commit)
+    monkeypatch.setattr(parallel, "_start", begin_then_commit)
     try:
         _sink, result = _back_up_unit(source, tmp_path / "store")
         assert committed.wait(10), "the commit goes through once the readers have started"
@@ -201,16 +201,16 @@ def test_a_failure_while_the_readers_start_leaves_no_lock(
 ):
     [source] = new_databases("mariadb", 1)
     fill(source, 1_000)
-    real_begin = parallel._begin
+    real_start = parallel._start
     calls = []
 
-    def failing_begin(stack, engine):
+    def failing_start(stack, conn):
         calls.append(1)
         if len(calls) == 2:
-            raise RuntimeError("injected: a reader could not connect")
-        return real_begin(stack, engine)
+            raise RuntimeError("injected: a reader could not start its snapshot")
+        return real_start(stack, conn)
 
-    monkeypatch.setattr(parallel, "_begin", failing_begin)
+    monkeypatch.setattr(parallel, "_start", failing_start)
     with pytest.raises(RuntimeError, match="injected"):
         _back_up_unit(source, tmp_path / "store")
     _writes_go_through(source)

@@ -67,9 +67,13 @@ def snapshot(
 
 
 def _begin(stack: ExitStack, engine: Engine) -> Connection:
-    """A connection in a transaction (the engine's begin event starts its snapshot),
-    rolled back and closed when the stack closes."""
-    conn = stack.enter_context(engine.connect())
+    """A connection in a transaction, rolled back and closed when the stack closes."""
+    return _start(stack, stack.enter_context(engine.connect()))
+
+
+def _start(stack: ExitStack, conn: Connection) -> Connection:
+    """Begin the connection's transaction: the engine's begin event starts its
+    snapshot (engines.source_engine)."""
     stack.enter_context(conn.begin())
     return conn
 
@@ -80,6 +84,8 @@ def _open_under_lock(
     """`count` connections whose snapshots all start while commits are held; None if
     the lock was not granted. The lock is released before this returns, whatever
     happens: its connection is closed (a disconnect releases it too)."""
+    # Connected first: under the lock, each only starts its snapshot (one round trip).
+    connections = [stack.enter_context(engine.connect()) for _ in range(count)]
     control = engine.raw_connection()
     try:
         try:
@@ -92,9 +98,11 @@ def _open_under_lock(
                 shard,
                 _first_line(exc),
             )
+            for conn in connections:
+                conn.close()
             return None
         try:
-            return [_begin(stack, engine) for _ in range(count)]
+            return [_start(stack, conn) for conn in connections]
         finally:
             _release(control, mariadb)
     finally:
