@@ -148,6 +148,9 @@ class PrefectModes:
         self.server_rss: list[float] = []
 
     def __enter__(self) -> PrefectModes:
+        # `timeout` and `kill` send SIGTERM: unwind (stopping this server and the
+        # scripts' database servers in their `finally`) instead of orphaning them.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         if "server" in self.modes:
             self.server = PrefectServer(self.work / "prefect-server").start()
         if "temporary" in self.modes:
