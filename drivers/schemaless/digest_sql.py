@@ -6,16 +6,16 @@ ordered digest. PostgreSQL and MariaDB compute the target's digests in SQL (one 
 over the table on the server, nothing sent back but one row per range); Python
 computes the same function of the backed-up cells. A mismatch names its ranges.
 
-The digest of a range ("md5-ordered-rows/1"): each cell's canonical bytes
+The digest of a range ("sha256-ordered-rows/1"): each cell's canonical bytes
 
     "<added_id>|<ref_key>|<created_at µs since 1970, UTC>|<len(row_key)>|<len(column_name)>|"
     + row_key + column_name (UTF-8; lengths in characters) + body (raw bytes)
 
-hash to an MD5 hex digest; the range's digest is the MD5 of those hex digests
-concatenated in added_id order. Every column of every cell enters it byte for byte
-(the lengths keep the variable-length fields apart), and the counts per range catch a
-cell missing or added. MD5 guards against accidental difference, as the set digests
-of drivers/digests.py do; the stored files' SHA-256 guards the archive itself.
+hash to a SHA-256 digest (32 bytes); the range's digest is the SHA-256 of those
+digests concatenated in added_id order. Every column of every cell enters it byte for
+byte (the lengths keep the variable-length fields apart), and the counts per range
+catch a cell missing or added. SHA-256 rather than MD5: both servers and Python hash
+it with the CPU's SHA instructions through OpenSSL, 1.7x faster per ~1 KB cell here.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from sqlalchemy.engine import Connection
 
 from backstop.drivers.schemaless.cells import Cell, to_micros
 
-ALGORITHM = "md5-ordered-rows/1"
+ALGORITHM = "sha256-ordered-rows/1"
 RANGE_BITS = 16  # 65,536 added_ids per range: one row per range comes back
 RANGE = 1 << RANGE_BITS
-# MariaDB's GROUP_CONCAT of a range's row digests: 32 hex characters per cell.
+# MariaDB's GROUP_CONCAT of a range's row digests: 32 bytes per cell.
 _GROUP_CONCAT_LEN = 32 * RANGE + 1024
 
 Digests = dict[int, tuple[int, str]]  # range index -> (cells, digest)
@@ -42,25 +42,25 @@ def range_bounds(index: int) -> tuple[int, int]:
 
 
 def row_digest(added_id: int, row_key: str, column_name: str, ref_key: int, body: bytes,
-               micros: int) -> str:  # fmt: skip
-    """One cell's MD5 over its canonical bytes (see the module's docstring)."""
+               micros: int) -> bytes:  # fmt: skip
+    """One cell's SHA-256 over its canonical bytes (see the module's docstring)."""
     head = f"{added_id}|{ref_key}|{micros}|{len(row_key)}|{len(column_name)}|{row_key}{column_name}"
-    return hashlib.md5(head.encode("utf-8") + bytes(body)).hexdigest()
+    return hashlib.sha256(head.encode("utf-8") + bytes(body)).digest()
 
 
 def python_digests(cells: Iterable[Iterable[Cell]]) -> Digests:
     """The digests of batches of cells (created_at in µs, or as a database driver
     returns it), in added_id order."""
-    hexes: dict[int, list[str]] = {}
+    digests: dict[int, list[bytes]] = {}
     for batch in cells:
         for added_id, row_key, column_name, ref_key, body, created in batch:
             micros = created if type(created) is int else to_micros(created)
-            hexes.setdefault(added_id >> RANGE_BITS, []).append(
+            digests.setdefault(added_id >> RANGE_BITS, []).append(
                 row_digest(added_id, row_key, column_name, ref_key, body, micros)
             )
     return {
-        index: (len(rows), hashlib.md5("".join(rows).encode("ascii")).hexdigest())
-        for index, rows in hexes.items()
+        index: (len(rows), hashlib.sha256(b"".join(rows)).hexdigest())
+        for index, rows in digests.items()
     }
 
 
@@ -78,10 +78,10 @@ def _postgres_query(quoted: str) -> str:
         "char_length(concat(row_key)), '|', char_length(column_name), '|', "
         "row_key, column_name)"
     )
-    row = f"md5(convert_to({head}, 'UTF8') || body)"
+    row = f"sha256(convert_to({head}, 'UTF8') || body)"
     return (
         f"SELECT added_id >> {RANGE_BITS} AS r, count(*), "
-        f"md5(string_agg({row}, '' ORDER BY added_id)) "
+        f"encode(sha256(string_agg({row}, ''::bytea ORDER BY added_id)), 'hex') "
         f"FROM {quoted} GROUP BY 1 ORDER BY 1"
     )
 
@@ -91,14 +91,14 @@ def _mariadb_query(quoted: str) -> str:
     # backup reads created_at. CONCAT with the BLOB body is a binary string: the text
     # parts enter as their utf8mb4 bytes.
     row = (
-        "MD5(CONCAT(added_id, '|', ref_key, '|', "
+        "UNHEX(SHA2(CONCAT(added_id, '|', ref_key, '|', "
         "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', created_at), '|', "
         "CHAR_LENGTH(row_key), '|', CHAR_LENGTH(column_name), '|', "
-        "CONVERT(row_key USING utf8mb4), CONVERT(column_name USING utf8mb4), body))"
+        "CONVERT(row_key USING utf8mb4), CONVERT(column_name USING utf8mb4), body), 256))"
     )
     return (
         f"SELECT FLOOR(added_id / {RANGE}) AS r, COUNT(*), "
-        f"MD5(GROUP_CONCAT({row} ORDER BY added_id SEPARATOR '')) "
+        f"SHA2(GROUP_CONCAT({row} ORDER BY added_id SEPARATOR ''), 256) "
         f"FROM {quoted} GROUP BY r ORDER BY r"
     )
 
