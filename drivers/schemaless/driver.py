@@ -592,7 +592,7 @@ class SchemalessDriver(Driver):
                         found, bad = _compare_by_key(conn, table, file, source, limit, kept_up_to)
                         records += found
                         problems.extend(bad)
-                elif digest_sql.computes_in_sql(conn):
+                elif digest_sql.computes_in_sql(conn) and not _recorded(files, limit):
                     records += _compare_in_sql(
                         conn, table, files, source, limit, problems, unit.name
                     )
@@ -820,6 +820,15 @@ def _compare_in_sql(
     return sum(count for count, _ in found.values())
 
 
+def _recorded(files: list[StoredFile], limit: Limit) -> bool:
+    """Whether the manifest holds the expected whole-table digest (one whole file, see
+    _expected). Then streaming the target through the same SHA-256 costs this process
+    less than digesting the backed-up cells cell by cell for the server's digests
+    (measured: 7.2 s against ~10 s of CPU per million ~1 KB cells): the server's
+    per-range digests are kept for naming the ranges once the digests differ."""
+    return len(files) == 1 and limit.unlimited
+
+
 def _differing_ranges(
     conn: Connection,
     table: str,
@@ -828,9 +837,13 @@ def _differing_ranges(
     limit: Limit,
     unit: str,
 ) -> list[str]:
-    """SQLite, once its whole-table digest differs: which added_id ranges differ."""
+    """Once the whole-table digest differs: which added_id ranges differ (digested by
+    the server where it can)."""
     expected = digest_sql.python_digests(_stored_cells(files, source, limit))
-    found = digest_sql.python_digests(_stream_cells(conn, table, _NO_LIMIT))
+    if digest_sql.computes_in_sql(conn):
+        found = digest_sql.sql_digests(conn, table)
+    else:
+        found = digest_sql.python_digests(_stream_cells(conn, table, _NO_LIMIT))
     return digest_sql.compare(unit, table, expected, found, totals=False)
 
 
