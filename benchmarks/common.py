@@ -94,7 +94,7 @@ class PrefectServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def start(self, timeout: float = 600) -> PrefectServer:
+    def start(self, timeout: float = 1800) -> PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         env = clean_env(PREFECT_HOME=str(self.home), PREFECT_UI_ENABLED="false")
         argv = [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -154,12 +154,17 @@ class PrefectModes:
         # `timeout` and `kill` send SIGTERM: unwind (stopping this server and the
         # scripts' database servers in their `finally`) instead of orphaning them.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        if "server" in self.modes:
-            self.server = PrefectServer(self.work / "prefect-server").start()
-        if "temporary" in self.modes:
-            warm_up(self.env("temporary"), self.work / "warm-up")
-        if self.server:
-            warm_up(self.env("server"), self.work / "warm-up")
+        try:
+            if "server" in self.modes:
+                self.server = PrefectServer(self.work / "prefect-server")
+                self.server.start()
+            if "temporary" in self.modes:
+                warm_up(self.env("temporary"), self.work / "warm-up")
+            if self.server:
+                warm_up(self.env("server"), self.work / "warm-up")
+        except BaseException:
+            self.__exit__()  # a failed warm-up must not leave the server running
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
