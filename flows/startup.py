@@ -7,8 +7,9 @@ creates its database), importing Prefect ~3 s and Great Expectations ~6 s, and t
 interpreter's teardown of those modules 2-9 s after the work is done. Prefect starts
 its server only when the flow first calls the API, after every import, and the main
 process then sits idle waiting for it. Here the server is started before Prefect is
-imported, the imports overlap its start (waiting, not work: the server runs on the
-other core), and the command waits for it only when it needs it.
+imported, Great Expectations is imported in the data-quality validator's own process
+(tasks/gx_worker.py) while Prefect is imported here, and the command waits for the
+server only when it needs it.
 
 No Prefect import at module level: this runs before Prefect is configured.
 """
@@ -235,21 +236,22 @@ def prepare(command: str, technology: str | None) -> dict[str, float]:
         timings[name] = round(now - started, 3)
         started = now
 
-    importlib.import_module("prefect")
-    step("import_prefect_s")
-    for module in _FLOW_MODULES.get(command, []):
-        importlib.import_module(module)
     driver = None
     if technology:
         from backstop.drivers.registry import get_driver
 
         driver = get_driver(technology)
-    step("import_flows_s")
     if command in _RUN_SUITES and (driver is None or driver.quality_suite is not None):
-        from backstop.tasks.quality import prepare_suites
+        # First: Great Expectations imports in its own process while Prefect does here.
+        from backstop.tasks.gx_worker import validator
 
-        prepare_suites()
-        step("import_quality_s")
+        validator()
+    step("start_quality_s")
+    importlib.import_module("prefect")
+    step("import_prefect_s")
+    for module in _FLOW_MODULES.get(command, []):
+        importlib.import_module(module)
+    step("import_flows_s")
     if _server is not None:
         _server.wait_ready(startup_timeout())
         step("wait_server_s")

@@ -7,17 +7,16 @@ drivers/quality.py's QualitySuite) and supplies the records as column chunks; th
 module runs any declared suite, a plugin driver's included.
 
 Great Expectations runs each chunk (an ephemeral context, no project folder) for the
-per-record expectations. Uniqueness is a property of the whole part, which a chunk
+per-record expectations, in a process of its own (tasks/gx_worker.py): its import and
+its work use the second core while this process reads and packages. Uniqueness is a property of the whole part, which a chunk
 cannot see, so it is KeyLedger's: 64-bit hashes of every key, on disk, compared one
 bucket at a time.
 """
 
 from __future__ import annotations
 
-import logging
 import pickle
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from backstop.drivers.contract import Driver, QualityChunk, QualityPart, StoredUnit
 from backstop.drivers.quality import ColumnRule, QualitySuite
+from backstop.tasks.gx_worker import Expectation, validator
 from backstop.tasks.manifest import QualityResult
 
 _SAMPLE = 5
@@ -103,19 +103,21 @@ def checked_parts(driver: Driver, unit: StoredUnit) -> dict[str, QualityPart] | 
         return None
 
 
-def expectations(suite: QualitySuite, part: QualityPart, *, bounded: bool = True) -> list[Any]:
-    """The suite's per-record rules as Great Expectations expectations for one part.
+def expectations(
+    suite: QualitySuite, part: QualityPart, *, bounded: bool = True
+) -> list[Expectation]:
+    """The suite's per-record rules as Great Expectations expectations for one part, by
+    class name and arguments (the validator builds them, tasks/gx_worker.py).
     `bounded=False` leaves out the rules whose bound is only known once the part is
     read (see `deferred_rules`)."""
-    import great_expectations as gx
-
-    e = gx.expectations
-    out: list[Any] = []
+    out: list[Expectation] = []
     for rule in suite.rules:
         if rule.not_null:
-            out.append(e.ExpectColumnValuesToNotBeNull(column=rule.column))
+            out.append(("ExpectColumnValuesToNotBeNull", {"column": rule.column}))
         if rule.regex is not None:
-            out.append(e.ExpectColumnValuesToMatchRegex(column=rule.column, regex=rule.regex))
+            out.append(
+                ("ExpectColumnValuesToMatchRegex", {"column": rule.column, "regex": rule.regex})
+            )
         if bounded or not rule.max_value_of:
             out += _between(rule, part)
     return out
@@ -127,50 +129,22 @@ def deferred_rules(suite: QualitySuite) -> list[ColumnRule]:
     return [rule for rule in suite.rules if rule.max_value_of]
 
 
-def _between(rule: ColumnRule, part: QualityPart) -> list[Any]:
-    import great_expectations as gx
-
+def _between(rule: ColumnRule, part: QualityPart) -> list[Expectation]:
     upper = part.max_values.get(rule.max_value_of) if rule.max_value_of else None
     if rule.min_value is None and upper is None:
         return []
-    return [
-        gx.expectations.ExpectColumnValuesToBeBetween(
-            column=rule.column, min_value=rule.min_value, max_value=upper
-        )
-    ]
+    kwargs = {"column": rule.column, "min_value": rule.min_value, "max_value": upper}
+    return [("ExpectColumnValuesToBeBetween", kwargs)]
 
 
 # -- running ------------------------------------------------------------------------------
-class _Gx:
-    """One ephemeral Great Expectations context per process (no project folder)."""
-
-    _lock = threading.Lock()
-    _batch_definition: Any = None
-
-    @classmethod
-    def ready(cls) -> None:
-        """Create the context (suites need an active one) once per process."""
-        with cls._lock:
-            if cls._batch_definition is None:
-                cls._batch_definition = cls._setup()
-
-    @classmethod
-    def validate(cls, frame: Any, suite: Any) -> Any:
-        cls.ready()
-        with cls._lock:  # GX contexts are not made for concurrent use
-            batch = cls._batch_definition.get_batch(batch_parameters={"dataframe": frame})
-            return batch.validate(suite, result_format={"result_format": "SUMMARY"})
-
-    @staticmethod
-    def _setup() -> Any:
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-
-        logging.getLogger("great_expectations").setLevel(logging.WARNING)
-        context = gx.get_context(mode="ephemeral")
-        context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        source = context.data_sources.add_pandas("backstop")
-        return source.add_dataframe_asset("records").add_batch_definition_whole_dataframe("chunk")
+def _validate(columns: dict[str, Any], suite: list[Expectation]) -> list[dict[str, Any]]:
+    """Great Expectations on one chunk's columns (only those the expectations name):
+    in the validator process, so it runs beside the reading (tasks/gx_worker.py)."""
+    if not suite:
+        return []
+    named = {kwargs["column"] for _, kwargs in suite}
+    return validator().validate({c: v for c, v in columns.items() if c in named}, suite)
 
 
 @dataclass
@@ -233,7 +207,7 @@ class SuiteRun:
         frame = pd.DataFrame(chunk.columns)
         state.records += len(frame)
         self.records += len(frame)
-        _record_gx(state, _Gx.validate(frame, state.suite))
+        _record_gx(state, _validate(chunk.columns, state.suite))
         _ledger_keys(state, frame, self._suite)
         if self._bounds_later:
             self._spill(state, chunk)
@@ -258,13 +232,8 @@ class SuiteRun:
 
     def _state_of(self, part: str) -> _PartState:
         if part not in self._states:
-            import great_expectations as gx
-
-            _Gx.ready()  # a suite needs an active context
             spec = self._parts.get(part) or QualityPart()
-            suite = gx.ExpectationSuite(name=f"backstop-{self._technology}")
-            for expectation in expectations(self._suite, spec, bounded=not self._bounds_later):
-                suite.add_expectation(expectation)
+            suite = expectations(self._suite, spec, bounded=not self._bounds_later)
             index = len(self._states)
             ledgers = {
                 name: KeyLedger(Path(self._folder.name), f"part{index}-{name}")
@@ -288,19 +257,13 @@ class SuiteRun:
     def _check_bounds(self, state: _PartState) -> None:
         """The deferred rules, now that the part's bounds are known, over the spilled
         columns in frames of at most _BOUND_FRAME values."""
-        import great_expectations as gx
-        import pandas as pd
-
         for rule in deferred_rules(self._suite):
             path = state.spills[rule.column]
             between = _between(rule, state.spec)
             if not between or not path.exists():
                 continue
-            suite = gx.ExpectationSuite(name=f"backstop-{self._technology}-bounds")
-            suite.add_expectation(between[0])
             for values in _spilled_frames(path):
-                frame = pd.DataFrame({rule.column: values})
-                _record_gx(state, _Gx.validate(frame, suite))
+                _record_gx(state, _validate({rule.column: values}, between))
             path.unlink()  # checked once, however often verdicts is asked
 
 
@@ -335,17 +298,14 @@ def run_suite(
         return run.verdicts()
 
 
-def _record_gx(state: _PartState, result: Any) -> None:
-    for outcome in result.results:
-        config = outcome.expectation_config
-        kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
-        name = f"{config.type}({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})"
+def _record_gx(state: _PartState, outcomes: list[dict[str, Any]]) -> None:
+    for outcome in outcomes:
+        kwargs = outcome["kwargs"]
+        name = f"{outcome['type']}({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})"
         entry = state.failures.setdefault(name, {"unexpected": 0, "sample": []})
-        if not outcome.success:
-            found = outcome.result.get("unexpected_count") or 1
-            entry["unexpected"] += found
-            sample = outcome.result.get("partial_unexpected_list") or []
-            entry["sample"] = (entry["sample"] + [str(v)[:80] for v in sample])[:_SAMPLE]
+        if not outcome["success"]:
+            entry["unexpected"] += outcome["unexpected_count"] or 1
+            entry["sample"] = (entry["sample"] + outcome["sample"])[:_SAMPLE]
 
 
 def _ledger_keys(state: _PartState, frame: Any, suite: QualitySuite) -> None:
@@ -417,6 +377,6 @@ def quality_of(checks: list[dict[str, Any]]) -> QualityResult:
 
 
 def prepare_suites() -> None:
-    """Import Great Expectations and make its context now (the command calls this
-    while Prefect's server starts), not inside the first unit's task."""
-    _Gx.ready()
+    """Start the validator process now (the command calls this first thing), so that
+    Great Expectations is imported there while Prefect starts here."""
+    validator()
