@@ -180,6 +180,10 @@ class ZooKeeperDriver(Driver):
                 result = _converge(zk, copy, selection, skip_system, walk_started=started)
                 copy.flush()
         digest = copy.digest
+        # The suite's columns of the tree as stored (its final state: a later record of
+        # a path supersedes an earlier one), checked in the packaging pass.
+        for chunk in _path_chunks(unit, iter(copy.index), selection):
+            sink.observe(chunk)
         point = {
             "zxid": result["zxid"],
             "zxid_hex": hex(result["zxid"]),
@@ -411,7 +415,7 @@ def _unit_selection(unit: StoredUnit) -> Selection:
 
 
 def _path_chunks(
-    unit: StoredUnit, paths: Iterator[str], selection: Selection
+    unit: StoredUnit | Unit, paths: Iterator[str], selection: Selection
 ) -> Iterator[QualityChunk]:
     """Paths with the parent each must have; a parent outside the backed-up selection
     (above an --include subtree) is not required."""
