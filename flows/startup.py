@@ -29,6 +29,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -139,6 +140,7 @@ class TemporaryServer:
                 "on",
             ],
             pass_fds=(listener.fileno(),),
+            preexec_fn=_die_with_parent(os.getpid()),
             stdin=subprocess.DEVNULL,
             stdout=self._output,
             stderr=self._output,
@@ -199,6 +201,25 @@ class TemporaryServer:
                 self._process.kill()
                 self._process.wait()
         self._output.close()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec_fn that has Linux stop the server when the command's process dies
+    however it dies (SIGKILL, a second SIGTERM during the exit, os._exit after a stuck
+    unit): atexit does not run then, and uvicorn would serve on, orphaned, forever."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: atexit's stop only
+
+    def set_parent_death_signal() -> None:
+        prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM (uvicorn shuts down on it)
+        if os.getppid() != parent:  # the command died before prctl took effect
+            os._exit(1)
+
+    return set_parent_death_signal
 
 
 _server: TemporaryServer | None = None

@@ -4,6 +4,7 @@ configured server used as it is."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -86,6 +87,34 @@ def test_a_server_that_does_not_start_in_time_is_a_clear_error_and_is_stopped(
     assert "Traceback" not in proc.stderr
     assert not _gone(env["PREFECT_HOME"]), "the temporary Prefect server outlived the command"
     assert not store.exists() or not any(store.rglob("manifest.json"))
+
+
+def _server_of(command: int, wait_s: float = 300) -> int | None:
+    """The uvicorn child of the command's process, once it runs."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        for pid in Path(f"/proc/{command}/task/{command}/children").read_text().split():
+            with contextlib.suppress(OSError):  # a child that has just ended
+                if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return int(pid)
+        time.sleep(0.1)
+    return None
+
+
+def test_a_killed_command_leaves_no_server_running(tmp_path: Path) -> None:
+    """kill -9 (or the OOM killer) runs no exit handler: the server must still stop."""
+    env = _own_env(tmp_path)
+    (tmp_path / "s").mkdir()
+    proc = subprocess.Popen(
+        [BACKSTOP, "verify", "--store", str(tmp_path / "s")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        assert _server_of(proc.pid) is not None, "the command started no temporary server"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not _gone(env["PREFECT_HOME"], wait_s=30), "the temporary server outlived kill -9"
 
 
 def test_bad_input_starts_no_server(tmp_path: Path) -> None:
