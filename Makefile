@@ -24,13 +24,14 @@ test: install
 	bash tests/servers/install.sh
 	@# mysqlclient (MariaDB's fast path) compiles against libmariadb-dev, installed just above
 	$(VENV)/bin/python -c 'import MySQLdb' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[mysql]'
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 bench: install
+	$(VENV)/bin/python benchmarks/bench_fixed_cost.py
 	$(VENV)/bin/python benchmarks/bench_schemaless_sqlite.py
 	$(VENV)/bin/python benchmarks/bench_schemaless_sql.py
 	$(VENV)/bin/python benchmarks/bench_zookeeper.py
