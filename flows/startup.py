@@ -29,7 +29,6 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -110,6 +109,25 @@ def _profile_sets_api_url() -> bool:
     return bool(isinstance(settings, dict) and settings.get("PREFECT_API_URL"))
 
 
+# `python -m uvicorn`, first asking Linux to send the server SIGTERM when the command's
+# process dies however it dies (kill -9, the OOM killer, a second SIGTERM during the
+# exit, exit_if_stuck's os._exit): atexit does not run then, and uvicorn would serve on,
+# orphaned. Done in the child before uvicorn starts (no preexec_fn: unsafe with threads);
+# argv[1] is the command's pid, to catch a death before prctl took effect.
+_UVICORN_TIED_TO_PARENT = """
+import os, runpy, sys
+try:
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+except (OSError, AttributeError):
+    pass  # not Linux: the command's atexit stop only
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+sys.argv = ["uvicorn", *sys.argv[2:]]
+runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
+"""
+
+
 class TemporaryServer:
     """Prefect's temporary API server (the same uvicorn app Prefect's own ephemeral
     mode runs), started by this process on a socket it already holds: no port race,
@@ -128,8 +146,9 @@ class TemporaryServer:
         self._process = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "uvicorn",
+                "-c",
+                _UVICORN_TIED_TO_PARENT,
+                str(os.getpid()),
                 "--factory",
                 "prefect.server.api.server:create_app",
                 "--fd",
@@ -140,7 +159,6 @@ class TemporaryServer:
                 "on",
             ],
             pass_fds=(listener.fileno(),),
-            preexec_fn=_die_with_parent(os.getpid()),
             stdin=subprocess.DEVNULL,
             stdout=self._output,
             stderr=self._output,
@@ -201,25 +219,6 @@ class TemporaryServer:
                 self._process.kill()
                 self._process.wait()
         self._output.close()
-
-
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A preexec_fn that has Linux stop the server when the command's process dies
-    however it dies (SIGKILL, a second SIGTERM during the exit, os._exit after a stuck
-    unit): atexit does not run then, and uvicorn would serve on, orphaned, forever."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None  # not Linux: atexit's stop only
-
-    def set_parent_death_signal() -> None:
-        prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM (uvicorn shuts down on it)
-        if os.getppid() != parent:  # the command died before prctl took effect
-            os._exit(1)
-
-    return set_parent_death_signal
 
 
 _server: TemporaryServer | None = None
