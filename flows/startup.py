@@ -159,6 +159,11 @@ class TemporaryServer:
                 "on",
             ],
             pass_fds=(listener.fileno(),),
+            # Its own process group: Ctrl-C at a terminal signals the whole foreground
+            # group, and a server stopped at once left the command's cleanup (release,
+            # discard) without its API: exit 1 "Connection refused" and a minute of
+            # Prefect errors instead of "interrupted". The command stops it at exit.
+            start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=self._output,
             stderr=self._output,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -115,6 +117,49 @@ def test_a_killed_command_leaves_no_server_running(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert not _gone(env["PREFECT_HOME"], wait_s=30), "the temporary server outlived kill -9"
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
+
+
+def test_ctrl_c_at_a_terminal_is_an_interruption_not_a_lost_server(
+    tmp_path: Path, shards: list[str]
+) -> None:
+    """Ctrl-C signals the terminal's whole foreground process group: the temporary
+    server must not stop before the command has cleaned up through it."""
+    env = _own_env(tmp_path)
+    source = Path(shards[0].removeprefix("sqlite:///"))
+    holder = sqlite3.connect(source, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # the backup waits in its snapshot: the flow runs
+    try:
+        proc = subprocess.Popen(
+            [BACKSTOP, "backup", "schemaless", "--source", shards[0],
+             "--store", str(tmp_path / "s"), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            start_new_session=True,  # a foreground job of its own terminal
+        )  # fmt: skip
+        try:
+            assert _server_of(proc.pid) is not None, "the command started no temporary server"
+            deadline = time.monotonic() + 600
+            while not _has_open(proc.pid, source) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _has_open(proc.pid, source), "the backup never opened its source"
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+            out, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert json.loads(out)["status"] == "interrupted", (out, err[-3000:])
+    assert proc.returncode == 128 + signal.SIGINT
+    assert not any((tmp_path / "s").rglob("manifest.json"))
+    assert not _gone(env["PREFECT_HOME"], wait_s=30), "the temporary server outlived the command"
 
 
 def test_bad_input_starts_no_server(tmp_path: Path) -> None:
