@@ -92,9 +92,22 @@ def api_url_configured() -> bool:
             "PREFECT_API_URL" in text
             or ("[api]" in text and "url" in text)
             or ("tool.prefect" in text and "api" in text)
+            or (name != ".env" and _toml_sets_api(text, name))
         ):
             return True
     return False
+
+
+def _toml_sets_api(text: str, name: str) -> bool:
+    """An `api` table in prefect.toml (or [tool.prefect] in pyproject.toml) however
+    TOML spells it: `api.url = ...` is a dotted key, with no [api] header."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return False  # Prefect cannot read it either
+    if name == "pyproject.toml":
+        data = data.get("tool", {}).get("prefect", {})
+    return isinstance(data, dict) and bool(data.get("api"))
 
 
 def _profile_sets_api_url() -> bool:

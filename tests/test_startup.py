@@ -174,7 +174,7 @@ def test_bad_input_starts_no_server(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "where",
-    ["environment", "profile", "prefect.toml", "dotenv", "ephemeral-off"],
+    ["environment", "profile", "prefect.toml", "prefect.toml-dotted", "dotenv", "ephemeral-off"],
 )
 def test_a_configured_prefect_server_is_used_as_it_is(
     where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -193,6 +193,8 @@ def test_a_configured_prefect_server_is_used_as_it_is(
         )
     elif where == "prefect.toml":
         (tmp_path / "prefect.toml").write_text('[api]\nurl = "http://prefect:4200/api"\n')
+    elif where == "prefect.toml-dotted":  # TOML's other spelling of [api] url = ...
+        (tmp_path / "prefect.toml").write_text('api.url = "http://prefect:4200/api"\n')
     elif where == "dotenv":
         (tmp_path / ".env").write_text("PREFECT_API_URL=http://prefect:4200/api\n")
     else:
