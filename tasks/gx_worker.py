@@ -161,6 +161,13 @@ class ValidatorProcess:
                     f"the data-quality process ended unexpectedly (exit code "
                     f"{self._process.poll()}): {exc}"
                 ) from exc
+            except BaseException:
+                # Cut short (a signal, a cancellation): its reply, or the rest of its
+                # request, is still in a pipe, where the next request would take it for
+                # its own. This child is done; validator() starts another.
+                self._process.kill()
+                self._process.wait()
+                raise
         if status != "ok":
             raise RuntimeError(f"data-quality validation failed: {value}")
         return value
