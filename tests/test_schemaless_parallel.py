@@ -196,6 +196,34 @@ def test_the_same_bytes_through_one_connection_without_the_reload_privilege(
     assert file_one.records == file_many.records
 
 
+def test_a_user_limited_to_few_connections_is_read_through_one(
+    new_databases, tmp_path, small_pieces, reads_counted, caplog
+):
+    """An account with MAX_USER_CONNECTIONS below the readers' count (managed and shared
+    servers set one) is read through one connection, as before the parallel read."""
+    [source] = new_databases("mariadb", 1)
+    fill(source, 3_000)
+    parsed = make_url(source)
+    user, password = f"few_{uuid.uuid4().hex[:8]}", "Few-pw-1234"
+    admin = _connect(source)
+    with admin.cursor() as cursor:
+        cursor.execute(
+            f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}' "
+            "WITH MAX_USER_CONNECTIONS 2"
+        )
+        cursor.execute(f"GRANT SELECT ON `{parsed.database}`.* TO '{user}'@'127.0.0.1'")
+    admin.close()
+    limited = parsed.set(username=user, password=password).render_as_string(hide_password=False)
+
+    with caplog.at_level(logging.WARNING, logger="backstop.schemaless"):
+        sink, result = _back_up_unit(limited, tmp_path / "few")
+    assert reads_counted == [], "read through one connection"
+    assert result.records == 3_000 and sink.files[0].records == 3_000
+    reasons = [r.getMessage() for r in caplog.records if r.name == "backstop.schemaless"]
+    assert any("one connection" in m for m in reasons), reasons
+    assert all(password not in m for m in reasons)
+
+
 def test_a_failure_while_the_readers_start_leaves_no_lock(
     new_databases, tmp_path, small_pieces, monkeypatch
 ):

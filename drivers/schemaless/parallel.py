@@ -29,6 +29,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from backstop.drivers.errors import PermanentError
 
@@ -85,8 +86,25 @@ def _open_under_lock(
     the lock was not granted. The lock is released before this returns, whatever
     happens: its connection is closed (a disconnect releases it too)."""
     # Connected first: under the lock, each only starts its snapshot (one round trip).
-    connections = [stack.enter_context(engine.connect()) for _ in range(count)]
-    control = engine.raw_connection()
+    connections: list[Connection] = []
+    try:
+        for _ in range(count):
+            connections.append(stack.enter_context(engine.connect()))
+        control = engine.raw_connection()
+    except DBAPIError as exc:
+        if not connections:
+            raise  # not even one: unreachable, refused... as the one connection would
+        # An account limited to fewer connections (MAX_USER_CONNECTIONS, a managed
+        # server's cap) is read through one, as before the parallel read.
+        log.warning(
+            "%s: reading through one connection: the server refused a parallel "
+            "reader's connection (%s)",
+            shard,
+            _first_line(exc.orig or exc),
+        )
+        for conn in connections:
+            conn.close()
+        return None
     try:
         try:
             mariadb = _hold_commits(control)
