@@ -14,8 +14,8 @@ from backstop.drivers.contract import StoredFile, StoredUnit
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{4}$")
-TECHNOLOGY_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{4}\Z")  # \Z: `$` passes a final newline
+TECHNOLOGY_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}\Z")
 
 
 def new_backup_id(now: datetime | None = None) -> str:

@@ -65,6 +65,11 @@ BAD_INPUT = [
     pytest.param(["restore", "schemaless", "--backup", "../x"], NOT_AN_ID, id="backup-dotdot"),
     pytest.param(["restore", "schemaless", "--backup", "a/b"], NOT_AN_ID, id="backup-slash"),
     pytest.param(["restore", "schemaless", "--backup", ""], NOT_AN_ID, id="backup-empty"),
+    pytest.param(  # `$` also matches before a final newline
+        ["restore", "schemaless", "--backup", "20261126T120501Z-3fa2\n"],
+        NOT_AN_ID,
+        id="backup-newline",
+    ),
     pytest.param(
         ["export", "schemaless", "--backup", "x", "--dir", "{db}.d"], NOT_AN_ID, id="export-id"
     ),
