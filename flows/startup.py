@@ -78,7 +78,7 @@ def api_url_configured() -> bool:
     """
     if os.environ.get("PREFECT_API_URL", "").strip():
         return True
-    if os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "").strip().lower() in ("0", "false"):
+    if any(_off(os.environ.get(name)) for name in _EPHEMERAL_SWITCHES):
         return True  # ephemeral servers switched off: leave the error to Prefect
     if _profile_sets_api_url():
         return True
@@ -119,7 +119,20 @@ def _profile_sets_api_url() -> bool:
         return True  # unreadable: let Prefect read it its own way
     active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
     settings = profiles.get("profiles", {}).get(active, {})
-    return bool(isinstance(settings, dict) and settings.get("PREFECT_API_URL"))
+    if not isinstance(settings, dict):
+        return False
+    return bool(settings.get("PREFECT_API_URL")) or any(
+        _off(settings.get(name)) for name in _EPHEMERAL_SWITCHES
+    )
+
+
+# Prefect 3's two names for "may start a temporary server" (the older one is what its
+# default profile sets).
+_EPHEMERAL_SWITCHES = ("PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE")
+
+
+def _off(value: object) -> bool:
+    return str(value).strip().lower() in ("0", "false") if value is not None else False
 
 
 # `python -m uvicorn`, first asking Linux to send the server SIGTERM when the command's

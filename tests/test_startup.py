@@ -174,12 +174,22 @@ def test_bad_input_starts_no_server(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "where",
-    ["environment", "profile", "prefect.toml", "prefect.toml-dotted", "dotenv", "ephemeral-off"],
+    [
+        "environment",
+        "profile",
+        "prefect.toml",
+        "prefect.toml-dotted",
+        "dotenv",
+        "ephemeral-off",
+        "ephemeral-off-older-name",
+        "ephemeral-off-in-profile",
+    ],
 )
 def test_a_configured_prefect_server_is_used_as_it_is(
     where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH",
+                 "PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
@@ -197,6 +207,13 @@ def test_a_configured_prefect_server_is_used_as_it_is(
         (tmp_path / "prefect.toml").write_text('api.url = "http://prefect:4200/api"\n')
     elif where == "dotenv":
         (tmp_path / ".env").write_text("PREFECT_API_URL=http://prefect:4200/api\n")
+    elif where == "ephemeral-off-older-name":
+        monkeypatch.setenv("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "false")
+    elif where == "ephemeral-off-in-profile":
+        (tmp_path / "home").mkdir()
+        (tmp_path / "home" / "profiles.toml").write_text(
+            'active = "ops"\n[profiles.ops]\nPREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "false"\n'
+        )
     else:
         monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_ENABLED", "false")
     assert startup.api_url_configured()
