@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from backstop.drivers.errors import BackstopError
+from backstop.drivers.errors import BackstopError, BadInputError
 
 # How long a command waits for the temporary server. Prefect's own default (20 s) was
 # too short under CPU load: a backup failed with an empty message (issue 12).
@@ -154,6 +154,29 @@ runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
 """
 
 
+def check_prefect_home() -> None:
+    """The temporary server keeps its database in PREFECT_HOME: a folder it cannot
+    write is said in one line naming it (exit 2), not in the server's traceback."""
+    if any(
+        os.environ.get(name, "").strip()
+        for name in (
+            "PREFECT_API_DATABASE_CONNECTION_URL",
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+        )
+    ):
+        return  # the database is elsewhere
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    existing = home
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folder Prefect would create it in
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInputError(
+            f"PREFECT_HOME {home} cannot be written (Prefect's temporary server keeps its "
+            "database there): set PREFECT_HOME to a writable folder, or PREFECT_API_URL "
+            "to a running Prefect server"
+        )
+
+
 class TemporaryServer:
     """Prefect's temporary API server (the same uvicorn app Prefect's own ephemeral
     mode runs), started by this process on a socket it already holds: no port race,
@@ -265,6 +288,7 @@ def start_server(command: str) -> TemporaryServer | None:
         # Prefect already read its settings (a Python caller, the tests), or is told of
         # a server: it decides, as it always has.
         return None
+    check_prefect_home()
     _server = TemporaryServer()
     os.environ["PREFECT_API_URL"] = _server.api_url
     # Registered before Prefect's own exit handlers, so it runs after them: Prefect

@@ -172,6 +172,21 @@ def test_bad_input_starts_no_server(tmp_path: Path) -> None:
     assert not Path(env["PREFECT_HOME"]).exists()  # Prefect never started
 
 
+def test_a_prefect_home_that_cannot_be_written_is_named_in_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    store = tmp_path / "s"
+    env = _own_env(tmp_path)
+    env["PREFECT_HOME"] = str(blocker / "prefect-home")
+    proc = subprocess.run(
+        [BACKSTOP, "verify", "--store", str(store)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"PREFECT_HOME {blocker / 'prefect-home'} cannot be written" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "where",
     [
