@@ -169,12 +169,17 @@ def check_prefect_home() -> None:
     existing = home
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent  # the folder Prefect would create it in
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise BadInputError(
-            f"PREFECT_HOME {home} cannot be written (Prefect's temporary server keeps its "
-            "database there): set PREFECT_HOME to a writable folder, or PREFECT_API_URL "
-            "to a running Prefect server"
-        )
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        try:  # Prefect makes only the last folder (and the server and this process race)
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return
+        except OSError:
+            pass
+    raise BadInputError(
+        f"PREFECT_HOME {home} cannot be written (Prefect's temporary server keeps its "
+        "database there): set PREFECT_HOME to a writable folder, or PREFECT_API_URL "
+        "to a running Prefect server"
+    )
 
 
 class TemporaryServer:

@@ -25,7 +25,9 @@ def _own_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The CLI's environment with a Prefect home of its own and no server configured:
     it starts its temporary server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    # A first run in a folder that does not exist yet: Prefect itself makes only the
+    # last folder of PREFECT_HOME.
+    env["PREFECT_HOME"] = str(tmp_path / "new" / "prefect-home")
     env.update(extra)
     return env
 
