@@ -89,6 +89,11 @@ def _generate_cells(rng: random.Random) -> Iterator[tuple[str, str, int, bytes, 
                 )
 
 
+def _quoted(table: str) -> str:
+    """SQLite's quoting of an identifier (tests pass odd table names here)."""
+    return '"' + table.replace('"', '""') + '"'
+
+
 def make_schemaless_datastore(
     folder: Path, shards: int = 2, cells: int = 100_000, seed: int = 7, table: str = "cells"
 ) -> list[str]:
@@ -100,11 +105,11 @@ def make_schemaless_datastore(
         count = cells // shards + (1 if index < cells % shards else 0)
         path = folder / f"shard{index}.db"
         with closing(sqlite3.connect(path)) as db, db:
-            db.execute(_SCHEMA.format(table=table))
+            db.execute(_SCHEMA.format(table=_quoted(table)))
             remaining = islice(generated, count)
             while chunk := list(islice(remaining, 50_000)):
                 db.executemany(
-                    f"INSERT INTO {table} (row_key, column_name, ref_key, body, created_at) "
+                    f"INSERT INTO {_quoted(table)} (row_key, column_name, ref_key, body, created_at) "
                     "VALUES (?, ?, ?, ?, ?)",
                     chunk,
                 )
@@ -128,7 +133,7 @@ def compare_shards(sources: list[str], targets: list[str], table: str = "cells")
         b = sqlite3.connect(f"file:{make_url(target).database}?mode=ro", uri=True)
         query = (
             f"SELECT added_id, row_key, column_name, ref_key, body, created_at, "
-            f"typeof(body), typeof(created_at) FROM {table} ORDER BY added_id"
+            f"typeof(body), typeof(created_at) FROM {_quoted(table)} ORDER BY added_id"
         )
         left, right = a.execute(query), b.execute(query)
         while True:

@@ -105,8 +105,9 @@ def _mariadb_query(quoted: str) -> str:
 
 def sql_digests(conn: Connection, table: str) -> Digests:
     """Every cell of the table, digested by the server: one row per range comes back."""
-    # The name is quoted by the dialect (and %-escaped for exec_driver_sql's DB-API
-    # call); nothing else in the statement comes from outside.
+    # The name is quoted by the dialect and the statements go without parameters (so
+    # the DB-API reads no % in them as a marker); the numbers are module constants:
+    # nothing else in them comes from outside (tests/test_digest_sql_names.py).
     quoted = conn.dialect.identifier_preparer.quote(table)
     if conn.dialect.name == "postgresql":
         # The sort inside each range's aggregate stays in memory.
