@@ -44,7 +44,7 @@ from common import (  # noqa: E402
     markdown_table,
     modes_arg,
     ratio,
-    rss_growth,
+    report_tail,
     run_cli,
     section,
     sizes_arg,
@@ -261,14 +261,7 @@ def report(rows: list[dict], prefect: PrefectModes) -> str:
         "",
         *markdown_table(COLUMNS, rows),
     ]
-    growth = rss_growth(
-        rows, "mode", "documents",
-        ["backup_rss_mb", "backup_tree_rss_mb", "restore_rss_mb", "restore_tree_rss_mb"],
-    )  # fmt: skip
-    if growth:
-        lines += ["", "Peak RSS growth:", "", *growth]
-    lines += ["", "```json", json.dumps(rows, indent=1), "```", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + report_tail(rows, "mode", "documents")
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from common import (  # noqa: E402
     markdown_table,
     modes_arg,
     ratio,
-    rss_growth,
+    report_tail,
     run_cli,
     section,
     sizes_arg,
@@ -262,20 +262,7 @@ def report(rows: list[dict], parallel: list[dict], prefect: PrefectModes) -> str
                 f"| {single['backup_wall_s'] / par['backup_wall_s']:.2f}x "
                 f"| {single['restore_wall_s'] / par['restore_wall_s']:.2f}x |"
             )
-    growth = rss_growth(
-        rows, "engine", "cells",
-        ["backup_rss_mb", "backup_tree_rss_mb", "restore_rss_mb", "restore_tree_rss_mb"],
-    )  # fmt: skip
-    if growth:
-        lines += ["", "Peak RSS growth:", "", *growth]
-    lines += [
-        "",
-        "```json",
-        json.dumps({"single": rows, "parallel": parallel}, indent=1),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + report_tail(rows, "engine", "cells", {"single": rows, "parallel": parallel})
 
 
 def main() -> None:

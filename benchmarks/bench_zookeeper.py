@@ -40,7 +40,7 @@ from common import (  # noqa: E402
     markdown_table,
     median_run,
     modes_arg,
-    rss_growth,
+    report_tail,
     run_cli,
     section,
     sizes_arg,
@@ -228,14 +228,7 @@ def report(rows: list[dict], runs: int, prefect: PrefectModes) -> str:
         "",
         *markdown_table(COLUMNS, rows),
     ]
-    growth = rss_growth(
-        rows, "mode", "znodes",
-        ["backup_rss_mb", "backup_tree_rss_mb", "restore_rss_mb", "restore_tree_rss_mb"],
-    )  # fmt: skip
-    if growth:
-        lines += ["", "Peak RSS growth:", "", *growth]
-    lines += ["", "```json", json.dumps(rows, indent=1), "```", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + report_tail(rows, "mode", "znodes")
 
 
 def main() -> None:

@@ -328,6 +328,19 @@ def cli_fields(prefix: str, run: dict) -> dict:
     }
 
 
+RSS_KEYS = ["backup_rss_mb", "backup_tree_rss_mb", "restore_rss_mb", "restore_tree_rss_mb"]
+
+
+def report_tail(rows: list[dict], group: str, size: str, data: object = None) -> str:
+    """The end of every results file: peak-RSS growth from the smallest size to the
+    largest (when there are two), then the measurements as JSON (`data`, else `rows`)."""
+    lines = []
+    if growth := rss_growth(rows, group, size, RSS_KEYS):
+        lines += ["", "Peak RSS growth:", "", *growth]
+    json_data = rows if data is None else data
+    return "\n".join([*lines, "", "```json", json.dumps(json_data, indent=1), "```", ""])
+
+
 def rss_growth(rows: list[dict], group: str, size: str, keys: list[str]) -> list[str]:
     """Lines: peak RSS at the largest size over the smallest, per group and mode (the
     target: at most 1.2x from 100k to 1M records)."""
