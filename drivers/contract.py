@@ -248,6 +248,21 @@ class Driver(ABC):
         """Transient (retry) or permanent (fail now), for an exception of the client."""
 
     # -- input --------------------------------------------------------------------
+    def check_restore_features(
+        self, include: Sequence[str], until: str | None, rename: Mapping[str, str]
+    ) -> None:
+        """A restore asking for what this driver's capabilities lack is bad input (the
+        CLI asks before Prefect starts, the flow again for other callers)."""
+        from backstop.drivers.errors import BadInputError
+
+        caps = self.capabilities
+        if include and not caps.selective_restore:
+            raise BadInputError(f"{self.name} does not support --include (selective restore)")
+        if until and not caps.point_in_time:
+            raise BadInputError(f"{self.name} does not support --until (point-in-time restore)")
+        if rename and not caps.rename:
+            raise BadInputError(f"{self.name} does not support --rename")
+
     def check_options(self, options: Mapping[str, Any], operation: str) -> None:
         """Raise BadInputError naming every option this driver does not read for
         `operation` ("backup" or "restore"), with the ones it knows."""

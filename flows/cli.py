@@ -768,14 +768,8 @@ def _check_backup_request(driver: Any, args: argparse.Namespace) -> None:
 
 def _check_restore_request(driver: Any, args: argparse.Namespace) -> None:
     """What the restore flow refuses first, refused here without a server (same words)."""
-    caps = driver.capabilities
-    if args.include and not caps.selective_restore:
-        raise BadInputError(f"{driver.name} does not support --include (selective restore)")
-    if args.until and not caps.point_in_time:
-        raise BadInputError(f"{driver.name} does not support --until (point-in-time restore)")
-    if args.rename and not caps.rename:
-        raise BadInputError(f"{driver.name} does not support --rename")
     rename = _key_values(args.rename, "--rename", "FROM=TO")
+    driver.check_restore_features(args.include, args.until, rename)
     _check_driver_syntax(driver.name, args.include, [], rename, args.until)
 
 

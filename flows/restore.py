@@ -14,7 +14,6 @@ from prefect.transactions import Transaction, get_transaction, transaction
 from backstop.drivers.contract import RestoreMode, RestorePlan, StoredUnit
 from backstop.drivers.errors import (
     BackstopError,
-    BadInputError,
     IntegrityError,
     PermanentError,
     QualityError,
@@ -93,13 +92,7 @@ def _restore(request: RestoreRequest, report: Report, leases: ExitStack) -> Rest
     driver = get_driver(request.technology)
     driver.check_options(request.options, "restore")
     driver.check_urls(resolve_urls(request.targets), "target")
-    caps = driver.capabilities
-    if request.include and not caps.selective_restore:
-        raise BadInputError(f"{driver.name} does not support --include (selective restore)")
-    if request.until and not caps.point_in_time:
-        raise BadInputError(f"{driver.name} does not support --until (point-in-time restore)")
-    if request.rename and not caps.rename:
-        raise BadInputError(f"{driver.name} does not support --rename")
+    driver.check_restore_features(request.include, request.until, request.rename)
     technology, spec, mode = driver.name, request.store, request.mode
     plan = RestorePlan(
         mode=mode,
