@@ -7,12 +7,17 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from datetime import timedelta
 
 import pymysql
 import pytest
 from sqlalchemy.engine import make_url
-from test_schemaless_sql import START, back_up, cells_of, fill, max_added_id, restore_into
+from test_schemaless_sql import (
+    back_up_while_writing,
+    cells_of,
+    fill,
+    max_added_id,
+    restore_into,
+)
 
 from backstop.drivers.contract import Unit
 from backstop.drivers.schemaless import parallel
@@ -91,23 +96,7 @@ def test_a_parallel_backup_under_writes_holds_exactly_the_cells_up_to_its_waterm
 ):
     [source] = new_databases("mariadb", 1)
     fill(source, 6_000)
-    stop = threading.Event()
-
-    def writer() -> None:
-        seed = 100
-        while not stop.is_set():
-            fill(source, 40, seed=seed, start=START + timedelta(days=1))
-            seed += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        outcome = back_up([source], local_store)
-    finally:
-        stop.set()
-        thread.join()
-    watermark = outcome.consistency_point["shard-000"]["cells"]
-    assert max_added_id(source) > watermark, "the writer should have kept writing"
+    outcome, watermark = back_up_while_writing(source, local_store, 40)
     assert reads_counted and reads_counted[0] >= 20, "the shard is read in many ranges"
     [target] = new_databases("mariadb", 1)
     restored = restore_into([target], local_store)

@@ -92,6 +92,29 @@ def back_up(sources: list[str], store, **kwargs):
     )
 
 
+def back_up_while_writing(source: str, store, batch: int):
+    """A backup of `source` while a writer keeps adding `batch` cells at a time; the
+    writer is stopped (and proven to have written past the backup) before returning."""
+    stop = threading.Event()
+
+    def writer() -> None:
+        seed = 100
+        while not stop.is_set():
+            fill(source, batch, seed=seed, start=START + timedelta(days=1))
+            seed += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        outcome = back_up([source], store)
+    finally:
+        stop.set()
+        thread.join()
+    watermark = outcome.consistency_point["shard-000"]["cells"]
+    assert max_added_id(source) > watermark, "the writer should have kept writing"
+    return outcome, watermark
+
+
 def restore_into(targets: list[str], store, **kwargs):
     return restore(
         request=hide_secrets(
@@ -125,23 +148,7 @@ def test_a_backup_under_writes_holds_exactly_the_cells_up_to_its_watermark(
 ):
     [source] = new_databases(engine, 1)
     fill(source, 20_000)
-    stop = threading.Event()
-
-    def writer() -> None:
-        seed = 100
-        while not stop.is_set():
-            fill(source, 50, seed=seed, start=START + timedelta(days=1))
-            seed += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        outcome = back_up([source], local_store)
-    finally:
-        stop.set()
-        thread.join()
-    watermark = outcome.consistency_point["shard-000"]["cells"]
-    assert max_added_id(source) > watermark, "the writer should have kept writing"
+    outcome, watermark = back_up_while_writing(source, local_store, 50)
     [target] = new_databases(engine, 1)
     restore_into([target], local_store)
     assert cells_of(target) == cells_of(source, up_to=watermark)
