@@ -15,6 +15,7 @@ from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.flows.params import BackupOutcome, BackupRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
+from backstop.flows.timeouts import flow_timeout
 from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.backup import (
     READ_BACK,
@@ -43,7 +44,10 @@ from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls
 
 
 @flow(
-    name="backstop-backup", task_runner=task_runner(), flow_run_name="backup-{request.technology}"
+    name="backstop-backup",
+    task_runner=task_runner(),
+    flow_run_name="backup-{request.technology}",
+    timeout_seconds=flow_timeout("backup"),
 )
 def backup(request: BackupRequest) -> BackupOutcome:
     with reported("backup", request.technology, request.sources) as report:

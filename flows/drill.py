@@ -12,6 +12,7 @@ from backstop.flows.backup import backup
 from backstop.flows.params import BackupRequest, DrillOutcome, DrillRequest, RestoreRequest
 from backstop.flows.restore import restore
 from backstop.flows.runtime import Stopwatch
+from backstop.flows.timeouts import flow_timeout
 from backstop.tasks.artifacts import publish_table
 from backstop.tasks.events import reported
 from backstop.tasks.identity import identify, probe_apart
@@ -34,7 +35,11 @@ def check_scratch(technology: str, sources: list[str], scratch: list[str]) -> No
     probe_apart(technology, scratch, sources, "scratch", "source")
 
 
-@flow(name="backstop-drill", flow_run_name="drill-{request.technology}")
+@flow(
+    name="backstop-drill",
+    flow_run_name="drill-{request.technology}",
+    timeout_seconds=flow_timeout("drill"),
+)
 def drill(request: DrillRequest) -> DrillOutcome:
     with reported("drill", request.technology, request.sources, ok="passed") as report:
         refuse_literal_secrets(request)

@@ -19,6 +19,7 @@ from backstop.drivers.errors import BadInputError, IntegrityError
 from backstop.drivers.files import create_private_file, make_private_dirs
 from backstop.flows.params import source_filter
 from backstop.flows.runtime import Stopwatch
+from backstop.flows.timeouts import flow_timeout
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.packaging import SUFFIX, StoreSource
 from backstop.tasks.restore import load_manifest
@@ -45,7 +46,7 @@ class ExportOutcome(BaseModel):
     duration_s: float
 
 
-@flow(name="backstop-export")
+@flow(name="backstop-export", timeout_seconds=flow_timeout("export"))
 def export(request: ExportRequest) -> ExportOutcome:
     refuse_literal_secrets(request)
     install_log_masking()

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 
 from backstop.flows.params import PruneOutcome, PruneRequest
 from backstop.flows.runtime import Stopwatch
+from backstop.flows.timeouts import flow_timeout
 from backstop.tasks.artifacts import publish_table
 from backstop.tasks.leases import fresh_leases
 from backstop.tasks.logs import install_log_masking
@@ -36,7 +37,7 @@ def delete_backup(store: StoreSpec, technology: str, backup_id: str) -> str | No
     return None
 
 
-@flow(name="backstop-prune")
+@flow(name="backstop-prune", timeout_seconds=flow_timeout("prune"))
 def prune(request: PruneRequest) -> PruneOutcome:
     refuse_literal_secrets(request)
     install_log_masking()

@@ -24,6 +24,7 @@ from backstop.drivers.registry import get_driver
 from backstop.flows.backup import backup
 from backstop.flows.params import BackupRequest, RestoreOutcome, RestoreRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
+from backstop.flows.timeouts import flow_timeout
 from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.events import Report, emit, reported
 from backstop.tasks.identity import identify, probe_apart
@@ -67,7 +68,10 @@ def chained_units(chain: list[Manifest]) -> list[StoredUnit]:
 
 
 @flow(
-    name="backstop-restore", task_runner=task_runner(), flow_run_name="restore-{request.technology}"
+    name="backstop-restore",
+    task_runner=task_runner(),
+    flow_run_name="restore-{request.technology}",
+    timeout_seconds=flow_timeout("restore"),
 )
 def restore(request: RestoreRequest) -> RestoreOutcome:
     # The event is about the backed-up source once the backup is known; until then

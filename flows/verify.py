@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger, unmapped
 from backstop.drivers.errors import BadInputError, PermanentError
 from backstop.flows.params import VerifyOutcome, VerifyRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
+from backstop.flows.timeouts import flow_timeout
 from backstop.tasks.artifacts import publish_table
 from backstop.tasks.events import emit
 from backstop.tasks.logs import install_log_masking
@@ -21,7 +22,7 @@ class VerificationFailed(PermanentError):
         self.outcome = outcome
 
 
-@flow(name="backstop-verify", task_runner=task_runner())
+@flow(name="backstop-verify", task_runner=task_runner(), timeout_seconds=flow_timeout("verify"))
 def verify(request: VerifyRequest) -> VerifyOutcome:
     refuse_literal_secrets(request)
     install_log_masking()
