@@ -50,8 +50,10 @@ from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls
     timeout_seconds=flow_timeout("backup"),
 )
 def backup(request: BackupRequest) -> BackupOutcome:
-    with reported("backup", request.technology, request.sources) as report:
-        outcome = _backup(request)
+    # The role rides on the events: a staleness automation counts ordinary backups only.
+    role = request.role or default_role()
+    with reported("backup", request.technology, request.sources, role=role) as report:
+        outcome = _backup(request.model_copy(update={"role": role}))
         report.payload = outcome.model_dump(
             mode="json", include={"backup_id", "records", "bytes", "duration_s", "consistency"}
         )
@@ -155,7 +157,8 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         raise
     finally:
         lease.release()
-    publish_quality(technology, f"backup {technology}/{backup_id}", quality)
+    publish_quality("backup", technology, f"backup {technology}/{backup_id}", quality,
+                    sources, role)  # fmt: skip
     if quality.status != "passed":
         # A faithful copy of data that breaks the suite: kept, so the data is not lost,
         # but marked, so restore and incrementals refuse it unless told otherwise.
@@ -187,6 +190,8 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         [_unit_row(u) for u in stored],
         f"Backup {backup_id} of {technology}: {outcome.records} records, {outcome.bytes} bytes "
         f"stored, consistency {outcome.consistency}, {outcome.duration_s} s, into {spec.display()}",
+        places=sources,
+        role=role,
     )
     logger.info(
         "backup %s completed: %s records in %.1f s", backup_id, outcome.records, outcome.duration_s

@@ -41,7 +41,9 @@ def check_scratch(technology: str, sources: list[str], scratch: list[str]) -> No
     timeout_seconds=flow_timeout("drill"),
 )
 def drill(request: DrillRequest) -> DrillOutcome:
-    with reported("drill", request.technology, request.sources, ok="passed") as report:
+    with reported(
+        "drill", request.technology, request.sources, ok="passed", role=Role.DRILL
+    ) as report:
         refuse_literal_secrets(request)
         get_driver(request.technology).check_options(request.options, "backup")
         check_scratch(request.technology, request.sources, request.scratch)
@@ -85,6 +87,7 @@ def drill(request: DrillRequest) -> DrillOutcome:
             [outcome.model_dump(mode="json")],
             f"Drill PASSED: backup {outcome.backup_id} ({outcome.records} records) restored "
             f"into the scratch target and verified equal in {outcome.restore_s} s",
+            places=request.sources,
         )
         get_run_logger().info(
             "drill passed: %s records backed up in %.1f s, restored and verified in %.1f s",

@@ -99,5 +99,7 @@ def prune(request: PruneRequest) -> PruneOutcome:
         f"{'Dry run: would delete' if request.dry_run else 'Deleted'} {len(doomed)} backup "
         f"folder(s), {outcome.freed_bytes} bytes, in {request.store.display()}; "
         f"kept {len(outcome.kept)}",
+        places=[request.store.url],
+        what="Store",
     )
     return outcome

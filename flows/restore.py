@@ -120,6 +120,7 @@ def _restore(request: RestoreRequest, report: Report, leases: ExitStack) -> Rest
     )
     backup_id = manifest.backup_id
     report.sources = manifest.sources
+    report.role = manifest.role
     report.payload = {"backup_id": backup_id}
     chain = store.chain(manifest)  # an incremental restores with its parents
     for link in chain:  # read leases: prune leaves what this restore reads alone
@@ -254,7 +255,10 @@ def _load_and_verify(
         technology,
         rows,
         f"Restore of {backup_id} ({mode.value}) into {len(targets)} target(s): "
-        + ("verified equal to the backup" if not failed else "VERIFICATION FAILED"),
+        + ("verified equal to the backup" if not failed else "VERIFICATION FAILED")
+        + f" (a {manifest.role} backup of {', '.join(manifest.sources)})",
+        places=targets,
+        what="Targets",
     )
     if failed:
         _target_refused(
@@ -265,7 +269,8 @@ def _load_and_verify(
     quality = quality_of(target_checks)
     outcome.quality = quality.status if target_checks else "no suite"
     if target_checks:
-        publish_quality(technology, f"the target of restore {backup_id}", quality)
+        publish_quality("target", technology, f"the target of restore {backup_id}", quality,
+                        targets, what="Targets")  # fmt: skip
     if quality.status != "passed":
         if not request.force:
             failed_quality = [c["problem"] for c in quality.checks if not c["passed"]]

@@ -71,6 +71,8 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
         ],
         f"Verified {len(manifests)} backup(s): "
         + ("all checksums match" if outcome.ok else f"{len(problems)} problem(s)"),
+        places=[spec.url],
+        what="Store",
     )
     for manifest, found in zip(manifests, results, strict=True):
         if found:
@@ -79,6 +81,7 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
                 manifest.technology,
                 manifest.sources,
                 {"backup_id": manifest.backup_id, "stage": "backup files", "problems": found[:20]},
+                manifest.role,
             )
     if not outcome.ok:
         raise VerificationFailed(outcome)

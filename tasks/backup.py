@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from backstop.drivers.contract import Driver, QualityChunk, StoredUnit, Unit
 from backstop.drivers.errors import IntegrityError, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
+from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import ReadBackSource, Stage, StoreSink, StoreSource, check_file
 from backstop.tasks.progress import reporter
@@ -111,6 +113,7 @@ def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit)
     observes its records' columns on the way (FileSink.observe), run the quality suite
     in the same pass."""
     driver = get_driver(technology)
+    started = time.monotonic()
     progress = reporter()
     label = f"backup {unit.name}"
     suite = PackagingSuite(technology, unit.name) if driver.quality_suite else None
@@ -143,6 +146,16 @@ def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit)
     finally:
         if suite:
             suite.close()
+    log_figures(
+        f"snapshot {unit.name}",
+        source=stored.source,
+        records=stored.records,
+        bytes=sum(f.bytes for f in stored.files),
+        raw_bytes=sum(f.raw_bytes for f in stored.files),
+        files=len(stored.files),
+        seconds=round(time.monotonic() - started, 3),
+        consistency=stored.point,
+    )
     return Snapshot(unit=stored, checks=checks)
 
 

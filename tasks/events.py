@@ -7,7 +7,11 @@
 
 The resource is the source (technology + redacted URLs), so an automation can alert
 on a failure, or on a source with no `backstop.backup.completed` within N hours
-(docs/operations.md has both). Payloads carry figures, never credentials.
+(docs/operations.md has both). The resource label `backstop.role` (and the payload's
+`role`) is the role of the backup the event is about (tasks/manifest.py Role): a safety
+backup's source is a restore's target, a drill's backup is the drill's own, and a
+staleness automation matches `scheduled` and `adhoc` only. Payloads carry figures,
+never credentials.
 """
 
 from __future__ import annotations
@@ -24,24 +28,34 @@ from prefect.events import emit_event
 from backstop.drivers.redact import mask_secrets, redact_url
 
 
-def source_resource(technology: str, sources: Sequence[str]) -> dict[str, str]:
+def source_resource(
+    technology: str, sources: Sequence[str], role: str | None = None
+) -> dict[str, str]:
     shown = ",".join(redact_url(s) for s in sources)
-    return {
+    resource = {
         "prefect.resource.id": f"backstop.source.{technology}.{shown}",
         "prefect.resource.name": f"{technology} {shown}",
         "backstop.technology": technology,
     }
+    if role:
+        resource["backstop.role"] = str(role)
+    return resource
 
 
 def emit(
-    name: str, technology: str, sources: Sequence[str], payload: dict[str, Any] | None = None
+    name: str,
+    technology: str,
+    sources: Sequence[str],
+    payload: dict[str, Any] | None = None,
+    role: str | None = None,
 ) -> None:
     """Emit `backstop.<name>`; monitoring must never be why a backup fails."""
-    safe = json.loads(mask_secrets(json.dumps(payload or {}, default=str)))
+    payload = dict(payload or {}) | ({"role": str(role)} if role else {})
+    safe = json.loads(mask_secrets(json.dumps(payload, default=str)))
     try:
         emit_event(
             event=f"backstop.{name}",
-            resource=source_resource(technology, sources),
+            resource=source_resource(technology, sources, role),
             payload=safe,
         )
     except Exception as exc:  # an events outage is not a backup failure
@@ -55,6 +69,7 @@ class Report:
     technology: str
     sources: list[str]
     payload: dict[str, Any] = field(default_factory=dict)
+    role: str | None = None  # of the backup the event is about, once known
 
 
 @contextmanager
@@ -65,14 +80,19 @@ def reported(
     *,
     ok: str = "completed",
     bad: str = "failed",
+    role: str | None = None,
 ) -> Iterator[Report]:
     """Emit `backstop.<kind>.<ok>` when the block ends well, `<kind>.<bad>` (with the
-    error) when it raises; the block may name the source and add figures on the way."""
-    report = Report(technology, list(sources))
+    error) when it raises; the block may name the source, its role and add figures on
+    the way."""
+    report = Report(technology, list(sources), role=role)
     try:
         yield report
     except BaseException as exc:
         error = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-        emit(f"{kind}.{bad}", report.technology, report.sources, report.payload | error)
+        emit(
+            f"{kind}.{bad}", report.technology, report.sources, report.payload | error,
+            report.role,
+        )  # fmt: skip
         raise
-    emit(f"{kind}.{ok}", report.technology, report.sources, report.payload)
+    emit(f"{kind}.{ok}", report.technology, report.sources, report.payload, report.role)

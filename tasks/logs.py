@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
-from backstop.drivers.redact import SecretMaskingFilter
+from backstop.drivers.redact import SecretMaskingFilter, mask_secrets
 
 _FILTER = SecretMaskingFilter()
 
@@ -19,3 +21,15 @@ def install_log_masking() -> None:
         for handler in logging.getLogger(name).handlers:
             if _FILTER not in handler.filters:
                 handler.addFilter(_FILTER)
+
+
+def log_figures(step: str, **figures: Any) -> None:
+    """One INFO line of a task's figures through the run logger (so the run's logs on
+    the server hold them), as `step: name=value ...`; values are JSON, masked."""
+    from prefect import get_run_logger
+
+    shown = " ".join(
+        f"{name}={mask_secrets(json.dumps(value, default=str, sort_keys=True))}"
+        for name, value in figures.items()
+    )
+    get_run_logger().info("%s: %s", step, shown)

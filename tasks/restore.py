@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ from backstop.drivers.errors import BadInputError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.tasks.identity import identities
+from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import StoreSource
 from backstop.tasks.progress import reporter
@@ -73,15 +75,26 @@ def restore_unit(
     plan: RestorePlan,
 ) -> RestoreResult:
     driver = get_driver(technology)
+    started = time.monotonic()
     progress = reporter()
     label = f"restore {unit.name}"
     advance = progress.start(label, total_bytes=sum(f.raw_bytes for f in unit.files))
     source = StoreSource(store.open(), technology, backup_id, progress=advance)
     try:
         with classified(driver, f"restoring {unit.name} into {redact_url(target)}"):
-            return driver.restore_unit(unit, resolve_url(target), source, plan)
+            result = driver.restore_unit(unit, resolve_url(target), source, plan)
     finally:
         progress.finish(label)
+    log_figures(
+        f"restore {unit.name}",
+        backup=backup_id,
+        target=redact_url(target),
+        records_written=result.records_written,
+        records_skipped=result.records_skipped,
+        bytes=sum(f.bytes for f in unit.files),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return result
 
 
 @task(name="load-manifest", **RETRYING)

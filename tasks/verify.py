@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from backstop.drivers.contract import QualityChunk, RestorePlan, StoredUnit, Tar
 from backstop.drivers.errors import BadInputError, IntegrityError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
+from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import StoreSource, check_file
 from backstop.tasks.quality import checked_parts, run_suite
@@ -79,6 +81,7 @@ def verify_target(
     """Compare the target with the backup; where the driver reads the target once for
     both (verify_with_quality), run the quality suite on the chunks of that same read."""
     driver = get_driver(technology)
+    started = time.monotonic()
     source = StoreSource(store.open(), technology, backup_id)
     url = resolve_url(target)
     with classified(driver, f"verifying {unit.name} in {redact_url(target)}"):
@@ -93,8 +96,20 @@ def verify_target(
                 quality = run_suite(technology, chunks, None, unit.name)
                 for _ in chunks:  # read to its end whatever the suite left
                     pass
-                return TargetVerdict(returned[0], quality)
-        return TargetVerdict(driver.verify_unit(unit, url, source, plan))
+                return _logged(TargetVerdict(returned[0], quality), target, started)
+        return _logged(TargetVerdict(driver.verify_unit(unit, url, source, plan)), target, started)
+
+
+def _logged(verdict: TargetVerdict, target: str, started: float) -> TargetVerdict:
+    log_figures(
+        f"verify {verdict.check.unit}",
+        target=redact_url(target),
+        records=verdict.check.records,
+        equal=verdict.check.ok,
+        problems=len(verdict.check.problems),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return verdict
 
 
 def _keeping_return(
