@@ -771,6 +771,10 @@ def _check_restore_request(driver: Any, args: argparse.Namespace) -> None:
     rename = _key_values(args.rename, "--rename", "FROM=TO")
     driver.check_restore_features(args.include, args.until, rename)
     _check_driver_syntax(driver.name, args.include, [], rename, args.until)
+    from backstop.flows.preflight import check_restore_targets
+
+    options = _options(args, stash=False)
+    check_restore_targets(args, driver, _store(args), options, rename)
 
 
 def _check_driver_syntax(

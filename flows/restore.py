@@ -30,7 +30,7 @@ from backstop.tasks.events import Report, emit, reported
 from backstop.tasks.identity import identify, probe_apart
 from backstop.tasks.leases import Lease
 from backstop.tasks.logs import install_log_masking
-from backstop.tasks.manifest import Manifest, Role
+from backstop.tasks.manifest import Manifest, Role, chained_units
 from backstop.tasks.quality import quality_of
 from backstop.tasks.restore import (
     absent_parts,
@@ -48,23 +48,6 @@ from backstop.tasks.verify import (
     verify_backup_files,
     verify_target,
 )
-
-
-def chained_units(chain: list[Manifest]) -> list[StoredUnit]:
-    """One unit per shard whose files are every link's, full backup first; each file
-    names the backup it lives in."""
-    if len(chain) == 1:
-        return chain[0].units
-    merged = []
-    for index, unit in enumerate(chain[-1].units):
-        files = [
-            file.model_copy(update={"meta": {**file.meta, "backup_id": link.backup_id}})
-            for link in chain
-            for file in link.units[index].files
-        ]
-        records = sum(link.units[index].records for link in chain)
-        merged.append(unit.model_copy(update={"files": files, "records": records}))
-    return merged
 
 
 @flow(

@@ -109,3 +109,20 @@ def totals_of(units: list[StoredUnit]) -> Totals:
         bytes=sum(f.bytes for f in files),
         raw_bytes=sum(f.raw_bytes for f in files),
     )
+
+
+def chained_units(chain: list[Manifest]) -> list[StoredUnit]:
+    """One unit per shard whose files are every link's, full backup first; each file
+    names the backup it lives in."""
+    if len(chain) == 1:
+        return chain[0].units
+    merged = []
+    for index, unit in enumerate(chain[-1].units):
+        files = [
+            file.model_copy(update={"meta": {**file.meta, "backup_id": link.backup_id}})
+            for link in chain
+            for file in link.units[index].files
+        ]
+        records = sum(link.units[index].records for link in chain)
+        merged.append(unit.model_copy(update={"files": files, "records": records}))
+    return merged

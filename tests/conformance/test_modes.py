@@ -50,6 +50,26 @@ def test_fail_if_exists_refuses_a_non_empty_target(harness, run, selection):
     assert harness.records(target) == before
 
 
+def test_a_non_empty_target_is_refused_before_the_restore_flow_starts(harness, run, monkeypatch):
+    """The default mode's refusal needs the manifest and one connection, not Prefect: the
+    CLI asks the driver before the flow starts (exit 2, target untouched)."""
+    import backstop.flows.restore as restore_flow
+
+    def flow_must_not_run(*args, **kwargs):
+        raise AssertionError("the restore flow started for a refused restore")
+
+    _source, _backup_id, target = backed_up_and_restored(harness, run)
+    before = harness.records(target)
+    monkeypatch.setattr(restore_flow, "restore", flow_must_not_run)
+
+    refused = run.restore(target)  # no --mode: fail-if-exists, of the latest backup
+
+    assert refused.code == 2, refused.stdout + refused.stderr
+    assert refused.json["status"] == "failed"
+    assert "the restore flow started" not in refused.stdout + refused.stderr
+    assert harness.records(target) == before
+
+
 def test_overwrite_replaces_exactly(harness, run, selection):
     source, backup_id, target = backed_up_and_restored(harness, run)
     before = harness.digest(target)
