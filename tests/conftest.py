@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,12 @@ from servers.process import free_port  # noqa: E402 - tests import it from here
 
 from backstop.flows.demo import make_schemaless_datastore  # noqa: E402
 from backstop.tasks.store import StoreSpec  # noqa: E402
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's Prefect home goes with the session (fixtures have stopped by now);
+    tmp_path folders are kept only for failed tests (tmp_path_retention_policy)."""
+    shutil.rmtree(PREFECT_HOME, ignore_errors=True)
 
 
 def server_unavailable(reason: str) -> None:
