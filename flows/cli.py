@@ -243,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     source_filter_args(sub)
     sub.add_argument("--dir", required=True, help="an empty or new local folder")
 
+    sub = command("metrics", "print or serve Prometheus metrics of what a store holds")
+    store_args(sub)
+    where = sub.add_mutually_exclusive_group()
+    where.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write the text exposition to FILE atomically (node_exporter's textfile "
+        "collector, e.g. /var/lib/prometheus/node-exporter/backstop.prom)",
+    )
+    where.add_argument(
+        "--listen", metavar="HOST:PORT", help="serve /metrics there until stopped"
+    )
+
     sub = command("demo", "back up, restore and compare a generated Schemaless datastore")
     sub.add_argument("--cells", type=int, default=100_000, help="cells in total (default 100000)")
     sub.add_argument("--shards", type=int, default=2)
@@ -605,6 +618,19 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return data, text
 
 
+def cmd_metrics(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows import metrics
+
+    if args.listen:
+        metrics.serve(_store(args), args.listen)
+        return {"status": "stopped", "listen": args.listen}, "stopped"
+    text = metrics.exposition(_store(args))
+    if args.output:
+        metrics.write_atomically(args.output, text)
+        return {"output": args.output, "bytes": len(text)}, f"wrote {args.output}"
+    return {"exposition": text.decode()}, text.decode().rstrip("\n")
+
+
 class _Reported(Exception):
     """A failure whose JSON and text are already composed."""
 
@@ -623,6 +649,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] 
     "prune": cmd_prune,
     "export": cmd_export,
     "demo": cmd_demo,
+    "metrics": cmd_metrics,
 }
 
 
@@ -672,6 +699,13 @@ def _check_input(args: argparse.Namespace) -> None:
         _key_values(args.store_option, "--store-option")
     _check_numbers(args)
     _check_backup_ref(args)
+    if args.command == "metrics":
+        from backstop.flows.metrics import check_output, parse_listen
+
+        if args.listen:
+            parse_listen(args.listen)
+        if args.output:
+            check_output(args.output)
     if args.command == "restore":
         _key_values(args.rename, "--rename", "FROM=TO")
     if args.command in ("restore", "export", "verify") and not args.technology:

@@ -3,6 +3,8 @@ into a scratch target (overwritten), and verify the target equals the backup."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prefect import flow, get_run_logger
 
 from backstop.drivers.contract import RestoreMode
@@ -81,6 +83,7 @@ def drill(request: DrillRequest) -> DrillOutcome:
             duration_s=clock.seconds,
         )
         report.payload = outcome.model_dump(mode="json")
+        _record_drill(request, outcome)
         publish_table(
             "drill",
             outcome.technology,
@@ -96,3 +99,14 @@ def drill(request: DrillRequest) -> DrillOutcome:
             outcome.restore_s,
         )
     return outcome
+
+
+def _record_drill(request: DrillRequest, outcome: DrillOutcome) -> None:
+    """The store's record that this drill passed (`backstop metrics` reads it as
+    backstop_drill_last_success_timestamp_seconds). Monitoring is not the drill: a store
+    that refuses the record is said loudly, and the drill still passed."""
+    record = outcome.model_dump(mode="json") | {"passed_at": datetime.now(UTC).isoformat()}
+    try:
+        request.store.open().write_drill_record(outcome.technology, outcome.backup_id, record)
+    except Exception as exc:
+        get_run_logger().warning("could not record the passed drill in the store: %s", exc)

@@ -40,6 +40,8 @@ from backstop.tasks.manifest import (
 
 # Far above any real manifest (about 300 bytes per file), far below what hurts to read.
 MAX_MANIFEST_BYTES = 256 << 20
+DRILL_RECORD = "drill.json"  # beside a drill backup's manifest, once the drill passed
+MAX_DRILL_RECORD_BYTES = 64 << 10
 
 
 class StoreSpec(BaseModel):
@@ -402,6 +404,27 @@ class ArtifactStore:
     def folder_bytes(self, technology: str, backup_id: str) -> int:
         with _store_errors(self.backup_dir(technology, backup_id)):
             return int(self.fs.du(self.backup_dir(technology, backup_id), total=True))
+
+    # -- drill records ------------------------------------------------------------
+    def write_drill_record(self, technology: str, backup_id: str, record: dict[str, Any]) -> None:
+        """Beside a drill's backup, once the drill has restored and verified it: the
+        store's proof that the drill passed (`backstop metrics` reads it; a drill
+        backup without one is a drill that failed after its backup)."""
+        path = posixpath.join(self.backup_dir(technology, backup_id), DRILL_RECORD)
+        with self.open_write(path) as fh:
+            fh.write(json.dumps(record, default=str).encode())
+
+    def read_drill_record(self, technology: str, backup_id: str) -> dict[str, Any] | None:
+        """A drill's record, or None when there is none or it is not one (too large, not
+        JSON); a store that cannot be reached raises as for any other file."""
+        path = posixpath.join(self.backup_dir(technology, backup_id), DRILL_RECORD)
+        try:
+            with _store_errors(path):
+                raw = self._read_bounded(path, MAX_DRILL_RECORD_BYTES)
+            record = json.loads(raw) if raw is not None else None
+        except (FileNotFoundError, IsADirectoryError, ValueError, RecursionError):
+            return None
+        return record if isinstance(record, dict) else None
 
     # -- helpers ------------------------------------------------------------------
     def _children(self, path: str) -> list[str]:

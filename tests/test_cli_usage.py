@@ -146,6 +146,16 @@ BAD_INPUT = [
     pytest.param(
         ["demo", "--cells", "0"], "--cells and --shards must be at least 1", id="demo-cells"
     ),
+    pytest.param(
+        ["metrics", "--store", "{db}.store", "--listen", "9464"],
+        "expected HOST:PORT",
+        id="metrics-listen",
+    ),
+    pytest.param(
+        ["metrics", "--store", "{db}.store", "--output", "{db}.missing/backstop.prom"],
+        "does not exist",
+        id="metrics-output-folder",
+    ),
 ]
 
 

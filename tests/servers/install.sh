@@ -40,6 +40,10 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
   apt_install /nonexistent-postgres-server postgresql
 fi
 
+# Prometheus (scrapes `backstop metrics --listen`) and promtool (checks the alert rules
+# in deployments/prometheus/): Debian's package; the fixture runs its own instance.
+apt_install /usr/bin/promtool prometheus
+
 # ZooKeeper 3.9: Apache's jars from Maven Central.
 zk39="$cache/zookeeper-3.9.5/lib"
 if [ ! -f "$zk39/zookeeper-3.9.5.jar" ]; then
