@@ -1,16 +1,18 @@
-"""Serve backstop's scheduled deployments from this process, without a work pool.
+"""Serve backstop's deployments from this process, without a work pool.
 
-    python deployments/serve.py [--prefect-file deployments/prefect.yaml] [--only NAME ...]
+    python -m backstop.deployments.serve [--prefect-file prefect.yaml] [--only NAME ...]
 
-The deployments, schedules and parameters are the ones in prefect.yaml (one place to
-edit them); this process registers them with the Prefect API it is pointed at
-(PREFECT_API_URL), then runs their scheduled and UI-triggered runs until stopped.
+The deployments, schedules, parameters and concurrency limits are the ones in
+prefect.yaml (one place to edit them; `backstop deployments init DIR` writes a copy to
+edit, the default is the template installed with backstop); this process registers them
+with the Prefect API it is pointed at (PREFECT_API_URL), then runs their scheduled and
+UI-triggered runs until stopped. Work pools and their job variables do not apply here:
+a timeout override (BACKSTOP_<FLOW>_TIMEOUT_S) goes in this process's environment.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ HERE = Path(__file__).resolve().parent
 
 def load_deployments(prefect_file: Path, only: list[str] | None = None) -> list[Any]:
     """RunnerDeployments for the entries of a prefect.yaml (work pools are not used)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import load_flow_from_entrypoint
 
     config = yaml.safe_load(prefect_file.read_text())
     entries = config.get("deployments") or []
@@ -33,8 +37,8 @@ def load_deployments(prefect_file: Path, only: list[str] | None = None) -> list[
     for entry in entries:
         if only and entry["name"] not in only:
             continue
-        module, _, function = entry["entrypoint"].partition(":")
-        flow = getattr(importlib.import_module(module), function)
+        flow = load_flow_from_entrypoint(entry["entrypoint"], use_placeholder_flow=False)
+        limit = entry.get("concurrency_limit")
         schedules = [
             CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC"))
             for s in entry.get("schedules", [])
@@ -46,6 +50,9 @@ def load_deployments(prefect_file: Path, only: list[str] | None = None) -> list[
                 tags=entry.get("tags"),
                 parameters=entry.get("parameters") or {},
                 schedules=schedules,
+                concurrency_limit=ConcurrencyLimitConfig(**limit)
+                if isinstance(limit, dict)
+                else limit,
             )
         )
     return deployments

@@ -260,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--cells", type=int, default=100_000, help="cells in total (default 100000)")
     sub.add_argument("--shards", type=int, default=2)
     sub.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir)")
+
+    # No --json here: a sub-subparser's defaults would overwrite it; init takes it.
+    help_text = "write the deployment templates to edit and `prefect deploy`"
+    sub = commands.add_parser("deployments", help=help_text, description=help_text)
+    actions = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = actions.add_parser(
+        "init",
+        help="write prefect.yaml, automations.yaml and .env.example into DIR",
+        description="write prefect.yaml, automations.yaml and .env.example into DIR",
+    )
+    init.add_argument("dir", metavar="DIR", help="folder to write them in (made if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite files already there")
+    init.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return parser
 
 
@@ -631,6 +644,12 @@ def cmd_metrics(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return {"exposition": text.decode()}, text.decode().rstrip("\n")
 
 
+def cmd_deployments(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows.deployments_init import next_steps, write_templates
+
+    return write_templates(args.dir, args.force), next_steps(args.dir)
+
+
 class _Reported(Exception):
     """A failure whose JSON and text are already composed."""
 
@@ -649,6 +668,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] 
     "prune": cmd_prune,
     "export": cmd_export,
     "demo": cmd_demo,
+    "deployments": cmd_deployments,
     "metrics": cmd_metrics,
 }
 
@@ -699,6 +719,10 @@ def _check_input(args: argparse.Namespace) -> None:
         _key_values(args.store_option, "--store-option")
     _check_numbers(args)
     _check_backup_ref(args)
+    if args.command == "deployments":
+        from backstop.flows.deployments_init import check_init_target
+
+        check_init_target(args.dir, args.force)
     if args.command == "metrics":
         from backstop.flows.metrics import check_output, parse_listen
 

@@ -4,8 +4,8 @@ A run that hangs (a server that stops answering mid-stream, a lock never granted
 otherwise holds its deployment's concurrency slot forever, and every later scheduled
 run of that source waits behind it. The defaults are generous: at the measured rates
 (benchmarks/results: 12,000-200,000 records/s on 2 cores) they allow for backups of
-hundreds of millions of records; a restore (load + verification + quality suite) is
-about twice as slow as its backup, and a drill is both.
+hundreds of millions of records; a restore (load + verification + quality suite)
+takes two to three times as long as its backup, and a drill is both.
 
 Each is read from the environment when the flow module is imported, so a deployment
 overrides it through its work pool's job variables (`env: {BACKSTOP_BACKUP_TIMEOUT_S:
