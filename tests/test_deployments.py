@@ -1,10 +1,10 @@
-"""The scheduled deployments: prefect.yaml applies with `prefect deploy` to a real local
-Prefect server, and `deployments/serve.py` serves them so that a run triggered through
-the API completes and leaves a backup in the store."""
+"""The deployments template: every entry loads its flow from the installed package and
+validates, and `deployments/serve.py` serves them so that a run triggered through the API
+completes and leaves a backup in the store. `prefect deploy` of the template from an
+installed wheel, with a worker, is tests/test_wheel_deployment.py."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import yaml
+from prefect.flows import load_flow_from_entrypoint
 from servers.process import free_port, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,17 +34,29 @@ def test_every_deployment_names_a_flow_whose_models_accept_its_parameters():
     sys.path.insert(0, str(ROOT / "deployments"))
     from serve import load_deployments
 
+    from backstop.tasks.store import StoreSpec
+
     deployments = load_deployments(PREFECT_FILE)
     assert [d.name for d in deployments] == [e["name"] for e in entries()]
     for deployment, entry in zip(deployments, entries(), strict=True):
-        assert deployment.schedules, f"{entry['name']} has no schedule"
-        module, _, name = entry["entrypoint"].partition(":")
-        flow = getattr(importlib.import_module(module), name)
-        assert flow.validate_parameters(entry["parameters"])  # the pydantic request models
+        name = entry["name"]
+        # Loaded from the installed package, never from the deploying folder.
+        assert ":" not in entry["entrypoint"], f"{name}: not a module path"
+        assert deployment.concurrency_limit == 1, f"{name} may run twice at once"
+        flow = load_flow_from_entrypoint(entry["entrypoint"])
+        assert flow.timeout_seconds, f"{flow.name} has no timeout"
         request = entry["parameters"]["request"]
+        if "manual" in entry["tags"]:  # filled in on the form: the store is pre-filled
+            assert not deployment.schedules, f"{name} is manual but scheduled"
+            StoreSpec.model_validate(request["store"])
+            continue
+        assert deployment.schedules, f"{name} has no schedule"
+        assert flow.validate_parameters(entry["parameters"])  # the pydantic request models
         for url in request.get("sources", []) + request.get("scratch", []):
             password = urlsplit(url).password
             assert password is None or password.startswith("${"), f"a password in {url}"
+    pull = yaml.safe_load(PREFECT_FILE.read_text())["pull"]
+    assert pull == [{"backstop.deployments.steps.use_installed_package": {}}]
 
 
 @pytest.fixture
@@ -84,21 +97,6 @@ def _api(url: str, method: str, path: str, **kwargs) -> httpx.Response:
     response = httpx.request(method, f"{url}{path}", timeout=30, **kwargs)
     response.raise_for_status()
     return response
-
-
-def test_prefect_deploy_applies_every_deployment(prefect_server):
-    url, env = prefect_server
-    run = lambda *argv: subprocess.run(  # noqa: E731
-        [str(BIN / "prefect"), *argv], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    created = run("work-pool", "create", "backstop", "--type", "process")
-    assert created.returncode == 0, created.stdout + created.stderr
-    deployed = run("--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE))
-    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-    found = _api(url, "POST", "/deployments/filter", json={}).json()
-    assert sorted(d["name"] for d in found) == sorted(e["name"] for e in entries())
-    assert all(d["work_pool_name"] == "backstop" for d in found)
-    assert all(d["schedules"] for d in found)
 
 
 def test_a_served_deployment_runs_when_triggered_through_the_api(prefect_server, shards, tmp_path):
