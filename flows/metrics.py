@@ -253,8 +253,7 @@ def write_atomically(path: str, data: bytes) -> None:
     Readable by all (0644): the collector runs as another user, and the file holds
     redacted URLs and figures only."""
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
