@@ -724,12 +724,13 @@ def _check_input(args: argparse.Namespace) -> None:
 
         check_init_target(args.dir, args.force)
     if args.command == "metrics":
-        from backstop.flows.metrics import check_output, parse_listen
+        from backstop.flows.metrics import check_local_store, check_output, parse_listen
 
         if args.listen:
             parse_listen(args.listen)
         if args.output:
             check_output(args.output)
+        check_local_store(args.store)
     if args.command == "restore":
         _key_values(args.rename, "--rename", "FROM=TO")
     if args.command in ("restore", "export", "verify") and not args.technology:

@@ -276,6 +276,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def check_local_store(url: str) -> None:
+    """A local store must exist: opening one makes its folder, and metrics of a mistyped
+    path would be an empty store, with no series for the staleness alerts to fire on."""
+    from backstop.tasks.secrets import block_name
+
+    scheme, sep, rest = url.partition("://")
+    if "${" in url or (sep and scheme != "file") or block_name(url) is not None:
+        return  # a reference, an object store or a block: read when the metrics are
+    folder = rest if sep else url
+    if not Path(folder).is_dir():
+        raise BadInputError(f"--store {url!r}: no such folder (metrics read an existing store)")
+
+
 def check_output(path: str) -> None:
     """A file in an existing folder (the textfile collector's), or exit 2."""
     folder = Path(path).parent

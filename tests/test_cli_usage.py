@@ -156,6 +156,9 @@ BAD_INPUT = [
         "does not exist",
         id="metrics-output-folder",
     ),
+    pytest.param(
+        ["metrics", "--store", "{db}.no-such-store"], "no such folder", id="metrics-store-missing"
+    ),
 ]
 
 
