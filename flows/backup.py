@@ -11,7 +11,6 @@ from prefect import flow, get_run_logger, unmapped
 import backstop
 from backstop.drivers.contract import StoredUnit
 from backstop.drivers.errors import BadInputError, IntegrityError, QualityError
-from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.flows.params import BackupOutcome, BackupRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
@@ -40,7 +39,7 @@ from backstop.tasks.manifest import (
     totals_of,
 )
 from backstop.tasks.quality import quality_of
-from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls
+from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls, shown_urls
 
 
 @flow(
@@ -53,6 +52,7 @@ def backup(request: BackupRequest) -> BackupOutcome:
     # The role rides on the events: a staleness automation counts ordinary backups only.
     role = request.role or default_role()
     with reported("backup", request.technology, request.sources, role=role) as report:
+        report.sources = shown_urls(request.sources)  # a block's URL, as in the manifest
         outcome = _backup(request.model_copy(update={"role": role}))
         report.payload = outcome.model_dump(
             mode="json", include={"backup_id", "records", "bytes", "duration_s", "consistency"}
@@ -75,7 +75,7 @@ def _backup(request: BackupRequest) -> BackupOutcome:
     role = request.role or default_role()
     source_ids = identify(technology, request.sources)
     started = datetime.now(UTC)
-    sources = [redact_url(s) for s in request.sources]
+    sources = shown_urls(request.sources)  # a block's URL, redacted, not its name
 
     parent = None
     options = dict(request.options)

@@ -712,7 +712,12 @@ def _check_input(args: argparse.Namespace) -> None:
     source/target URL as its driver reads it, and what a backup or restore asks of its
     driver (--incremental, --include, --until, --rename). The flows check all of it again:
     a deployment's run does not pass through here."""
+    from backstop.tasks.secrets import BLOCK_PREFIX, block_name
     from backstop.tasks.store import check_store_url
+
+    for url in [*getattr(args, "source", []), *getattr(args, "target", []),
+                *getattr(args, "scratch", [])]:  # fmt: skip
+        block_name(url)  # block:NAME spelt as Prefect names blocks
 
     if getattr(args, "store", None) is not None:
         check_store_url(args.store)
@@ -747,7 +752,7 @@ def _check_input(args: argparse.Namespace) -> None:
         driver.check_options(_options(args, stash=False), operation)
         for attr in roles[args.command]:
             urls = getattr(args, attr)
-            if any("${secret:" in url for url in urls):
+            if any("${secret:" in url or url.startswith(BLOCK_PREFIX) for url in urls):
                 continue  # resolved through Prefect: the flow checks them, resolved
             # A driver reads resolved URLs only (${env:} references, e.g. a whole host).
             resolved = [resolve_placeholders(url) for url in urls]

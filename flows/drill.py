@@ -19,7 +19,7 @@ from backstop.tasks.artifacts import publish_table
 from backstop.tasks.events import reported
 from backstop.tasks.identity import identify, probe_apart
 from backstop.tasks.manifest import Role
-from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls
+from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls, shown_urls
 
 
 def check_scratch(technology: str, sources: list[str], scratch: list[str]) -> None:
@@ -46,6 +46,7 @@ def drill(request: DrillRequest) -> DrillOutcome:
     with reported(
         "drill", request.technology, request.sources, ok="passed", role=Role.DRILL
     ) as report:
+        report.sources = shown_urls(request.sources)  # a block's URL, as in the manifest
         refuse_literal_secrets(request)
         get_driver(request.technology).check_options(request.options, "backup")
         check_scratch(request.technology, request.sources, request.scratch)

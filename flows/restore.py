@@ -40,7 +40,7 @@ from backstop.tasks.restore import (
     restore_unit,
     safety_options,
 )
-from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls
+from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls, shown_urls
 from backstop.tasks.store import StoreSpec
 from backstop.tasks.verify import (
     TargetVerdict,
@@ -97,7 +97,7 @@ def _restore(request: RestoreRequest, report: Report, leases: ExitStack) -> Rest
     manifest = store.resolve(
         technology,
         request.backup,
-        [redact_url(s) for s in request.sources],
+        shown_urls(request.sources),
         identify=lambda: identify(technology, request.sources),
         validated_only=not request.force,
     )

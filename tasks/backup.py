@@ -22,7 +22,7 @@ from backstop.tasks.packaging import ReadBackSource, Stage, StoreSink, StoreSour
 from backstop.tasks.progress import reporter
 from backstop.tasks.quality import SuiteRun, checked_parts, run_suite
 from backstop.tasks.retry import RETRYING, classified
-from backstop.tasks.secrets import resolve_options, resolve_url
+from backstop.tasks.secrets import resolve_options, resolve_url, shown_url
 from backstop.tasks.store import StoreSpec
 
 READ_BACK = "read-back"  # a check of the stored bytes, as opposed to the data's quality
@@ -136,7 +136,7 @@ def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit)
             progress.finish(label)
         stored = StoredUnit(
             name=unit.name,
-            source=redact_url(unit.source),
+            source=shown_url(unit.source),
             records=result.records,
             point=result.point,
             meta=result.meta,

@@ -18,7 +18,7 @@ from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import StoreSource
 from backstop.tasks.progress import reporter
 from backstop.tasks.retry import RETRYING, classified
-from backstop.tasks.secrets import resolve_url
+from backstop.tasks.secrets import resolve_url, shown_url
 from backstop.tasks.store import StoreSpec
 
 
@@ -105,7 +105,7 @@ def load_manifest(
     return store.open().resolve(
         technology,
         ref,
-        [redact_url(s) for s in sources],
+        [shown_url(s) for s in sources],
         identify=lambda: identities(technology, sources),
     )
 

@@ -12,6 +12,7 @@ moves such secrets into this process's environment (`hide_secrets`).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -41,8 +42,50 @@ def _load_secret_block(name: str) -> str:
     return Secret.load(name).get()
 
 
+# `block:NAME` in place of a URL names a saved BackstopConnection or BackstopStore block
+# (tasks/blocks.py); NAME as Prefect spells block names.
+BLOCK_PREFIX = "block:"
+_BLOCK_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
+
+
+def block_name(url: str) -> str | None:
+    """The block a `block:NAME` URL names, or None for any other URL; a name Prefect
+    could not have given a block is bad input."""
+    if not url.startswith(BLOCK_PREFIX):
+        return None
+    name = url[len(BLOCK_PREFIX) :]
+    if not _BLOCK_NAME.match(name):
+        raise BadInputError(
+            f"{url!r}: a block is named as block:NAME, NAME in lowercase letters, digits "
+            "and dashes (as Prefect names blocks)"
+        )
+    return name
+
+
 def resolve_url(url: str) -> str:
+    """The URL to connect with: a block's (password in it), or the URL with its
+    references resolved. Only in the process that connects."""
+    name = block_name(url)
+    if name is not None:
+        from backstop.tasks.blocks import load_connection
+
+        return load_connection(name).connection_url()
     return resolve_placeholders(url, _load_secret_block)
+
+
+def shown_url(url: str) -> str:
+    """The URL as a manifest records it (and `latest` matches it): redacted, a block's
+    URL in place of its name, so that one source is one text however it was given."""
+    name = block_name(url)
+    if name is not None:
+        from backstop.tasks.blocks import load_connection
+
+        return load_connection(name).shown_url()
+    return redact_url(url)
+
+
+def shown_urls(urls: list[str]) -> list[str]:
+    return [shown_url(url) for url in urls]
 
 
 def resolve_urls(urls: list[str]) -> list[str]:

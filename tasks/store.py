@@ -59,8 +59,15 @@ class StoreSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
     def open(self) -> ArtifactStore:
-        from backstop.tasks.secrets import resolve_options, resolve_url
+        from backstop.tasks.secrets import block_name, resolve_options, resolve_url
 
+        name = block_name(self.url)
+        if name is not None:  # a BackstopStore block: URL, options and credentials
+            from backstop.tasks.blocks import load_store
+
+            block = load_store(name)
+            options = block.filesystem_options() | resolve_options(self.options)
+            return ArtifactStore(resolve_url(block.url), options)
         return ArtifactStore(resolve_url(self.url), resolve_options(self.options))
 
     def display(self) -> str:
@@ -495,6 +502,10 @@ def check_store_url(url: str) -> None:
     shown = redact_url(url) if url else url
     if not url or not url.strip():
         raise BadInputError("--store is empty")
+    from backstop.tasks.secrets import block_name
+
+    if block_name(url) is not None:
+        return  # a BackstopStore block: its URL is checked when it is loaded
     if "\x00" in url:
         raise BadInputError(f"store {shown!r} contains a NUL character")
     scheme, sep, rest = url.partition("://")
@@ -642,5 +653,6 @@ def _store_errors(path: str) -> Iterator[None]:
 NO_S3_CREDENTIALS = (
     "no credentials for the S3 store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
     "(or AWS_PROFILE) in the environment, or give --store-option key=... --store-option "
-    "secret=... (anon=true for a public bucket)"
+    "secret=... (anon=true for a public bucket), or keep them in a BackstopStore block and "
+    "give --store block:NAME"
 )
