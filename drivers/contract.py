@@ -426,6 +426,13 @@ class Driver(ABC):
         the target twice (verify_unit, then target_quality_chunks)."""
         raise NotImplementedError
 
+    def unit_connections(self, step: str, url: str) -> int:
+        """The most connections to `url`'s server that one unit's `step` holds at once:
+        "backup", "restore", "verify", "verify+quality" (verify_with_quality) or
+        "quality". The tasks layer occupies as many slots of the host's concurrency
+        limit (tasks/host_limits.py). One, unless the driver reads through several."""
+        return 1
+
     def describe(self) -> dict[str, Any]:
         caps = self.capabilities
         return {

@@ -16,6 +16,7 @@ from backstop.drivers.contract import Driver, QualityChunk, StoredUnit, Unit
 from backstop.drivers.errors import IntegrityError, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
+from backstop.tasks.host_limits import connection_slots
 from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import ReadBackSource, Stage, StoreSink, StoreSource, check_file
@@ -130,7 +131,10 @@ def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit)
     )
     try:
         try:
-            with classified(driver, f"{unit.name} ({redact_url(unit.source)})"):
+            with (
+                connection_slots(driver, "backup", resolved.source),
+                classified(driver, f"{unit.name} ({redact_url(unit.source)})"),
+            ):
                 result = driver.backup_unit(resolved, sink)
         finally:
             progress.finish(label)

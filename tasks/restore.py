@@ -12,6 +12,7 @@ from backstop.drivers.contract import RestorePlan, RestoreResult, StoredUnit
 from backstop.drivers.errors import BadInputError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
+from backstop.tasks.host_limits import connection_slots
 from backstop.tasks.identity import identities
 from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
@@ -81,7 +82,10 @@ def restore_unit(
     advance = progress.start(label, total_bytes=sum(f.raw_bytes for f in unit.files))
     source = StoreSource(store.open(), technology, backup_id, progress=advance)
     try:
-        with classified(driver, f"restoring {unit.name} into {redact_url(target)}"):
+        with (
+            connection_slots(driver, "restore", resolve_url(target)),
+            classified(driver, f"restoring {unit.name} into {redact_url(target)}"),
+        ):
             result = driver.restore_unit(unit, resolve_url(target), source, plan)
     finally:
         progress.finish(label)

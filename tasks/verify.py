@@ -13,6 +13,7 @@ from backstop.drivers.contract import QualityChunk, RestorePlan, StoredUnit, Tar
 from backstop.drivers.errors import BadInputError, IntegrityError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
+from backstop.tasks.host_limits import connection_slots
 from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import StoreSource, check_file
@@ -84,8 +85,12 @@ def verify_target(
     started = time.monotonic()
     source = StoreSource(store.open(), technology, backup_id)
     url = resolve_url(target)
-    with classified(driver, f"verifying {unit.name} in {redact_url(target)}"):
-        if checked_parts(driver, unit) is not None:
+    with_quality = checked_parts(driver, unit) is not None
+    with (
+        connection_slots(driver, "verify+quality" if with_quality else "verify", url),
+        classified(driver, f"verifying {unit.name} in {redact_url(target)}"),
+    ):
+        if with_quality:
             try:
                 reading = driver.verify_with_quality(unit, url, source, plan)
             except NotImplementedError:
@@ -128,6 +133,9 @@ def target_quality(
     driver = get_driver(technology)
     if checked_parts(driver, unit) is None:
         return []
-    with classified(driver, f"checking the data quality of {unit.name} in {redact_url(target)}"):
+    with (
+        connection_slots(driver, "quality", resolve_url(target)),
+        classified(driver, f"checking the data quality of {unit.name} in {redact_url(target)}"),
+    ):
         chunks = driver.target_quality_chunks(unit, resolve_url(target), plan)
         return run_suite(technology, chunks, None, unit.name)

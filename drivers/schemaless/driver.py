@@ -675,6 +675,16 @@ class SchemalessDriver(Driver):
                 batches = _stream_cells(conn, table, _NO_LIMIT, columns=CELL_COLUMNS[:4])
                 yield from _quality_chunks(table, batches)
 
+    def unit_connections(self, step: str, url: str) -> int:
+        backend = make_url(url).get_backend_name()
+        if backend == "sqlite":
+            return 1
+        if step == "verify+quality":  # the server's digest and the quality read at once
+            return 2
+        if step == "backup" and backend in ("mysql", "mariadb"):
+            return parallel.READERS + 1  # when the lock is had (parallel.py)
+        return 1
+
     def verify_with_quality(
         self, unit: StoredUnit, target: str, source: FileSource, plan: RestorePlan
     ) -> Generator[QualityChunk, None, TargetCheck]:

@@ -1,0 +1,106 @@
+"""Connections per database host, capped by a Prefect global concurrency limit on the
+session's real Prefect server, measured from the database server's side."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from test_schemaless_sql import back_up, cells_of, fill, restore_into
+
+from backstop.tasks.host_limits import HOST_CONNECTIONS_ENV, host_limit_names
+
+pytestmark = pytest.mark.integration
+
+
+def test_limit_names_carry_host_and_port_only():
+    assert host_limit_names(
+        [
+            "postgresql+psycopg://backup:pw@DB1.example.com/cells",
+            "postgresql://other@db1.example.com:5432/more?password=x",
+            "mongodb://u:p@m1:27017,m2/?replicaSet=rs",
+            "zk://digest:pw@zk1:2181/app",
+            "sqlite:////var/lib/cells.db",
+        ]
+    ) == [
+        "backstop-host:db1.example.com:5432",
+        "backstop-host:m1:27017",
+        "backstop-host:m2:27017",
+        "backstop-host:zk1:2181",
+    ]
+
+
+class PeakConnections:
+    """Samples pg_stat_activity from its own connection (to another database) while
+    the block runs: the most connections to `databases` seen at once."""
+
+    def __init__(self, admin_url: str, databases: list[str]) -> None:
+        # Autocommit: within one transaction, pg_stat_activity is one snapshot.
+        self.engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self.databases = databases
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(:names)")
+        with self.engine.connect() as conn:
+            while not self._stop.is_set():
+                count = conn.execute(query, {"names": self.databases}).scalar_one()
+                self.peak = max(self.peak, count)
+                self.samples += 1
+                self._stop.wait(0.01)
+
+    def __enter__(self) -> PeakConnections:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def limit_of_two(pg_server, monkeypatch) -> Iterator[str]:
+    """The PostgreSQL server's host limit made anew from the setting (2 slots), and
+    removed after, so other tests get the default again."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    [name] = host_limit_names([pg_server.url()])
+    monkeypatch.setenv(HOST_CONNECTIONS_ENV, "2")
+    # One left by an earlier test would keep its own slots.
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        client.delete_global_concurrency_limit_by_name(name)
+    yield name
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(name)
+
+
+def test_never_more_shard_connections_to_one_host_than_its_limit(
+    pg_server, new_databases, local_store, limit_of_two
+):
+    from prefect.client.orchestration import get_client
+
+    sources, targets = new_databases("postgresql", 6), new_databases("postgresql", 6)
+    for i, url in enumerate(sources):
+        fill(url, 1_500, seed=i)
+    names = [url.rsplit("/", 1)[1] for url in sources + targets]
+    with PeakConnections(pg_server.url(), names) as during_backup:
+        backed_up = back_up(sources, local_store)
+    with PeakConnections(pg_server.url(), names) as during_restore:
+        restore_into(targets, local_store, backup=backed_up.backup_id)
+
+    for source, target in zip(sources, targets, strict=True):
+        assert cells_of(target) == cells_of(source)
+    # Six shards on four task threads: without the limit, four connections at once.
+    for during in (during_backup, during_restore):
+        assert during.samples > 10 and 1 <= during.peak <= 2, vars(during)
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(limit_of_two)
+    assert (limit.limit, limit.active_slots) == (2, 0)  # made from the setting; all released
