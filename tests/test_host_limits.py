@@ -4,10 +4,16 @@ session's real Prefect server, measured from the database server's side."""
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 from sqlalchemy import create_engine, text
 from test_schemaless_sql import back_up, cells_of, fill, restore_into
 
@@ -66,14 +72,13 @@ class PeakConnections:
 
 
 @pytest.fixture
-def limit_of_two(pg_server, monkeypatch) -> Iterator[str]:
-    """The PostgreSQL server's host limit made anew from the setting (2 slots), and
-    removed after, so other tests get the default again."""
+def fresh_limit(pg_server) -> Iterator[str]:
+    """The name of the PostgreSQL server's host limit, which backstop makes anew from
+    the setting, and removed after, so other tests get the default again."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     [name] = host_limit_names([pg_server.url()])
-    monkeypatch.setenv(HOST_CONNECTIONS_ENV, "2")
     # One left by an earlier test would keep its own slots.
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
         client.delete_global_concurrency_limit_by_name(name)
@@ -83,10 +88,11 @@ def limit_of_two(pg_server, monkeypatch) -> Iterator[str]:
 
 
 def test_never_more_shard_connections_to_one_host_than_its_limit(
-    pg_server, new_databases, local_store, limit_of_two
+    pg_server, new_databases, local_store, fresh_limit, monkeypatch
 ):
     from prefect.client.orchestration import get_client
 
+    monkeypatch.setenv(HOST_CONNECTIONS_ENV, "2")
     sources, targets = new_databases("postgresql", 6), new_databases("postgresql", 6)
     for i, url in enumerate(sources):
         fill(url, 1_500, seed=i)
@@ -102,5 +108,38 @@ def test_never_more_shard_connections_to_one_host_than_its_limit(
     for during in (during_backup, during_restore):
         assert during.samples > 10 and 1 <= during.peak <= 2, vars(during)
     with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(limit_of_two)
+        limit = client.read_global_concurrency_limit_by_name(fresh_limit)
     assert (limit.limit, limit.active_slots) == (2, 0)  # made from the setting; all released
+
+
+def test_a_backup_stopped_by_sigterm_gives_its_slots_back(
+    prefect_harness, new_databases, tmp_path, fresh_limit
+):
+    """One slot, three shards: one holds it, two wait; SIGTERM ends both the work and
+    the waiting, and the server's count is back to 0 at once (not after the lease)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    sources = new_databases("postgresql", 3)
+    for i, url in enumerate(sources):
+        fill(url, 4_000, seed=i)
+    env = subprocess_env(prefect_harness) | {HOST_CONNECTIONS_ENV: "1"}
+    argv = ["backup", "schemaless", "--store", (tmp_path / "store").as_uri(), "--json"]
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "backstop"), *argv,
+         *(arg for url in sources for arg in ("--source", url))],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    held = 0
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 300
+        while not held and proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(ObjectNotFound):
+                held = client.read_global_concurrency_limit_by_name(fresh_limit).active_slots
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        after = client.read_global_concurrency_limit_by_name(fresh_limit)
+    assert held == 1, f"no slot was seen held before the backup ended: {out} {err}"
+    assert proc.returncode == 128 + signal.SIGTERM, out + err
+    assert (after.limit, after.active_slots) == (1, 0)
