@@ -10,7 +10,7 @@ host with only the store in reach.
     backstop_backup_last_size_bytes{technology,source}
     backstop_backup_last_records{technology,source}
     backstop_backup_last_duration_seconds{technology,source}
-    backstop_backups_total{technology,source,status}      completed | quality_failed
+    backstop_store_backups{technology,source,status}      completed | quality_failed
     backstop_drill_last_success_timestamp_seconds{technology,source}
     backstop_store_incomplete_backups{technology}
     backstop_store_unreadable_manifests{technology}
@@ -19,35 +19,47 @@ host with only the store in reach.
 `source` is a backup's sources, redacted and comma-joined (a datastore's shards are one
 source: no per-shard label). The backup_* figures are of ordinary (scheduled and ad hoc)
 backups: a safety backup's sources are a restore's targets and a drill's backup is the
-drill's own. backups_total counts the backups the store holds now, so it falls when
-prune deletes some (a gauge despite its name).
+drill's own. store_backups counts the backups the store holds now, so it falls when
+prune deletes some (a gauge: no `_total`, which names counters).
+
+A source with backups but none that passed its checks has a last-success timestamp of
+0, and a drilled source (one with drill backups) whose drills left no passed record
+has a drill timestamp of 0: the staleness alerts fire on them, where a missing series
+would keep them quiet. A manifest whose figures cannot be exposed (a size past what a
+float holds, a negative count) is counted unreadable, like one that cannot be parsed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from backstop.drivers.errors import BackstopError, BadInputError
 from backstop.drivers.redact import mask_secrets, redact_url
 from backstop.tasks.leases import fresh_leases
 from backstop.tasks.manifest import Manifest, Role
-from backstop.tasks.store import ArtifactStore, StoreSpec, newest_key
+from backstop.tasks.store import ArtifactStore, StoreSpec
 
 SCRAPE_CACHE_S = 10.0  # Prometheus scrapes every 15-60 s; two scrapers share one read
+# A drill record passed later than now by more than this is a lie (or a broken clock): it
+# would keep the drill alert quiet for as long as it says.
+CLOCK_SKEW_S = 3600.0
 STATUSES = ("completed", "quality_failed")
 
 SourceKey = tuple[str, str]  # (technology, redacted sources)
@@ -57,10 +69,10 @@ SourceKey = tuple[str, str]  # (technology, redacted sources)
 class LastBackup:
     """The figures of a source's newest ordinary backup that passed its checks."""
 
-    order: tuple
+    order: tuple[float, str]
     finished_at: float
-    bytes: int
-    records: int
+    bytes: float
+    records: float
     duration_s: float
 
 
@@ -83,6 +95,7 @@ def read_store_figures(store: ArtifactStore, now: datetime | None = None) -> Sto
     """One pass over the store's folders: each manifest read, folded in, dropped."""
     now = now or datetime.now(UTC)
     figures = StoreFigures()
+    last_s = now.timestamp()
     for folder in store.folders():
         tech = folder.technology
         figures.technologies.add(tech)
@@ -98,17 +111,50 @@ def read_store_figures(store: ArtifactStore, now: datetime | None = None) -> Sto
         except BackstopError:  # IntegrityError: a manifest that cannot be read
             figures.unreadable[tech] += 1
             continue
-        _fold(store, figures, manifest)
+        try:
+            backup = _backup_figures(manifest)
+        except (ValueError, OverflowError):  # parsed, but its figures cannot be exposed
+            figures.unreadable[tech] += 1
+            continue
+        _fold(store, figures, manifest, backup, last_s)
     return figures
 
 
-def _fold(store: ArtifactStore, figures: StoreFigures, manifest: Manifest) -> None:
+def _backup_figures(manifest: Manifest) -> LastBackup:
+    """A manifest's figures as the floats exposed, or ValueError/OverflowError: computed
+    before anything is counted, so a manifest is folded in whole or not at all."""
+    finished_at, started_at = _seconds(manifest.finished_at), _seconds(manifest.started_at)
+    return LastBackup(
+        order=(finished_at, manifest.backup_id),
+        finished_at=finished_at,
+        bytes=_count(manifest.totals.bytes),
+        records=_count(manifest.totals.records),
+        duration_s=round(finished_at - started_at, 3),
+    )
+
+
+def _count(value: int) -> float:
+    number = float(value)  # OverflowError past 1.8e308
+    if number < 0:
+        raise ValueError(f"a negative count: {value}")
+    return number
+
+
+def _seconds(moment: datetime) -> float:
+    # Backstop writes UTC times with their zone; one without is read as UTC (as drill
+    # records are), never compared with an aware one (a TypeError).
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _fold(
+    store: ArtifactStore, figures: StoreFigures, manifest: Manifest, backup: LastBackup,
+    now_s: float,
+) -> None:  # fmt: skip
     key = (manifest.technology, source_label(manifest))
     if manifest.role is Role.DRILL:
-        record = store.read_drill_record(manifest.technology, manifest.backup_id)
-        passed_at = _timestamp(record.get("passed_at")) if record else None
-        if passed_at is not None:
-            figures.drills[key] = max(passed_at, figures.drills.get(key, 0.0))
+        passed_at = _drill_passed_at(store, manifest, backup, now_s)
+        # 0: drilled, and no passed drill to show (failed, pruned, or a record that lies).
+        figures.drills[key] = max(passed_at or 0.0, figures.drills.get(key, 0.0))
         return
     if not manifest.ordinary:
         return
@@ -116,24 +162,36 @@ def _fold(store: ArtifactStore, figures: StoreFigures, manifest: Manifest) -> No
     figures.counts.setdefault(key, Counter())[status] += 1
     if status != "completed":
         return
-    order = newest_key(manifest)
     known = figures.last.get(key)
-    if known is None or order > known.order:
-        figures.last[key] = LastBackup(
-            order=order,
-            finished_at=manifest.finished_at.timestamp(),
-            bytes=manifest.totals.bytes,
-            records=manifest.totals.records,
-            duration_s=manifest.duration_s,
-        )
+    if known is None or backup.order > known.order:
+        figures.last[key] = backup
+
+
+def _drill_passed_at(
+    store: ArtifactStore, manifest: Manifest, backup: LastBackup, now_s: float
+) -> float | None:
+    """When the drill of this backup passed, by its record; None without a believable
+    one: a record of another backup or of no pass, or a pass before the backup finished
+    or after now (beyond clock skew)."""
+    record = store.read_drill_record(manifest.technology, manifest.backup_id)
+    if not record or record.get("backup_id") != manifest.backup_id:
+        return None
+    if record.get("status") != "passed":
+        return None
+    passed_at = _timestamp(record.get("passed_at"))
+    if passed_at is None:
+        return None
+    if not backup.finished_at - CLOCK_SKEW_S <= passed_at <= now_s + CLOCK_SKEW_S:
+        return None
+    return passed_at
 
 
 def _timestamp(value: object) -> float | None:
     try:
         moment = datetime.fromisoformat(str(value))
-    except ValueError:
+        return _seconds(moment)
+    except (ValueError, OverflowError):
         return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def metric_families(figures: StoreFigures | None) -> list[GaugeMetricFamily]:
@@ -146,7 +204,8 @@ def metric_families(figures: StoreFigures | None) -> list[GaugeMetricFamily]:
     last = {
         "timestamp": GaugeMetricFamily(
             "backstop_backup_last_success_timestamp_seconds",
-            "When the newest complete, validated ordinary backup of a source finished",
+            "When the newest complete, validated ordinary backup of a source finished "
+            "(0: the store holds backups of it, none of them validated)",
             labels=labels,
         ),
         "bytes": GaugeMetricFamily(
@@ -170,8 +229,10 @@ def metric_families(figures: StoreFigures | None) -> list[GaugeMetricFamily]:
         last["bytes"].add_metric([tech, source], backup.bytes)
         last["records"].add_metric([tech, source], backup.records)
         last["duration"].add_metric([tech, source], backup.duration_s)
+    for tech, source in sorted(figures.counts.keys() - figures.last.keys()):
+        last["timestamp"].add_metric([tech, source], 0.0)  # so the staleness alert fires
     totals = GaugeMetricFamily(
-        "backstop_backups_total",
+        "backstop_store_backups",
         "Complete ordinary backups of a source the store holds, by status "
         "(completed, or quality_failed: kept but refused by restore without --force)",
         labels=[*labels, "status"],
@@ -181,7 +242,8 @@ def metric_families(figures: StoreFigures | None) -> list[GaugeMetricFamily]:
             totals.add_metric([tech, source, status], counts[status])
     drills = GaugeMetricFamily(
         "backstop_drill_last_success_timestamp_seconds",
-        "When the newest drill of a source passed (restored and verified equal)",
+        "When the newest drill of a source passed (restored and verified equal; 0: the "
+        "store holds drill backups of it, none with a passed drill's record)",
         labels=labels,
     )
     for (tech, source), passed_at in sorted(figures.drills.items()):
@@ -226,8 +288,10 @@ class StoreCollector(Collector):
     def _read(self) -> StoreFigures | None:
         try:
             return read_store_figures(self.spec.open())
-        except (BackstopError, OSError) as exc:  # said on stderr, exposed as up 0
-            print(f"backstop metrics: cannot read the store: {mask_secrets(str(exc))}",
+        except Exception as exc:  # said on stderr, exposed as up 0 (never a failed scrape,
+            # which would leave no backstop series for any alert to fire on)
+            shown = exc if isinstance(exc, BackstopError | OSError) else repr(exc)
+            print(f"backstop metrics: cannot read the store: {mask_secrets(str(shown))}",
                   file=sys.stderr)  # fmt: skip
             return None
 
@@ -298,19 +362,46 @@ def check_output(path: str) -> None:
         raise BadInputError(f"--output {path!r}: folder {str(folder)!r} does not exist")
 
 
+def only_metrics(app: Callable) -> Callable:
+    """prometheus-client answers every path with the metrics (its start_http_server
+    too): /metrics only, 404 elsewhere, so a scanner or a mistyped path learns nothing."""
+
+    def metrics_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"Not found: backstop metrics serves /metrics only\n"]
+        return app(environ, start_response)
+
+    return metrics_app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # a scrape every 15 s is no news
+
+
+def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+    class Server(ThreadingWSGIServer):
+        # IPv4 or IPv6, as the host is (what prometheus-client's own server does).
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    app = only_metrics(make_wsgi_app(registry))
+    return make_server(host, port, app, Server, handler_class=_QuietHandler)
+
+
 def serve(spec: StoreSpec, listen: str) -> None:
     """Serve /metrics until interrupted (SIGTERM/SIGINT: a clean stop)."""
-    from prometheus_client import start_http_server
-
     host, port = parse_listen(listen)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(spec))
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        server = _metrics_server(host, port, registry)
     except OSError as exc:
         raise BadInputError(
             f"--listen {listen}: cannot listen there: {exc.strerror or exc}"
         ) from None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     print(f"backstop metrics: serving http://{listen}/metrics for {spec.display()}",
           file=sys.stderr, flush=True)  # fmt: skip
     try:

@@ -258,7 +258,7 @@ def test_metrics_scraped_by_prometheus_match_the_store(runs: Runs, tmp_path: Pat
     samples = [s for f in text_string_to_metric_families(prom.read_text()) for s in f.samples]
     values = {(s.name, s.labels.get("source"), s.labels.get("status")): s.value for s in samples}
     assert values[("backstop_backup_last_records", first_source, None)] == newest.totals.records
-    assert values[("backstop_backups_total", first_source, "completed")] == 2
+    assert values[("backstop_store_backups", first_source, "completed")] == 2
     assert {name for s in samples for name in s.labels} == {"technology", "source", "status"}
 
     # The same figures served, scraped by Prometheus, which also loads the alert rules.
@@ -282,7 +282,7 @@ def test_metrics_scraped_by_prometheus_match_the_store(runs: Runs, tmp_path: Pat
             other_source: other.totals.records,
         }
         completed = prometheus.api(
-            "query", query='sum by (source) (backstop_backups_total{status="completed"})'
+            "query", query='sum by (source) (backstop_store_backups{status="completed"})'
         )["result"]
         # Neither the safety backup (of the targets) nor the drill's counts.
         assert _by_source(completed) == {first_source: 2, other_source: 1}
@@ -309,6 +309,15 @@ def test_metrics_scraped_by_prometheus_match_the_store(runs: Runs, tmp_path: Pat
         assert alerts[0]["metric"]["alertstate"] == "pending"
         stale = prometheus.api("query", query='ALERTS{alertname="BackstopBackupStale"}')
         assert stale["result"] == []
+
+        # The service stopped (SIGTERM, as a service manager does): its series go, and
+        # the alert that says so is pending (every other alert needs the series).
+        served.send_signal(signal.SIGTERM)
+        served.communicate(timeout=30)
+        absent = prometheus.query_until(
+            'ALERTS{alertname="BackstopMetricsAbsent"}', lambda r: len(r) == 1
+        )
+        assert absent[0]["metric"]["alertstate"] == "pending"
     finally:
         if prometheus:
             prometheus.stop()
@@ -324,4 +333,4 @@ def test_alert_rules_pass_promtool():
         ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 5 rules found" in checked.stdout
+    assert "SUCCESS: 6 rules found" in checked.stdout
