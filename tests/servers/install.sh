@@ -44,6 +44,9 @@ fi
 # in deployments/prometheus/): Debian's package; the fixture runs its own instance.
 apt_install /usr/bin/promtool prometheus
 
+# systemd-analyze checks the worker's systemd units (tests/test_wheel_deployment.py).
+apt_install /usr/bin/systemd-analyze systemd
+
 # ZooKeeper 3.9: Apache's jars from Maven Central.
 zk39="$cache/zookeeper-3.9.5/lib"
 if [ ! -f "$zk39/zookeeper-3.9.5.jar" ]; then
