@@ -148,3 +148,19 @@ def test_a_backup_and_restore_through_blocks_keep_every_secret_in_the_blocks(
         text = found.decode("latin-1") if isinstance(found, bytes) else found
         for value in secrets:
             assert value not in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["backup", "schemaless", "--source", "block:Orders_1", "--store", "STORE"],
+        ["backup", "schemaless", "--source", "sqlite:///x.db", "--store", "block:"],
+        ["restore", "schemaless", "--store", "STORE", "--target", "block:a b"],
+    ],
+    ids=["source", "store", "target"],
+)
+def test_a_block_name_prefect_could_not_have_given_is_bad_input(cli, tmp_path, argv):
+    argv = [str(tmp_path) if a == "STORE" else a for a in argv]
+    result = cli(*argv, "--json")
+    assert result.code == 2
+    assert "block:NAME" in result.json["error"], result.json
