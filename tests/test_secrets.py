@@ -255,14 +255,16 @@ def leaks(secrets: list[str], texts: list[str]) -> list[str]:
 def test_cli_secrets_in_urls_and_store_options_never_reach_prefect(
     cli, new_databases, moto_endpoint, tmp_path
 ):
-    """A PostgreSQL shard reached with its real password as ?password= (backup) and as
-    user:password@ (restore), an S3 store with --store-option key=/secret=: backed up,
-    restored and verified; no secret anywhere in what Prefect stored."""
+    """A PostgreSQL shard reached with its real password as ?password= (backup, drill)
+    and as user:password@ (restore, the drill's scratch), an S3 store with
+    --store-option key=/secret=: backed up, restored, verified, drilled and its metrics
+    printed; no secret anywhere in what Prefect stored, the store (manifests, the drill
+    record) or the output (the metrics' labels)."""
     import s3fs
     from servers.sql import PASSWORD
     from test_schemaless_sql import cells_of, fill
 
-    [source, target] = new_databases("postgresql", 2)
+    [source, target, scratch] = new_databases("postgresql", 3)
     fill(source, 300)
     user_and_host, database = source.rsplit("/", 1)
     by_query = f"{user_and_host.replace(':' + PASSWORD + '@', '@')}/{database}?password={PASSWORD}"
@@ -281,11 +283,17 @@ def test_cli_secrets_in_urls_and_store_options_never_reach_prefect(
     checked = cli("verify", *store, "--json")
     assert checked.code == 0, checked.stdout + checked.stderr
     assert cells_of(target) == cells_of(source)
+    drilled = cli("drill", "schemaless", "--source", by_query, "--scratch", scratch, *store,
+                  "--json")  # fmt: skip
+    assert drilled.code == 0, drilled.stdout + drilled.stderr
+    measured = cli("metrics", *store)
+    assert measured.code == 0, measured.stdout + measured.stderr
+    assert "backstop_drill_last_success_timestamp_seconds{" in measured.stdout
 
-    outputs = [r.stdout + r.stderr for r in (backed, restored, checked)]
+    outputs = [r.stdout + r.stderr for r in (backed, restored, checked, drilled, measured)]
     fs = s3fs.S3FileSystem(endpoint_url=moto_endpoint, key=key, secret=secret)
-    manifests = [fs.cat_file(p).decode() for p in fs.glob(f"{bucket}/backups/*/*/manifest.json")]
-    assert manifests
+    manifests = [fs.cat_file(p).decode() for p in fs.glob(f"{bucket}/backups/*/*/*.json")]
+    assert any('"passed_at"' in m for m in manifests)  # the drill's record is searched too
     stored = stored_by_prefect(since)
     assert not leaks([PASSWORD, key, secret], stored + outputs + manifests)
     assert any("${env:BACKSTOP_SECRET_" in t for t in stored)  # references travelled instead
