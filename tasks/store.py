@@ -8,10 +8,12 @@ A folder without a manifest is an incomplete backup: invisible to list and resto
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -204,7 +206,11 @@ class ArtifactStore:
         return manifest
 
     def _read_bounded(self, path: str, limit: int) -> bytes | None:
-        """A small file's content, or None when it is larger than `limit`."""
+        """A small file's content, or None when it is larger than `limit`. On a local
+        disk a regular file only (OSError otherwise): a FIFO planted in the store would
+        block the read for ever, a link to a device (/dev/zero) be read to the limit."""
+        if self.is_local and not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
         with self.fs.open(path, "rb") as fh:
             raw = fh.read(limit + 1)
         return None if len(raw) > limit else raw
@@ -429,7 +435,7 @@ class ArtifactStore:
             with _store_errors(path):
                 raw = self._read_bounded(path, MAX_DRILL_RECORD_BYTES)
             record = json.loads(raw) if raw is not None else None
-        except (FileNotFoundError, IsADirectoryError, ValueError, RecursionError):
+        except (OSError, ValueError, RecursionError):  # absent, not a file, not JSON
             return None
         return record if isinstance(record, dict) else None
 

@@ -238,3 +238,29 @@ def test_listen_serves_metrics_only_at_metrics_and_stops_on_sigterm(tmp_path: Pa
         served.send_signal(signal.SIGTERM)
         _out, err = served.communicate(timeout=30)
     assert served.returncode == 0, err
+
+
+def test_a_fifo_or_a_device_in_place_of_a_store_file_is_unreadable_not_a_hang(tmp_path: Path):
+    """A FIFO planted as a manifest or a drill record would block its read for ever (the
+    scrape, the cron job); a link to /dev/zero would be read to the 256 MiB limit."""
+    import os
+
+    store = Store(tmp_path / "store")
+    fifo = store.root / "schemaless" / store.backup_id() / "manifest.json"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    device = store.root / "schemaless" / store.backup_id() / "manifest.json"
+    device.parent.mkdir(parents=True)
+    device.symlink_to("/dev/zero")
+    drilled = _drill(store, "sqlite:///drilled.db", None)
+    os.mkfifo(store.root / "schemaless" / drilled / "drill.json")
+
+    printed = subprocess.run(
+        [BACKSTOP, "metrics", "--store", store.spec.url], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    samples = [s for f in text_string_to_metric_families(printed.stdout) for s in f.samples]
+    values = {(s.name, s.labels.get("source")): s.value for s in samples}
+    assert values[("backstop_store_unreadable_manifests", None)] == 2
+    assert values[("backstop_drill_last_success_timestamp_seconds", "sqlite:///drilled.db")] == 0
