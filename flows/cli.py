@@ -724,6 +724,12 @@ def _check_input(args: argparse.Namespace) -> None:
         _key_values(args.store_option, "--store-option")
     _check_numbers(args)
     _check_backup_ref(args)
+    from backstop.flows.startup import runs_a_flow
+
+    if runs_a_flow(args.command):  # importing the flows reads them, after the slow start
+        from backstop.flows.timeouts import check_timeouts
+
+        check_timeouts()
     if args.command == "deployments":
         from backstop.flows.deployments_init import check_init_target
 

@@ -9,6 +9,7 @@ in a second, anywhere backstop is installed.
 from __future__ import annotations
 
 import os
+import shlex
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,24 @@ def template_text(name: str) -> str:
 
 
 def check_init_target(folder: str, force: bool) -> None:
-    """Refuse, before anything is written: a folder that is a file, or a template
-    already there (the operator's edits) unless --force."""
+    """Refuse, before anything is written: no folder named, a folder that is a file or a
+    dangling link, a template that is a link or a folder (--force replaces files, never
+    what a link points at), or a template already there (the operator's edits) unless
+    --force."""
+    if not folder.strip():
+        raise BadInputError("DIR is empty: name the folder to write the templates in")
     path = Path(folder)
+    if path.is_symlink() and not path.exists():
+        raise BadInputError(f"{folder} is a symbolic link to nothing")
     if path.exists() and not path.is_dir():
         raise BadInputError(f"{folder} exists and is not a folder")
-    if force:
-        return
     for name in TEMPLATES:
-        if (path / name).exists():
-            raise BadInputError(f"{path / name} already exists (--force overwrites it)")
+        target = path / name
+        if target.is_symlink() or target.is_dir():
+            kind = "symbolic link" if target.is_symlink() else "folder"
+            raise BadInputError(f"{target} is a {kind}; remove it first")
+        if not force and target.exists():
+            raise BadInputError(f"{target} already exists (--force overwrites it)")
 
 
 def write_templates(folder: str, force: bool) -> dict[str, Any]:
@@ -49,16 +58,25 @@ def write_templates(folder: str, force: bool) -> dict[str, Any]:
     .env will hold secrets). Returns what was written."""
     check_init_target(folder, force)
     path = Path(folder)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     written = []
-    for name in TEMPLATES:
-        target = path / name
-        text = template_text(name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if force else os.O_EXCL)
-        descriptor = os.open(target, flags, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(text)
-        written.append(str(target))
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in TEMPLATES:
+            target = path / name
+            text = template_text(name)
+            # O_NOFOLLOW: a link made since the check is refused, not written through.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+            descriptor = os.open(target, flags | (0 if force else os.O_EXCL), 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(text)
+            written.append(str(target))
+    except OSError as exc:  # unwritable, not a folder on the way, a link, a full disk
+        done = f" (written before it: {', '.join(written)})" if written else ""
+        raise BadInputError(
+            f"cannot write the templates in {folder}: {exc.strerror or exc}"
+            + (f": {exc.filename}" if exc.filename else "")
+            + done
+        ) from None
     return {"status": "written", "dir": str(path.resolve()), "files": written}
 
 
@@ -67,7 +85,7 @@ def next_steps(folder: str) -> str:
         [
             f"wrote {', '.join(TEMPLATES)} in {folder}",
             "next: edit prefect.yaml (store, sources, targets, work pool) and .env.example",
-            f"  cd {folder}",
+            f"  cd {shlex.quote(folder)}",
             "  prefect work-pool create backstop --type process",
             "  prefect --no-prompt deploy --all",
             "  prefect worker start --pool backstop --type process",

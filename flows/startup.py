@@ -54,6 +54,11 @@ _FLOW_MODULES = {
 _RUN_SUITES = {"backup", "restore", "drill", "demo"}
 
 
+def runs_a_flow(command: str) -> bool:
+    """Whether the command imports flow modules (and so reads their settings)."""
+    return command in _FLOW_MODULES
+
+
 def startup_timeout() -> float:
     """Seconds to wait for the temporary server: BACKSTOP_SERVER_STARTUP_TIMEOUT, else
     Prefect's own setting when the user set it, else 600."""

@@ -14,6 +14,7 @@ overrides it through its work pool's job variables (`env: {BACKSTOP_BACKUP_TIMEO
 
 from __future__ import annotations
 
+import math
 import os
 
 from backstop.drivers.errors import BadInputError
@@ -27,6 +28,8 @@ DEFAULT_TIMEOUTS_S: dict[str, int] = {
     "prune": 1 * HOUR,
     "export": 12 * HOUR,
 }
+# A year: far past any run, well inside what the alarm timer (setitimer) accepts.
+MAX_TIMEOUT_S = 365 * 24 * HOUR
 
 
 def timeout_variable(flow: str) -> str:
@@ -35,8 +38,8 @@ def timeout_variable(flow: str) -> str:
 
 def flow_timeout(flow: str) -> float | None:
     """Seconds the named flow may run (BACKSTOP_<FLOW>_TIMEOUT_S, else the default);
-    None (no timeout) for 0. A value that is not a number fails the import with the
-    variable named (exit 2 from the CLI), before any run starts."""
+    None (no timeout) for 0. A value that is not a number of seconds from 0 to
+    MAX_TIMEOUT_S fails the import with the variable named (exit 2 from the CLI)."""
     name = timeout_variable(flow)
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -44,7 +47,19 @@ def flow_timeout(flow: str) -> float | None:
     try:
         seconds = float(raw)
     except ValueError:
-        raise BadInputError(f"{name}={raw!r}: expected seconds (0 for no timeout)") from None
-    if seconds < 0:
-        raise BadInputError(f"{name}={raw!r}: expected seconds (0 for no timeout)")
+        seconds = math.nan
+    # nan, inf and anything past the alarm timer's range would pass float() and then
+    # crash every run of the flow inside Prefect's timeout (setitimer: ValueError,
+    # OverflowError), far from the variable that caused it.
+    if not 0 <= seconds <= MAX_TIMEOUT_S:
+        raise BadInputError(
+            f"{name}={raw!r}: expected seconds from 0 (no timeout) to {MAX_TIMEOUT_S}"
+        )
     return seconds or None
+
+
+def check_timeouts() -> None:
+    """Every flow's timeout variable, checked where nothing slow has started yet (the
+    CLI): the flow modules import one another, so any of them fails any flow."""
+    for flow in DEFAULT_TIMEOUTS_S:
+        flow_timeout(flow)
