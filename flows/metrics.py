@@ -17,7 +17,10 @@ host with only the store in reach.
     backstop_store_up
 
 `source` is a backup's sources, redacted and comma-joined (a datastore's shards are one
-source: no per-shard label). The backup_* figures are of ordinary (scheduled and ad hoc)
+source: no per-shard label). Backups are grouped by their sources' identities (as
+`latest` finds them), and a group is labelled with its newest ordinary backup's URLs: a
+source reached by a new URL (an alias, an added parameter) is one series, not an old
+one left at the age of the old URL's last backup, which prune always keeps. The backup_* figures are of ordinary (scheduled and ad hoc)
 backups: a safety backup's sources are a restore's targets and a drill's backup is the
 drill's own. store_backups counts the backups the store holds now, so it falls when
 prune deletes some (a gauge: no `_total`, which names counters).
@@ -63,6 +66,7 @@ CLOCK_SKEW_S = 3600.0
 STATUSES = ("completed", "quality_failed")
 
 SourceKey = tuple[str, str]  # (technology, redacted sources)
+IdentityKey = tuple[str, tuple[str, ...]]  # (technology, the sources' identities)
 
 
 @dataclass
@@ -86,6 +90,25 @@ class StoreFigures:
     technologies: set[str] = field(default_factory=set)
 
 
+@dataclass
+class _Source:
+    """What the store holds of one source (one identity) while the store is read."""
+
+    label: str
+    label_order: tuple[bool, float, str]  # ordinary backups' URLs first, then the newest
+    last: LastBackup | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+    drill: float | None = None  # None: no drill backup of it; 0.0: none passed
+
+    def merge(self, other: _Source) -> None:
+        """Another identity under the same label (a server rebuilt at the same URL)."""
+        if other.last and (self.last is None or other.last.order > self.last.order):
+            self.last = other.last
+        self.counts.update(other.counts)
+        if other.drill is not None:
+            self.drill = max(other.drill, self.drill or 0.0)
+
+
 def source_label(manifest: Manifest) -> str:
     # Manifests hold redacted URLs; redacted again in case an old one did not.
     return ",".join(redact_url(s) for s in manifest.sources)
@@ -95,6 +118,7 @@ def read_store_figures(store: ArtifactStore, now: datetime | None = None) -> Sto
     """One pass over the store's folders: each manifest read, folded in, dropped."""
     now = now or datetime.now(UTC)
     figures = StoreFigures()
+    sources: dict[IdentityKey, _Source] = {}
     last_s = now.timestamp()
     for folder in store.folders():
         tech = folder.technology
@@ -116,8 +140,24 @@ def read_store_figures(store: ArtifactStore, now: datetime | None = None) -> Sto
         except (ValueError, OverflowError):  # parsed, but its figures cannot be exposed
             figures.unreadable[tech] += 1
             continue
-        _fold(store, figures, manifest, backup, last_s)
+        _fold(store, sources, manifest, backup, last_s)
+    _by_label(figures, sources)
     return figures
+
+
+def _by_label(figures: StoreFigures, sources: dict[IdentityKey, _Source]) -> None:
+    by_label: dict[SourceKey, _Source] = {}
+    for (tech, _identity), source in sources.items():
+        known = by_label.setdefault((tech, source.label), source)
+        if known is not source:
+            known.merge(source)
+    for key, source in by_label.items():
+        if source.last:
+            figures.last[key] = source.last
+        if source.counts:
+            figures.counts[key] = source.counts
+        if source.drill is not None:
+            figures.drills[key] = source.drill
 
 
 def _backup_figures(manifest: Manifest) -> LastBackup:
@@ -147,24 +187,26 @@ def _seconds(moment: datetime) -> float:
 
 
 def _fold(
-    store: ArtifactStore, figures: StoreFigures, manifest: Manifest, backup: LastBackup,
-    now_s: float,
+    store: ArtifactStore, sources: dict[IdentityKey, _Source], manifest: Manifest,
+    backup: LastBackup, now_s: float,
 ) -> None:  # fmt: skip
-    key = (manifest.technology, source_label(manifest))
+    if manifest.role is not Role.DRILL and not manifest.ordinary:
+        return  # a safety backup: its sources are a restore's targets
+    order = (manifest.ordinary, *backup.order)
+    source = sources.setdefault(
+        (manifest.technology, manifest.source_set), _Source(source_label(manifest), order)
+    )
+    if order > source.label_order:
+        source.label, source.label_order = source_label(manifest), order
     if manifest.role is Role.DRILL:
         passed_at = _drill_passed_at(store, manifest, backup, now_s)
         # 0: drilled, and no passed drill to show (failed, pruned, or a record that lies).
-        figures.drills[key] = max(passed_at or 0.0, figures.drills.get(key, 0.0))
-        return
-    if not manifest.ordinary:
+        source.drill = max(passed_at or 0.0, source.drill or 0.0)
         return
     status = "completed" if manifest.quality.status == "passed" else "quality_failed"
-    figures.counts.setdefault(key, Counter())[status] += 1
-    if status != "completed":
-        return
-    known = figures.last.get(key)
-    if known is None or backup.order > known.order:
-        figures.last[key] = backup
+    source.counts[status] += 1
+    if status == "completed" and (source.last is None or backup.order > source.last.order):
+        source.last = backup
 
 
 def _drill_passed_at(

@@ -39,7 +39,7 @@ NOW = datetime.now(UTC)
 
 def _manifest(
     backup_id: str, source: str, *, role: Role = Role.ADHOC, quality: str = "passed",
-    finished: datetime = NOW,
+    finished: datetime = NOW, source_ids: tuple[str, ...] = (),
 ) -> dict[str, Any]:  # fmt: skip
     unit = StoredUnit(
         name="shard-000",
@@ -63,6 +63,7 @@ def _manifest(
         backstop_version="0",
         driver=DriverInfo(name="schemaless", version="0"),
         sources=[source],
+        source_ids=list(source_ids),
         role=role,
         started_at=finished - timedelta(seconds=30),
         finished_at=finished,
@@ -153,8 +154,14 @@ def test_crafted_manifests_are_counted_unreadable_and_the_exposition_passes_prom
     assert {source for _name, source, _status in values} == {odd, None}
 
 
-def _drill(store: Store, source: str, record: Any, finished: datetime = NOW) -> str:
-    manifest = _manifest(store.backup_id(finished), source, role=Role.DRILL, finished=finished)
+def _drill(
+    store: Store, source: str, record: Any, finished: datetime = NOW,
+    source_ids: tuple[str, ...] = (),
+) -> str:  # fmt: skip
+    manifest = _manifest(
+        store.backup_id(finished), source, role=Role.DRILL, finished=finished,
+        source_ids=source_ids,
+    )  # fmt: skip
     folder = store.put(manifest)
     if record is not None:
         text = record if isinstance(record, str) else json.dumps(record)
@@ -264,3 +271,30 @@ def test_a_fifo_or_a_device_in_place_of_a_store_file_is_unreadable_not_a_hang(tm
     values = {(s.name, s.labels.get("source")): s.value for s in samples}
     assert values[("backstop_store_unreadable_manifests", None)] == 2
     assert values[("backstop_drill_last_success_timestamp_seconds", "sqlite:///drilled.db")] == 0
+
+
+def test_a_source_reached_by_a_new_url_is_one_series_under_its_newest_url(tmp_path: Path):
+    """One database (one identity) backed up under an old URL, then a new one (a host
+    alias, an added parameter), drilled under the old one still: one series, labelled
+    with the newest backup's URL. Per URL, the old URL's newest backup (which prune
+    always keeps) would hold a series at its age: BackstopBackupStale firing for ever."""
+    store = Store(tmp_path / "store")
+    ids = ("postgresql://db1.example:5432/cells#7301234567890",)
+    old, new = "postgresql://db1/cells", "postgresql://db1.example/cells?sslmode=require"
+    store.put(_manifest(store.backup_id(), old, finished=NOW - timedelta(days=3), source_ids=ids))
+    store.put(_manifest(store.backup_id(), new, finished=NOW - timedelta(hours=1), source_ids=ids))
+    drill = _drill(store, old, "", source_ids=ids)
+    record = _passed(drill, NOW - timedelta(minutes=1))
+    (store.root / "schemaless" / drill / "drill.json").write_text(json.dumps(record))
+    # Another database: a series of its own.
+    other = ("postgresql://db2.example:5432/cells#7309999999999",)
+    store.put(_manifest(store.backup_id(), "postgresql://db2/cells", source_ids=other))
+
+    _text, values = store.metrics()
+    series = {(name, source) for name, source, _status in values if source}
+    assert {source for _name, source in series} == {new, "postgresql://db2/cells"}
+    assert values[("backstop_store_backups", new, "completed")] == 2
+    assert values[("backstop_backup_last_success_timestamp_seconds", new, None)] == pytest.approx(
+        (NOW - timedelta(hours=1)).timestamp(), abs=1e-3
+    )
+    assert values[("backstop_drill_last_success_timestamp_seconds", new, None)] > 0
