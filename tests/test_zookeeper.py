@@ -237,18 +237,29 @@ def test_no_auth_is_a_permanent_error_naming_the_node(
 def test_password_from_a_prefect_secret_block_is_used_and_never_shown(
     cli, zk_server, zk_client, zk_root, local_store
 ):
+    from datetime import UTC, datetime
+
     from prefect.blocks.system import Secret
+    from test_secrets import leaks, stored_by_prefect
     from zk_trees import DIGEST_PASSWORD, DIGEST_USER, build_tree
 
     build_tree(zk_client, zk_root, nodes=200)  # holds digest ACLs: needs the credentials
     Secret(value=DIGEST_PASSWORD).save("zk-backup-password", overwrite=True)
     url = f"zk://{DIGEST_USER}:${{secret:zk-backup-password}}@{zk_server.hosts}{zk_root}"
+    since = datetime.now(UTC)
     result = cli("-v", "backup", "zookeeper", "--source", url, "--store", local_store.url, "--json")
     assert result.code == 0, result.stdout + result.stderr
     assert DIGEST_PASSWORD not in result.stdout + result.stderr
     store = local_store.open()
     [manifest_path] = store.fs.glob(f"{store.root}/zookeeper/*/manifest.json")
     assert DIGEST_PASSWORD not in store.fs.cat_file(manifest_path).decode()
+    # Nor in what Prefect keeps (the snapshot task's figure line names its source, the
+    # artifacts and events theirs) or in the metrics' labels.
+    stored = stored_by_prefect(since)
+    assert any("snapshot tree: source=" in text for text in stored)
+    measured = cli("metrics", "--store", local_store.url)
+    assert measured.code == 0 and "backstop_backup_last_records{" in measured.stdout
+    assert not leaks([DIGEST_PASSWORD], [*stored, measured.stdout + measured.stderr])
 
 
 def test_archive_with_unsafe_path_is_refused_before_touching_the_target(
