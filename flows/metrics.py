@@ -10,6 +10,7 @@ host with only the store in reach.
     backstop_backup_last_size_bytes{technology,source}
     backstop_backup_last_records{technology,source}
     backstop_backup_last_duration_seconds{technology,source}
+    backstop_backup_last_quality_failed_timestamp_seconds{technology,source}
     backstop_store_backups{technology,source,status}      completed | quality_failed
     backstop_drill_last_success_timestamp_seconds{technology,source}
     backstop_store_incomplete_backups{technology}
@@ -35,6 +36,7 @@ float holds, a negative count) is counted unreadable, like one that cannot be pa
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import sys
@@ -83,6 +85,7 @@ class LastBackup:
 @dataclass
 class StoreFigures:
     last: dict[SourceKey, LastBackup] = field(default_factory=dict)
+    failed: dict[SourceKey, float] = field(default_factory=dict)
     counts: dict[SourceKey, Counter[str]] = field(default_factory=dict)
     drills: dict[SourceKey, float] = field(default_factory=dict)
     incomplete: Counter[str] = field(default_factory=Counter)
@@ -99,12 +102,15 @@ class _Source:
     last: LastBackup | None = None
     counts: Counter[str] = field(default_factory=Counter)
     drill: float | None = None  # None: no drill backup of it; 0.0: none passed
+    failed: float | None = None  # when its newest backup that failed quality finished
 
     def merge(self, other: _Source) -> None:
         """Another identity under the same label (a server rebuilt at the same URL)."""
         if other.last and (self.last is None or other.last.order > self.last.order):
             self.last = other.last
         self.counts.update(other.counts)
+        if other.failed is not None:
+            self.failed = max(other.failed, self.failed or -math.inf)
         if other.drill is not None:
             self.drill = max(other.drill, self.drill or 0.0)
 
@@ -158,6 +164,8 @@ def _by_label(figures: StoreFigures, sources: dict[IdentityKey, _Source]) -> Non
             figures.counts[key] = source.counts
         if source.drill is not None:
             figures.drills[key] = source.drill
+        if source.failed is not None:
+            figures.failed[key] = source.failed
 
 
 def _backup_figures(manifest: Manifest) -> LastBackup:
@@ -205,7 +213,9 @@ def _fold(
         return
     status = "completed" if manifest.quality.status == "passed" else "quality_failed"
     source.counts[status] += 1
-    if status == "completed" and (source.last is None or backup.order > source.last.order):
+    if status == "quality_failed":
+        source.failed = max(backup.finished_at, source.failed or -math.inf)
+    elif source.last is None or backup.order > source.last.order:
         source.last = backup
 
 
@@ -273,6 +283,14 @@ def metric_families(figures: StoreFigures | None) -> list[GaugeMetricFamily]:
         last["duration"].add_metric([tech, source], backup.duration_s)
     for tech, source in sorted(figures.counts.keys() - figures.last.keys()):
         last["timestamp"].add_metric([tech, source], 0.0)  # so the staleness alert fires
+    failed = GaugeMetricFamily(
+        "backstop_backup_last_quality_failed_timestamp_seconds",
+        "When the newest ordinary backup of a source that failed its data-quality checks "
+        "finished (newer than the last success: the newest backup failed them)",
+        labels=labels,
+    )
+    for (tech, source), finished_at in sorted(figures.failed.items()):
+        failed.add_metric([tech, source], finished_at)
     totals = GaugeMetricFamily(
         "backstop_store_backups",
         "Complete ordinary backups of a source the store holds, by status "
@@ -304,7 +322,7 @@ def metric_families(figures: StoreFigures | None) -> list[GaugeMetricFamily]:
     for tech in sorted(figures.technologies):
         incomplete.add_metric([tech], figures.incomplete[tech])
         unreadable.add_metric([tech], figures.unreadable[tech])
-    return [up, *last.values(), totals, drills, incomplete, unreadable]
+    return [up, *last.values(), failed, totals, drills, incomplete, unreadable]
 
 
 class StoreCollector(Collector):

@@ -298,3 +298,78 @@ def test_a_source_reached_by_a_new_url_is_one_series_under_its_newest_url(tmp_pa
         (NOW - timedelta(hours=1)).timestamp(), abs=1e-3
     )
     assert values[("backstop_drill_last_success_timestamp_seconds", new, None)] > 0
+
+
+RULES = Path(__file__).parent.parent / "deployments" / "prometheus" / "backstop-rules.yml"
+
+
+def test_the_failed_quality_alert_fires_while_the_newest_backup_failed_only(tmp_path: Path):
+    """promtool evaluates the rule file on the store's own exposition: a source whose
+    newest backup failed its checks alerts; one with an old failed backup (kept until
+    prune removes it, weeks maybe) and a newer good one does not."""
+    import yaml
+
+    store = Store(tmp_path / "store")
+    recovered, failing = "sqlite:///recovered.db", "sqlite:///failing.db"
+    store.put(_manifest(store.backup_id(), recovered, quality="failed",
+                        finished=NOW - timedelta(days=2)))  # fmt: skip
+    store.put(_manifest(store.backup_id(), recovered, finished=NOW - timedelta(days=1)))
+    store.put(_manifest(store.backup_id(), failing, finished=NOW - timedelta(days=2)))
+    store.put(_manifest(store.backup_id(), failing, quality="failed",
+                        finished=NOW - timedelta(days=1)))  # fmt: skip
+    [rule] = [
+        r for group in yaml.safe_load(RULES.read_text())["groups"] for r in group["rules"]
+        if r.get("alert") == "BackstopBackupFailedQuality"
+    ]  # fmt: skip
+
+    def annotations(source: str) -> dict[str, str]:  # promtool compares them too
+        return {
+            name: text.replace("{{ $labels.technology }}", "schemaless").replace(
+                "{{ $labels.source }}", source
+            )
+            for name, text in rule["annotations"].items()
+        }
+
+    text = exposition(store.spec).decode()
+    series = [
+        {"series": f"{s.name}{{{','.join(f'{k}={v!r}' for k, v in sorted(s.labels.items()))}}}",
+         "values": " ".join([repr(float(s.value))] * 10)}
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]  # fmt: skip
+    test = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "5m",
+                        "alertname": "BackstopBackupFailedQuality",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "technology": "schemaless",
+                                    "source": failing,
+                                },
+                                "exp_annotations": annotations(failing),
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    try:
+        checked = subprocess.run(
+            ["promtool", "test", "rules", str(tmp_path / "test.yml")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    except FileNotFoundError:
+        server_unavailable("promtool is not installed (run tests/servers/install.sh)")
+        raise
+    assert checked.returncode == 0, checked.stdout + checked.stderr
