@@ -1,16 +1,18 @@
 """A restore's target check, done by the CLI before Prefect starts.
 
-A restore in the default mode (fail-if-exists) into a target that already holds data is
-bad input: the restore flow refuses it and leaves the target untouched, but only after
-Prefect has started, the backup's files have been re-hashed and a server perhaps been
-waited for. Whether the target holds data needs only the manifest and one connection, so
-the CLI asks the driver the very question the flow asks (`Driver.prepare_restore`, which
-only reads) and says "exit 2" in about a second. The flow asks again: a deployment's run
-does not pass through here, and a target can fill up in between.
+A restore that cannot go ahead (a backup id the store does not hold; a target that
+already holds data in the default mode, fail-if-exists; a target table that is not a
+cell table) is bad input: the restore flow refuses it and leaves the target untouched,
+but only after Prefect has started, the backup's files have been re-hashed and a server
+perhaps been waited for. Finding the backup needs only the store, and the target check
+one connection, so the CLI asks the questions the flow asks (`ArtifactStore.resolve`,
+`Driver.prepare_restore`, which only reads: the driver contract says it checks before
+anything is written) and says "exit 2" in about a second. The flow asks again: a
+deployment's run does not pass through here, and a target can fill up in between.
 
 Only a refusal counts here. A store or target this process cannot reach, or a reference
-only Prefect can resolve (`${secret:BLOCK}`), leaves the question to the flow, which
-retries what is transient and reports what is not.
+only Prefect can resolve (`${secret:BLOCK}`, `block:NAME`), leaves the question to the
+flow, which retries what is transient and reports what is not.
 """
 
 from __future__ import annotations
@@ -40,13 +42,11 @@ def check_restore_targets(
     options: dict[str, Any],
     rename: dict[str, str],
 ) -> None:
-    """Refuse (BadInputError) a fail-if-exists restore whose target holds data, or a
-    backup reference the store does not hold; anything else is for the flow to judge.
-    `store` is the CLI's StoreSpec; `options` and `rename` as the restore gets them."""
-    if RestoreMode(args.mode) is not RestoreMode.FAIL_IF_EXISTS or args.source:
-        return  # other modes write into held data by design; --source needs identities
-    if needs_prefect(args):
-        return
+    """Refuse (BadInputError) what the restore flow would refuse of the backup reference
+    and the targets; anything else is for the flow to judge. `store` is the CLI's
+    StoreSpec; `options` and `rename` as the restore gets them."""
+    if args.source or needs_prefect(args):
+        return  # --source compares identities (a Prefect task); references need Prefect
     try:
         opened = store.open()
         manifest = opened.resolve(driver.name, args.backup, validated_only=not args.force)
@@ -59,7 +59,7 @@ def check_restore_targets(
     from backstop.tasks.manifest import chained_units
 
     plan = RestorePlan(
-        mode=RestoreMode.FAIL_IF_EXISTS,
+        mode=RestoreMode(args.mode),
         include=tuple(args.include),
         until=args.until,
         rename=tuple(rename.items()),

@@ -270,21 +270,35 @@ def test_verify_failure_says_it_once_without_prefects_traceback(
     assert verbose.code == 1 and "Traceback" in verbose.stderr
 
 
-def test_restore_of_a_missing_backup_says_it_once_without_prefects_traceback(
+def test_restore_of_a_damaged_backup_says_it_once_without_prefects_traceback(
     prefect_harness, backed_up, tmp_path
 ):
-    target = f"sqlite:///{tmp_path / 'restored.db'}"
-    argv = ["restore", "schemaless", "--store", str(backed_up[0]), "--target", target]
-    argv += ["--backup", "20200101T000000Z-abcd"]
+    store = copy_store(backed_up[0], tmp_path)
+    data = sorted(store.rglob("*.zst"))[0]
+    data.write_bytes(data.read_bytes()[:-7] + b"garbage")
+    argv = ["restore", "schemaless", "--store", str(store)]
+    argv += [a for i in (0, 1) for a in ("--target", f"sqlite:///{tmp_path / f'r{i}.db'}")]
     env = server_env(prefect_harness)
 
     result = run(argv, env)
-    assert result.code == 2
-    assert_said_once(result, "no complete backup schemaless/20200101T000000Z-abcd")
-    assert not (tmp_path / "restored.db").exists()
+    assert result.code == 1, result.stderr
+    assert_said_once(result, "failed verification; nothing was restored")
+    assert not list(tmp_path.glob("r*.db"))
 
     verbose = run(["-v", *argv], env)
-    assert verbose.code == 2 and "Traceback" in verbose.stderr
+    assert verbose.code == 1 and "Traceback" in verbose.stderr
+
+
+def test_restore_of_a_missing_backup_is_refused_before_prefect(no_prefect, backed_up, tmp_path):
+    """The store says the backup is not there: no Prefect needed to say so."""
+    run_cli, home = no_prefect
+    target = f"sqlite:///{tmp_path / 'restored.db'}"
+    result = run_cli("restore", "schemaless", "--store", str(backed_up[0]), "--target", target,
+                     "--backup", "20200101T000000Z-abcd")  # fmt: skip
+    assert result.code == 2, result.stderr
+    assert_said_once(result, "no complete backup schemaless/20200101T000000Z-abcd")
+    assert not (tmp_path / "restored.db").exists()
+    assert not home.exists()
 
 
 def test_backup_of_an_unreachable_server_says_it_once_without_prefects_traceback(
