@@ -122,6 +122,20 @@ def _create_private_database(path: Path) -> None:
         os.close(create_private_file(path, exclusive=True))
 
 
+# Seconds to open a connection to PostgreSQL or MySQL/MariaDB. Without it psycopg waits
+# for ever on a server that accepts the connection and never answers (a hung server, a
+# forwarder whose other side is gone): a restore's pre-flight, before Prefect starts,
+# and every task after it hung with it. A URL's own ?connect_timeout= wins.
+CONNECT_TIMEOUT_ENV = "BACKSTOP_SQL_CONNECT_TIMEOUT"
+
+
+def _connect_args(url: str | URL, **args: object) -> dict[str, object]:
+    if "connect_timeout" not in make_url(url).query:
+        seconds = float(os.environ.get(CONNECT_TIMEOUT_ENV, "30"))
+        args["connect_timeout"] = max(2, round(seconds))  # libpq's least is 2 s
+    return args
+
+
 def _fastest_mysql_driver(url: str) -> str | URL:
     """MySQL/MariaDB through mysqlclient (C) when it is installed, whichever driver the
     URL names: PyMySQL parses and escapes in Python, several times slower per cell.
@@ -150,10 +164,14 @@ def source_engine(url: str) -> Engine:
             isolation_level="REPEATABLE READ",
             execution_options={"postgresql_readonly": True},
             pool_pre_ping=True,
+            connect_args=_connect_args(url),
         )
     if backend in ("mysql", "mariadb"):
         engine = create_engine(
-            _fastest_mysql_driver(url), isolation_level="REPEATABLE READ", pool_pre_ping=True
+            _fastest_mysql_driver(url),
+            isolation_level="REPEATABLE READ",
+            pool_pre_ping=True,
+            connect_args=_connect_args(url),
         )
 
         @event.listens_for(engine, "begin")
@@ -173,12 +191,14 @@ def target_engine(url: str) -> Engine:
             raise BadInputError(f"target folder {str(path.parent)!r} does not exist")
         return _sqlite_engine(path, read_only=False)
     if backend == "postgresql":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
     if backend in ("mysql", "mariadb"):
         # mysql_load streams through LOAD DATA LOCAL INFILE, which the client must allow;
         # the target server is trusted with it as it is with the data restored into it.
         return create_engine(
-            _fastest_mysql_driver(url), pool_pre_ping=True, connect_args={"local_infile": 1}
+            _fastest_mysql_driver(url),
+            pool_pre_ping=True,
+            connect_args=_connect_args(url, local_infile=1),
         )
     raise BadInputError(f"{redact_url(url)!r}: unsupported SQL backend {backend!r}")
 
@@ -334,7 +354,9 @@ def place_identity(url: str) -> str:
         return file_identity("sqlite", _sqlite_path(url))
     if backend not in ("postgresql", "mysql", "mariadb"):
         raise BadInputError(f"{redact_url(url)!r}: unsupported SQL backend {backend!r}")
-    engine = create_engine(_fastest_mysql_driver(url), poolclass=NullPool)
+    engine = create_engine(
+        _fastest_mysql_driver(url), poolclass=NullPool, connect_args=_connect_args(url)
+    )
     try:
         with engine.connect() as conn:
             if backend == "postgresql":
