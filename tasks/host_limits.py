@@ -37,6 +37,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
+from urllib.parse import unquote
 
 from backstop.drivers.contract import Driver
 from backstop.drivers.errors import BadInputError, PermanentError
@@ -101,7 +102,10 @@ def host_limit_names(urls: Sequence[str]) -> list[str]:
             if match is None or not match["host"]:
                 continue
             port = match["port"] or _DEFAULT_PORTS.get(backend)
-            host = match["host"].lower()
+            # Percent-decoded (libpq's %2F... names a socket folder), and what Prefect
+            # refuses in a name (/ % & < >; an IPv6 zone's %) as _: such a name
+            # failed every task.
+            host = re.sub(r"[/%&<>]", "_", unquote(match["host"]).lower())
             names.add(f"{LIMIT_PREFIX}{host}:{port}" if port else f"{LIMIT_PREFIX}{host}")
     return sorted(names)
 

@@ -39,6 +39,23 @@ def test_limit_names_carry_host_and_port_only():
     ]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mongodb://backup@%2Ftmp%2Fmongodb-27017.sock/",  # PyMongo's Unix socket
+        "postgresql+psycopg://backup@[fe80::1%25eth0]:5432/cells",  # IPv6 with a zone
+    ],
+    ids=["unix-socket", "ipv6-zone"],
+)
+def test_every_limit_name_is_one_prefect_accepts(url):
+    # Prefect refuses / % & < > in a limit's name: such a name failed every shard task.
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    names = host_limit_names([url])
+    assert len(names) == 1
+    GlobalConcurrencyLimitCreate(name=names[0], limit=1)
+
+
 class PeakConnections:
     """Samples pg_stat_activity from its own connection (to another database) while
     the block runs: the most connections to `databases` seen at once."""
