@@ -124,7 +124,10 @@ class BackstopStore(Block):
 
 
 def _refuse_secret_in_url(url: str) -> str:
-    """A block's URL holds no secret in plain text: the secret fields are for that."""
+    """A block's URL holds no secret in plain text: the secret fields are for that. Nor
+    is it a block:NAME: blocks do not chain (a store's would load a connection block)."""
+    if url.startswith("block:"):
+        raise ValueError(f"{url!r} names a block: give the block the URL itself")
     found = literal_url_secrets(url)
     if found:
         raise ValueError(

@@ -164,3 +164,18 @@ def test_a_block_name_prefect_could_not_have_given_is_bad_input(cli, tmp_path, a
     result = cli(*argv, "--json")
     assert result.code == 2
     assert "block:NAME" in result.json["error"], result.json
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: BackstopStore(url="block:backups"),
+        lambda: BackstopConnection(url="block:orders-1"),
+    ],
+    ids=["store", "connection"],
+)
+def test_a_block_whose_url_names_a_block_is_refused(make):
+    # A store block naming block:X had X loaded as a connection block (its password in
+    # the store's URL); a connection block naming one was handed to the driver as a URL.
+    with pytest.raises(ValueError, match="names a block"):
+        make()
