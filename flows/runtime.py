@@ -3,6 +3,7 @@ aware of stopping (backstop.flows.signals, backstop.drivers.stop)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -46,9 +47,16 @@ def gather(futures: Sequence[PrefectFuture[Any]]) -> list[Any]:
     """
     try:
         wait(list(futures))
-    except BaseException:
+    except BaseException as exc:
+        signalled = STOP.is_set()  # a signal sets STOP before it raises
         STOP.set()
-        wait(list(futures), timeout=STOP_GRACE_S)
+        _, pending = wait(list(futures), timeout=STOP_GRACE_S)
+        if isinstance(exc, asyncio.CancelledError) and not signalled and not pending:
+            # The flow's timeout (Prefect raises it as a cancellation in the flow):
+            # these units have stopped, but the run's cleanup still has work to do (a
+            # rollback restores the targets' safety backup), which a set STOP would
+            # stop at its first block as if the process had been told to exit.
+            STOP.clear()
         raise
     return [future.result() for future in futures]
 
