@@ -141,7 +141,13 @@ class Service:
 
 
 def _api(api: str, method: str, path: str, **kwargs) -> httpx.Response:
-    response = httpx.request(method, f"{api}{path}", timeout=30, **kwargs)
+    """One REST call, retried as Prefect's own client retries it: a busy server (its
+    SQLite database locked under load) answers 503 and has done nothing."""
+    for attempt in range(6):
+        response = httpx.request(method, f"{api}{path}", timeout=30, **kwargs)
+        if response.status_code not in (429, 502, 503):
+            break
+        time.sleep(2**attempt)
     assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text}"
     return response
 
