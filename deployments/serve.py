@@ -23,8 +23,10 @@ HERE = Path(__file__).resolve().parent
 
 def load_deployments(prefect_file: Path, only: list[str] | None = None) -> list[Any]:
     """RunnerDeployments for the entries of a prefect.yaml (work pools are not used)."""
+    from prefect.cli.deploy._schedules import (
+        _schedule_config_to_deployment_schedule as schedule_from_config,
+    )
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
-    from prefect.client.schemas.schedules import CronSchedule
     from prefect.flows import load_flow_from_entrypoint
 
     config = yaml.safe_load(prefect_file.read_text())
@@ -39,10 +41,9 @@ def load_deployments(prefect_file: Path, only: list[str] | None = None) -> list[
             continue
         flow = load_flow_from_entrypoint(entry["entrypoint"], use_placeholder_flow=False)
         limit = entry.get("concurrency_limit")
-        schedules = [
-            CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC"))
-            for s in entry.get("schedules", [])
-        ]
+        # Read as `prefect deploy` reads them (cron, interval or rrule; active: false
+        # kept off), so one prefect.yaml means the same served or deployed.
+        schedules = [schedule_from_config(s) for s in entry.get("schedules") or []]
         deployments.append(
             flow.to_deployment(
                 name=entry["name"],

@@ -114,3 +114,45 @@ def test_deployments_init_prints_a_cd_line_that_works_pasted(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == [
         ".env.example", "automations.yaml", "prefect.yaml"
     ]  # fmt: skip
+
+
+def test_serve_reads_schedules_as_prefect_deploy_does(tmp_path):
+    """An operator's prefect.yaml, served: a schedule switched off stays off (it used to
+    be served active), and an interval schedule is one (it used to be a KeyError)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deployments"))
+    from serve import load_deployments
+
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(
+        "deployments:\n"
+        "  - name: paused\n"
+        "    entrypoint: backstop.flows.prune.prune\n"
+        "    schedules: [{cron: '5 * * * *', timezone: UTC, active: false}]\n"
+        "  - name: every-hour\n"
+        "    entrypoint: backstop.flows.prune.prune\n"
+        "    schedules: [{interval: 3600}]\n"
+    )
+    paused, hourly = load_deployments(prefect_file)
+    assert [(s.schedule.cron, s.active) for s in paused.schedules] == [("5 * * * *", False)]
+    assert [s.schedule.interval.total_seconds() for s in hourly.schedules] == [3600]
+
+
+@pytest.mark.parametrize("case", ["two-wheels", "no-wheel"])
+def test_the_worker_install_script_refuses_what_is_not_one_wheel(tmp_path, case):
+    """The Dockerfile runs install.sh with dist/backstop-*.whl: an older wheel left in
+    dist/ made the second one the EXTRAS argument."""
+    wheels = [
+        tmp_path / "backstop-0.1.0-py3-none-any.whl",
+        tmp_path / "backstop-0.2.0-py3-none-any.whl",
+    ]
+    if case == "two-wheels":
+        for wheel in wheels:
+            wheel.write_bytes(b"")
+    script = Path(__file__).resolve().parent.parent / "deployments" / "worker" / "install.sh"
+    refused = subprocess.run(
+        ["sh", str(script), str(tmp_path / "venv"), *map(str, wheels[: 2 if case == "two-wheels" else 1])],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("install.sh: "), refused.stderr
+    assert not (tmp_path / "venv").exists()

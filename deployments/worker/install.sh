@@ -17,6 +17,18 @@ prefix=$1
 wheel=$2
 extras=${3:-}
 
+# The Dockerfile passes dist/backstop-*.whl: with an older wheel left in dist/ the glob
+# gives two, and the second would be taken for EXTRAS (a baffling pip error).
+case $extras in
+    *.whl | */*)
+        echo "install.sh: more than one wheel given ($wheel $extras ...): keep one in dist/" >&2
+        exit 2 ;;
+esac
+if [ ! -f "$wheel" ]; then
+    echo "install.sh: no wheel at $wheel (python -m pip wheel --no-deps -w dist .)" >&2
+    exit 2
+fi
+
 if [ ! -x "$prefix/bin/python" ]; then
     "${PYTHON:-python3}" -m venv "$prefix"
 fi
