@@ -1,6 +1,6 @@
 """Serve backstop's deployments from this process, without a work pool.
 
-    python -m backstop.deployments.serve [--prefect-file prefect.yaml] [--only NAME ...]
+    python -m backstop.deployments.serve --prefect-file prefect.yaml [--only NAME ...]
 
 The deployments, schedules, parameters and concurrency limits are the ones in
 prefect.yaml (one place to edit them; `backstop deployments init DIR` writes a copy to
@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-HERE = Path(__file__).resolve().parent
 
 
 def load_deployments(prefect_file: Path, only: list[str] | None = None) -> list[Any]:
@@ -61,7 +59,14 @@ def load_deployments(prefect_file: Path, only: list[str] | None = None) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prefect-file", type=Path, default=HERE / "prefect.yaml")
+    # Required: the shipped template names example hosts (zk1.internal, ...) and would
+    # schedule hourly backups of them; the operator's edited copy is what to serve.
+    parser.add_argument(
+        "--prefect-file",
+        type=Path,
+        required=True,
+        help="the edited prefect.yaml (`backstop deployments init DIR` writes one)",
+    )
     parser.add_argument("--only", action="append", metavar="NAME", help="serve only these")
     args = parser.parse_args()
     from prefect import serve

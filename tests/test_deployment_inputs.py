@@ -156,3 +156,14 @@ def test_the_worker_install_script_refuses_what_is_not_one_wheel(tmp_path, case)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr.startswith("install.sh: "), refused.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_serve_needs_the_operators_prefect_file():
+    """Without --prefect-file, serve used to read the shipped template and schedule
+    hourly backups of its example hosts (zk1.internal, ...)."""
+    serve = Path(__file__).resolve().parent.parent / "deployments" / "serve.py"
+    refused = subprocess.run(
+        [sys.executable, str(serve)], capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "--prefect-file" in refused.stderr

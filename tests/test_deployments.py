@@ -103,7 +103,14 @@ def test_a_served_deployment_runs_when_triggered_through_the_api(prefect_server,
     url, env = prefect_server
     serve_log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115 - closed by stop()
     served = subprocess.Popen(
-        [sys.executable, str(ROOT / "deployments" / "serve.py"), "--only", "schemaless-nightly"],
+        [
+            sys.executable,
+            str(ROOT / "deployments" / "serve.py"),
+            "--only",
+            "schemaless-nightly",
+            "--prefect-file",
+            str(ROOT / "deployments" / "prefect.yaml"),
+        ],
         env=env,
         stdout=serve_log,
         stderr=subprocess.STDOUT,
