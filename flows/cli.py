@@ -872,6 +872,22 @@ def _check_driver_syntax(
         parse_until(until, "shard-000")  # the shape only: any shard reads it the same way
 
 
+def _timed_out(args: argparse.Namespace, exc: Exception) -> int:
+    """A run past its flow's time limit is an operation that failed (exit 1), and the
+    operator needs the setting that made it, not Prefect's exception name."""
+    from backstop.flows.timeouts import DEFAULT_TIMEOUTS_S, timeout_variable
+
+    flow = args.command if args.command in DEFAULT_TIMEOUTS_S else "backup"
+    error = (
+        f"ran past its time limit ({exc}); the limit of a {flow} is "
+        f"{timeout_variable(flow)} seconds (a restore's safety backup: "
+        f"{timeout_variable('backup')}; 0: no limit)"
+    )
+    _emit(args, {"status": "failed", "error": error, "exit_code": 1},
+          f"backstop {args.command}: {error}", error=True)  # fmt: skip
+    return 1
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         _check_input(args)
@@ -897,6 +913,8 @@ def _run(args: argparse.Namespace) -> int:
         exit_if_stuck(code)
         return code
     except Exception as exc:  # a bug or an unclassified failure: exit 1, say what it was
+        if type(exc).__name__ == "FlowRunTimeoutError":  # Prefect's flow timeout_seconds
+            return _timed_out(args, exc)
         if args.verbose:
             print(mask_secrets(traceback.format_exc()), file=sys.stderr, end="")
         message = f"{type(exc).__name__}: {exc}"

@@ -77,5 +77,8 @@ def test_a_timed_out_overwrite_is_rolled_back(harness, run, prefect_harness, tmp
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert marker.exists(), "the fault never fired: the restore did not reach its load"
     assert f"timed out after {TIMEOUT_S}" in failed.stderr, failed.stderr
+    # Said as a time limit naming its setting, not as an unexpected error.
+    assert "BACKSTOP_RESTORE_TIMEOUT_S" in failed.stderr, failed.stderr
+    assert "unexpected error" not in failed.stderr, failed.stderr
     # The unit wrote the whole target before it hung; the rollback put it back.
     assert harness.records(target) == before, failed.stderr[-3000:]
