@@ -14,10 +14,19 @@ from backstop.drivers.contract import RestoreMode
 from backstop.tasks.manifest import Role
 from backstop.tasks.store import StoreSpec
 
+# Shown under every URL field of the forms: Prefect stores a run's parameters as typed,
+# before the flow can refuse a password in them.
+NO_PASSWORDS = (
+    "; never type a password here (Prefect stores it with the run): write block:NAME, "
+    "or ${secret:NAME} / ${env:NAME} where the password goes"
+)
+
 
 class BackupRequest(BaseModel):
     technology: str = Field(description="zookeeper, docstore or schemaless")
-    sources: list[str] = Field(min_length=1, description="one URL per shard/cluster")
+    sources: list[str] = Field(
+        min_length=1, description="one URL per shard/cluster" + NO_PASSWORDS
+    )
     store: StoreSpec
     incremental: bool = False
     options: dict[str, Any] = Field(default_factory=dict, description="driver options")
@@ -40,7 +49,9 @@ def source_filter() -> Any:
 class RestoreRequest(BaseModel):
     technology: str
     store: StoreSpec
-    targets: list[str] = Field(min_length=1)
+    targets: list[str] = Field(
+        min_length=1, description="one URL per shard, in the backup's order" + NO_PASSWORDS
+    )
     backup: str = Field("latest", description="a backup id, or latest")
     sources: list[str] = source_filter()
     mode: RestoreMode = RestoreMode.FAIL_IF_EXISTS
@@ -140,9 +151,12 @@ class PruneOutcome(BaseModel):
 
 class DrillRequest(BaseModel):
     technology: str = Field(description="zookeeper, docstore or schemaless")
-    sources: list[str] = Field(min_length=1, description="what is backed up: one URL per shard")
+    sources: list[str] = Field(
+        min_length=1, description="what is backed up: one URL per shard" + NO_PASSWORDS
+    )
     scratch: list[str] = Field(
-        min_length=1, description="throwaway targets the drill overwrites: one per shard"
+        min_length=1,
+        description="throwaway targets the drill overwrites: one per shard" + NO_PASSWORDS,
     )
     store: StoreSpec
     options: dict[str, Any] = Field(default_factory=dict, description="driver options")
