@@ -728,8 +728,10 @@ def _check_input(args: argparse.Namespace) -> None:
 
     if runs_a_flow(args.command):  # importing the flows reads them, after the slow start
         from backstop.flows.timeouts import check_timeouts
+        from backstop.tasks.host_limits import host_connections
 
         check_timeouts()
+        host_connections()  # read by every shard task: a bad one failed them all
     if args.command == "deployments":
         from backstop.flows.deployments_init import check_init_target
 

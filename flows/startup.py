@@ -301,6 +301,11 @@ def start_server(command: str) -> TemporaryServer | None:
     check_prefect_home()
     _server = TemporaryServer()
     os.environ["PREFECT_API_URL"] = _server.api_url
+    # No host limits (tasks/host_limits.py) on it: it keeps leases in memory and expires
+    # none, so the slots of a command killed outright (kill -9, OOM) stayed held in
+    # PREFECT_HOME's database for ever, and every later command on that host waited for
+    # them. One command's connections are bounded by its task threads anyway.
+    os.environ["BACKSTOP_HOST_CONNECTIONS"] = "0"
     # Registered before Prefect's own exit handlers, so it runs after them: Prefect
     # sends its last logs and events to the server before the server stops.
     atexit.register(_server.stop)

@@ -160,3 +160,71 @@ def test_a_backup_stopped_by_sigterm_gives_its_slots_back(
     assert held == 1, f"no slot was seen held before the backup ended: {out} {err}"
     assert proc.returncode == 128 + signal.SIGTERM, out + err
     assert (after.limit, after.active_slots) == (1, 0)
+
+
+def test_a_command_killed_outright_leaves_no_slot_held_on_the_temporary_server(
+    pg_server, new_databases, tmp_path
+):
+    """The command's own temporary server keeps leases in memory and expires none: a
+    backup killed with SIGKILL while its shard held the host's only slot left it held
+    in PREFECT_HOME's database for ever, and the next backup of that host waited for it
+    without end. Under the temporary server there is no host limit."""
+    import os
+    import sqlite3
+
+    [source] = new_databases("postgresql", 1)
+    fill(source, 20_000)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), HOST_CONNECTIONS_ENV: "1"}
+    argv = [str(Path(sys.executable).parent / "backstop"), "backup", "schemaless",
+            "--source", source, "--store", (tmp_path / "store").as_uri(), "--json"]  # fmt: skip
+
+    admin = create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name")
+
+    def shard_reading() -> bool:
+        # The snapshot task running (the plan's connection is closed by then) and a
+        # connection to the source: the snapshot's, made once it holds its slots.
+        with contextlib.suppress(sqlite3.Error), sqlite3.connect(home / "prefect.db") as db:
+            running = "SELECT count(*) FROM task_run WHERE state_type = 'RUNNING' AND name LIKE ?"
+            if not db.execute(running, ("snapshot-%",)).fetchone()[0]:
+                return False
+            with admin.connect() as conn:
+                return conn.execute(query, {"name": source.rsplit("/", 1)[1]}).scalar_one() > 0
+        return False
+
+    killed = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while killed.poll() is None and not shard_reading() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert killed.poll() is None, "the backup ended before its shard was seen reading"
+    killed.kill()
+    killed.communicate()
+    admin.dispose()
+
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    with sqlite3.connect(home / "prefect.db") as db:
+        held = db.execute("SELECT coalesce(sum(active_slots), 0) FROM concurrency_limit_v2")
+        assert held.fetchone()[0] == 0
+
+
+def test_the_command_refuses_a_bad_host_connections_setting_before_prefect(tmp_path):
+    # It was read first by the shard tasks: each failed, after Prefect had started.
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKSTOP_", "PREFECT_"))}
+    env |= {"PREFECT_API_URL": "http://127.0.0.1:9/api", "PREFECT_HOME": str(tmp_path / "ph"),
+            HOST_CONNECTIONS_ENV: "many"}  # fmt: skip
+    argv = ["backup", "schemaless", "--source", f"sqlite:///{tmp_path / 'data.db'}",
+            "--store", str(tmp_path / "store")]  # fmt: skip
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "backstop"), *argv],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("backstop backup: ") and HOST_CONNECTIONS_ENV in line
+    assert not (tmp_path / "ph").exists(), "Prefect was imported before the refusal"
