@@ -42,7 +42,6 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -56,12 +55,11 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from backstop.drivers.errors import BackstopError, BadInputError
-from backstop.drivers.redact import mask_secrets, redact_url
+from backstop.drivers.redact import redact_url
 from backstop.tasks.leases import fresh_leases
 from backstop.tasks.manifest import Manifest, Role
 from backstop.tasks.store import ArtifactStore, StoreSpec
 
-SCRAPE_CACHE_S = 10.0  # Prometheus scrapes every 15-60 s; two scrapers share one read
 # A drill record passed later than now by more than this is a lie (or a broken clock): it
 # would keep the drill alert quiet for as long as it says.
 CLOCK_SKEW_S = 3600.0
@@ -115,6 +113,42 @@ class _Source:
             self.drill = max(other.drill, self.drill or 0.0)
 
 
+@dataclass(frozen=True)
+class Contribution:
+    """What one complete backup adds to the figures: a few numbers and its source's
+    label, not its manifest (the `--listen` server keeps one per backup it has read)."""
+
+    technology: str
+    identity: tuple[str, ...]  # its sources' identities: the group it belongs to
+    label: str
+    ordinary: bool
+    drill: bool
+    passed: bool  # its quality checks passed
+    backup: LastBackup
+
+    @property
+    def backup_id(self) -> str:
+        return self.backup.order[1]
+
+
+def contribution_of(manifest: Manifest) -> Contribution | None:
+    """None for a safety backup (its sources are a restore's targets); ValueError or
+    OverflowError when its figures cannot be exposed."""
+    backup = _backup_figures(manifest)
+    if manifest.role is not Role.DRILL and not manifest.ordinary:
+        return None
+    return Contribution(
+        technology=manifest.technology,
+        identity=tuple(sys.intern(s) for s in manifest.source_set),
+        # interned: a source's hundreds of backups share one label string
+        label=sys.intern(source_label(manifest)),
+        ordinary=manifest.ordinary,
+        drill=manifest.role is Role.DRILL,
+        passed=manifest.quality.status == "passed",
+        backup=backup,
+    )
+
+
 def source_label(manifest: Manifest) -> str:
     # Manifests hold redacted URLs; redacted again in case an old one did not.
     return ",".join(redact_url(s) for s in manifest.sources)
@@ -142,16 +176,19 @@ def read_store_figures(store: ArtifactStore, now: datetime | None = None) -> Sto
             figures.unreadable[tech] += 1
             continue
         try:
-            backup = _backup_figures(manifest)
+            contribution = contribution_of(manifest)
         except (ValueError, OverflowError):  # parsed, but its figures cannot be exposed
             figures.unreadable[tech] += 1
             continue
-        _fold(store, sources, manifest, backup, last_s)
-    _by_label(figures, sources)
+        if contribution is None:
+            continue
+        claimed = claimed_drill_pass(store, contribution) if contribution.drill else None
+        fold(sources, contribution, claimed, last_s)
+    group_by_label(figures, sources)
     return figures
 
 
-def _by_label(figures: StoreFigures, sources: dict[IdentityKey, _Source]) -> None:
+def group_by_label(figures: StoreFigures, sources: dict[IdentityKey, _Source]) -> None:
     by_label: dict[SourceKey, _Source] = {}
     for (tech, _identity), source in sources.items():
         known = by_label.setdefault((tech, source.label), source)
@@ -194,48 +231,47 @@ def _seconds(moment: datetime) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _fold(
-    store: ArtifactStore, sources: dict[IdentityKey, _Source], manifest: Manifest,
-    backup: LastBackup, now_s: float,
+def fold(
+    sources: dict[IdentityKey, _Source], backup: Contribution, claimed_pass: float | None,
+    now_s: float,
 ) -> None:  # fmt: skip
-    if manifest.role is not Role.DRILL and not manifest.ordinary:
-        return  # a safety backup: its sources are a restore's targets
-    order = (manifest.ordinary, *backup.order)
+    """Add a backup to its source's figures; `claimed_pass`: a drill backup's record's
+    pass time (see claimed_drill_pass), believed here against the backup and now."""
+    order = (backup.ordinary, *backup.backup.order)
     source = sources.setdefault(
-        (manifest.technology, manifest.source_set), _Source(source_label(manifest), order)
+        (backup.technology, backup.identity), _Source(backup.label, order)
     )
     if order > source.label_order:
-        source.label, source.label_order = source_label(manifest), order
-    if manifest.role is Role.DRILL:
-        passed_at = _drill_passed_at(store, manifest, backup, now_s)
+        source.label, source.label_order = backup.label, order
+    if backup.drill:
+        passed_at = claimed_pass if _believable(claimed_pass, backup.backup, now_s) else None
         # 0: drilled, and no passed drill to show (failed, pruned, or a record that lies).
         source.drill = max(passed_at or 0.0, source.drill or 0.0)
         return
-    status = "completed" if manifest.quality.status == "passed" else "quality_failed"
+    status = "completed" if backup.passed else "quality_failed"
     source.counts[status] += 1
     if status == "quality_failed":
-        source.failed = max(backup.finished_at, source.failed or -math.inf)
-    elif source.last is None or backup.order > source.last.order:
-        source.last = backup
+        source.failed = max(backup.backup.finished_at, source.failed or -math.inf)
+    elif source.last is None or backup.backup.order > source.last.order:
+        source.last = backup.backup
 
 
-def _drill_passed_at(
-    store: ArtifactStore, manifest: Manifest, backup: LastBackup, now_s: float
-) -> float | None:
-    """When the drill of this backup passed, by its record; None without a believable
-    one: a record of another backup or of no pass, or a pass before the backup finished
-    or after now (beyond clock skew)."""
-    record = store.read_drill_record(manifest.technology, manifest.backup_id)
-    if not record or record.get("backup_id") != manifest.backup_id:
+def claimed_drill_pass(store: ArtifactStore, backup: Contribution) -> float | None:
+    """When a drill backup's record says its drill passed; None without such a record
+    (none, one of another backup, of no pass, or no readable time)."""
+    record = store.read_drill_record(backup.technology, backup.backup_id)
+    if not record or record.get("backup_id") != backup.backup_id:
         return None
     if record.get("status") != "passed":
         return None
-    passed_at = _timestamp(record.get("passed_at"))
+    return _timestamp(record.get("passed_at"))
+
+
+def _believable(passed_at: float | None, backup: LastBackup, now_s: float) -> bool:
+    """A pass before the backup finished or after now (beyond clock skew) is not."""
     if passed_at is None:
-        return None
-    if not backup.finished_at - CLOCK_SKEW_S <= passed_at <= now_s + CLOCK_SKEW_S:
-        return None
-    return passed_at
+        return False
+    return backup.finished_at - CLOCK_SKEW_S <= passed_at <= now_s + CLOCK_SKEW_S
 
 
 def _timestamp(value: object) -> float | None:
@@ -323,37 +359,6 @@ def metric_families(figures: StoreFigures | None) -> list[GaugeMetricFamily]:
         incomplete.add_metric([tech], figures.incomplete[tech])
         unreadable.add_metric([tech], figures.unreadable[tech])
     return [up, *last.values(), failed, totals, drills, incomplete, unreadable]
-
-
-class StoreCollector(Collector):
-    """Re-reads the store on a scrape, at most once every `cache_s` seconds."""
-
-    def __init__(self, spec: StoreSpec, cache_s: float = SCRAPE_CACHE_S) -> None:
-        self.spec, self.cache_s = spec, cache_s
-        self._lock = threading.Lock()  # one read at a time; the others wait for it
-        self._read_at = -float("inf")
-        self._families: list[GaugeMetricFamily] = []
-
-    def describe(self) -> list:
-        return []  # registering must not read the store
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self._lock:
-            if time.monotonic() - self._read_at >= self.cache_s:
-                self._families = metric_families(self._read())
-                self._read_at = time.monotonic()
-            families = self._families
-        yield from families
-
-    def _read(self) -> StoreFigures | None:
-        try:
-            return read_store_figures(self.spec.open())
-        except Exception as exc:  # said on stderr, exposed as up 0 (never a failed scrape,
-            # which would leave no backstop series for any alert to fire on)
-            shown = exc if isinstance(exc, BackstopError | OSError) else repr(exc)
-            print(f"backstop metrics: cannot read the store: {mask_secrets(str(shown))}",
-                  file=sys.stderr)  # fmt: skip
-            return None
 
 
 def exposition(spec: StoreSpec) -> bytes:
@@ -452,6 +457,8 @@ def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> WSGISe
 def serve(spec: StoreSpec, listen: str) -> None:
     """Serve /metrics until interrupted (SIGTERM/SIGINT: a clean stop)."""
     host, port = parse_listen(listen)
+    from backstop.flows.metrics_refresh import StoreCollector
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(spec))
     try:
