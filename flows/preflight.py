@@ -56,6 +56,11 @@ def check_restore_targets(
     except Exception as exc:  # unreachable store, damaged chain: the flow reports it
         log.debug("restore pre-flight skipped: %s", exc)
         return
+    if args.include:
+        # The flow first asks whether the patterns select any of the backup (reading
+        # the backup's parts from the store: not for a pre-flight), and its answer
+        # ("matches nothing") must not be hidden behind a target check of the whole.
+        return
     from backstop.tasks.manifest import chained_units
 
     plan = RestorePlan(
