@@ -27,9 +27,14 @@ def log_figures(step: str, **figures: Any) -> None:
     """One INFO line of a task's figures through the run logger (so the run's logs on
     the server hold them), as `step: name=value ...`; values are JSON, masked."""
     from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
 
     shown = " ".join(
         f"{name}={mask_secrets(json.dumps(value, default=str, sort_keys=True))}"
         for name, value in figures.items()
     )
-    get_run_logger().info("%s: %s", step, shown)
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:  # a task's function called outside a run (.fn)
+        logger = logging.getLogger("backstop")
+    logger.info("%s: %s", step, shown)
