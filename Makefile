@@ -3,6 +3,9 @@
 #   make test   the whole test suite, starting the servers it needs
 VENV ?= .venv
 PYTHON ?= python3
+# Test worker processes (pytest-xdist); each starts its own servers and Prefect harness.
+# A module's tests stay on one worker (--dist loadscope), so its session servers start once.
+TEST_WORKERS ?= 4
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: demo test install lint bench clean
@@ -24,7 +27,7 @@ test: install
 	bash tests/servers/install.sh
 	@# mysqlclient (MariaDB's fast path) compiles against libmariadb-dev, installed just above
 	$(VENV)/bin/python -c 'import MySQLdb' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[mysql]'
-	$(VENV)/bin/pytest --durations=25
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadscope --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check .

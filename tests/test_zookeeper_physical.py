@@ -29,6 +29,7 @@ def backup(request: BackupRequest):
 def restore(request: RestoreRequest):
     return restore_flow.restore(request=hide_secrets(request))
 
+
 pytestmark = pytest.mark.integration
 
 

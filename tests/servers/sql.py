@@ -14,6 +14,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,10 +110,26 @@ class PostgresServer:
         )
         try:
             wait_for_port(self.process, self.port, timeout, log)
+            self._wait_for_login(timeout)
         except RuntimeError:
             self.stop()
             raise
         return self
+
+    def _wait_for_login(self, timeout: float) -> None:
+        """An open port is not a ready server: until recovery ends, PostgreSQL answers
+        every login with "the database system is starting up" (seen under CI load)."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.url().replace("+psycopg", ""), connect_timeout=5).close()
+                return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"PostgreSQL did not accept a login: {exc}") from exc
+                time.sleep(0.2)
 
     def create_database(self) -> str:
         """A fresh database; its name."""
