@@ -79,6 +79,9 @@ class StoredFile(BaseModel):
     raw_bytes: int  # uncompressed size
     raw_sha256: str  # of the uncompressed content
     meta: dict[str, Any] = Field(default_factory=dict)
+    # "age": the compressed bytes were encrypted (tasks/crypto.py); bytes and sha256 are
+    # then the encrypted file's, checkable without the key.
+    encryption: str | None = None
 
 
 class StoredUnit(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from backstop.drivers.registry import get_driver
 from backstop.flows.params import BackupOutcome, BackupRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
 from backstop.flows.timeouts import flow_timeout
+from backstop.tasks import crypto
 from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.backup import (
     READ_BACK,
@@ -34,6 +36,7 @@ from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import (
     ConsistencyInfo,
     DriverInfo,
+    EncryptionInfo,
     Manifest,
     Role,
     totals_of,
@@ -103,6 +106,9 @@ def _backup(request: BackupRequest) -> BackupOutcome:
     except BaseException:
         discard_partial(spec, technology, backup_id)
         raise
+    read_back_keys = contextlib.ExitStack()  # an encrypted backup's read-back key (tasks/crypto.py)
+    if store.keys.recipients:
+        read_back_keys.enter_context(crypto.read_back_key(backup_id))
     try:
         snapshots, handle = _snapshot(request, options, backup_id)
         stored = [s.unit for s in snapshots]
@@ -148,6 +154,11 @@ def _backup(request: BackupRequest) -> BackupOutcome:
             units=stored,
             totals=totals_of(stored),
             quality=quality,
+            encryption=(
+                EncryptionInfo(recipients=store.keys.fingerprints)
+                if store.keys.recipients
+                else None
+            ),
         )
         commit_manifest(spec, manifest)
     except BaseException:
@@ -157,6 +168,7 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         raise
     finally:
         lease.release()
+        read_back_keys.close()
     publish_quality("backup", technology, f"backup {technology}/{backup_id}", quality,
                     sources, role)  # fmt: skip
     if quality.status != "passed":

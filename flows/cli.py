@@ -98,6 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
             help="fsspec filesystem option, e.g. endpoint_url=http://127.0.0.1:9000",
         )
 
+    def key_args(sub: argparse.ArgumentParser, *, write: bool, read: bool) -> None:
+        """Encryption (docs/security.md): public keys to write with, an identity to read."""
+        if write:
+            sub.add_argument(
+                "--recipient",
+                action="append",
+                default=[],
+                metavar="AGE1...",
+                help="encrypt the backup's files to this age public key (repeatable; add an "
+                "offline recovery key as a second recipient)",
+            )
+            sub.add_argument(
+                "--recipients-file",
+                metavar="FILE",
+                help="encrypt to every age public key in FILE (one per line, # comments)",
+            )
+        if read:
+            sub.add_argument(
+                "--identity",
+                metavar="FILE",
+                help="age identity file (age-keygen) that decrypts an encrypted backup, or a "
+                "${secret:BLOCK} reference to one",
+            )
+
     def source_args(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--source",
@@ -121,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
     source_args(sub)
     store_args(sub)
+    key_args(sub, write=True, read=False)
     sub.add_argument("--incremental", action="store_true")
     sub.add_argument(
         "--include",
@@ -143,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("restore", "restore a backup into targets, then verify them")
     sub.add_argument("technology", metavar="TECH", nargs="?", help=TECH_BY_ID_HELP)
     store_args(sub)
+    key_args(sub, write=True, read=True)
     sub.add_argument(
         "--target",
         action="append",
@@ -190,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("verify", "recompute every checksum of backups in a store")
     store_args(sub)
+    key_args(sub, write=False, read=True)
     sub.add_argument("--technology", metavar="TECH")
     sub.add_argument("--backup", metavar="ID", help="backup id or latest (default: all)")
     source_filter_args(sub)
@@ -209,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="throwaway target, overwritten; one per shard",
     )
     store_args(sub)
+    key_args(sub, write=True, read=True)
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
 
     sub = command("status", "the newest backup of each source: its age, size and state")
@@ -239,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("export", "write a backup's files, decompressed and checked, into a folder")
     sub.add_argument("technology", metavar="TECH", nargs="?", help=TECH_BY_ID_HELP)
     store_args(sub)
+    key_args(sub, write=False, read=True)
     sub.add_argument("--backup", default="latest", metavar="ID", help="backup id or latest")
     source_filter_args(sub)
     sub.add_argument("--dir", required=True, help="an empty or new local folder")
@@ -252,9 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the text exposition to FILE atomically (node_exporter's textfile "
         "collector, e.g. /var/lib/prometheus/node-exporter/backstop.prom)",
     )
-    where.add_argument(
-        "--listen", metavar="HOST:PORT", help="serve /metrics there until stopped"
-    )
+    where.add_argument("--listen", metavar="HOST:PORT", help="serve /metrics there until stopped")
 
     sub = command("demo", "back up, restore and compare a generated Schemaless datastore")
     sub.add_argument("--cells", type=int, default=100_000, help="cells in total (default 100000)")
@@ -322,7 +349,29 @@ def _store(args: argparse.Namespace):
 
     # The store URL and options travel as flow parameters too: same treatment.
     options = _key_values(args.store_option, "--store-option")
-    return StoreSpec(url=stash_url_secrets(args.store), options=stash_option_secrets(options))
+    return StoreSpec(
+        url=stash_url_secrets(args.store),
+        options=stash_option_secrets(options),
+        **_keys(args),
+    )
+
+
+def _keys(args: argparse.Namespace) -> dict[str, Any]:
+    """The store's encryption settings from the command line, checked here (exit 2):
+    public keys travel as parameters; an identity only as where to find it."""
+    from backstop.tasks import crypto
+
+    recipients = list(getattr(args, "recipient", None) or [])
+    if getattr(args, "recipients_file", None):
+        recipients += crypto.recipients_in_file(args.recipients_file)
+    crypto.parse_recipients(recipients)
+    identity = getattr(args, "identity", None)
+    if identity:
+        crypto.refuse_literal_identity(identity)
+        if "${" not in identity:
+            identity = os.path.abspath(os.path.expanduser(identity))
+            crypto.load_identities(identity)  # readable, and an identity: before any flow
+    return {"recipients": recipients, "identity": identity}
 
 
 def _progress(args: argparse.Namespace):
@@ -422,6 +471,11 @@ def cmd_verify(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         f"ok: {len(outcome.backups)} backup(s), {outcome.files} files, "
         f"{_human_size(outcome.bytes)} checked in {outcome.duration_s:.1f} s"
     )
+    if outcome.stored_bytes_only:
+        text += (
+            f"\n{outcome.stored_bytes_only} encrypted file(s): stored bytes checked only; "
+            "give --identity to check their content too"
+        )
     return outcome.model_dump(mode="json"), text
 
 
@@ -722,6 +776,7 @@ def _check_input(args: argparse.Namespace) -> None:
     if getattr(args, "store", None) is not None:
         check_store_url(args.store)
         _key_values(args.store_option, "--store-option")
+        _keys(args)  # recipients and the identity file, before Prefect
     _check_numbers(args)
     _check_backup_ref(args)
     from backstop.flows.startup import runs_a_flow

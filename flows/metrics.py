@@ -238,9 +238,7 @@ def fold(
     """Add a backup to its source's figures; `claimed_pass`: a drill backup's record's
     pass time (see claimed_drill_pass), believed here against the backup and now."""
     order = (backup.ordinary, *backup.backup.order)
-    source = sources.setdefault(
-        (backup.technology, backup.identity), _Source(backup.label, order)
-    )
+    source = sources.setdefault((backup.technology, backup.identity), _Source(backup.label, order))
     if order > source.label_order:
         source.label, source.label_order = backup.label, order
     if backup.drill:

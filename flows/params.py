@@ -24,9 +24,7 @@ NO_PASSWORDS = (
 
 class BackupRequest(BaseModel):
     technology: str = Field(description="zookeeper, docstore or schemaless")
-    sources: list[str] = Field(
-        min_length=1, description="one URL per shard/cluster" + NO_PASSWORDS
-    )
+    sources: list[str] = Field(min_length=1, description="one URL per shard/cluster" + NO_PASSWORDS)
     store: StoreSpec
     incremental: bool = False
     options: dict[str, Any] = Field(default_factory=dict, description="driver options")
@@ -128,6 +126,9 @@ class VerifyOutcome(BaseModel):
     files: int
     bytes: int
     duration_s: float
+    # Encrypted files checked without an identity: their stored bytes (size, SHA-256)
+    # only, not that they decrypt and decompress to what the manifest records.
+    stored_bytes_only: int = 0
 
 
 class PruneRequest(BaseModel):

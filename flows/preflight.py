@@ -47,10 +47,13 @@ def check_restore_targets(
     StoreSpec; `options` and `rename` as the restore gets them."""
     if args.source or needs_prefect(args):
         return  # --source compares identities (a Prefect task); references need Prefect
+    from backstop.tasks.packaging import check_decryptable
+
     try:
         opened = store.open()
         manifest = opened.resolve(driver.name, args.backup, validated_only=not args.force)
         chain = opened.chain(manifest)
+        check_decryptable(opened, driver.name, chain)
     except BadInputError:
         raise  # no such backup, or no one latest: the flow would say the same
     except Exception as exc:  # unreachable store, damaged chain: the flow reports it
@@ -77,4 +80,3 @@ def check_restore_targets(
         raise
     except Exception as exc:  # an unreachable target is retried by the flow
         log.debug("restore pre-flight skipped: %s", exc)
-

@@ -31,6 +31,7 @@ from backstop.tasks.identity import identify, probe_apart
 from backstop.tasks.leases import Lease
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import Manifest, Role, chained_units
+from backstop.tasks.packaging import check_decryptable
 from backstop.tasks.quality import quality_of
 from backstop.tasks.restore import (
     absent_parts,
@@ -106,6 +107,7 @@ def _restore(request: RestoreRequest, report: Report, leases: ExitStack) -> Rest
     report.role = manifest.role
     report.payload = {"backup_id": backup_id}
     chain = store.chain(manifest)  # an incremental restores with its parents
+    check_decryptable(store, technology, chain)
     for link in chain:  # read leases: prune leaves what this restore reads alone
         lease = Lease(store, technology, link.backup_id, "restore")
         leases.callback(lease.acquire(required=False).release)
@@ -347,13 +349,26 @@ def _safety_backup(
         request=BackupRequest(
             technology=request.technology,
             sources=request.targets,
-            store=request.store,
+            store=_safety_store(request.store, units),
             options=options,
             role=Role.SAFETY,  # never what `latest` means: see ArtifactStore.resolve
         )
     )
     get_run_logger().info("safety backup of the targets before overwriting: %s", taken.backup_id)
     return taken.backup_id
+
+
+def _safety_store(store: StoreSpec, units: list[StoredUnit]) -> StoreSpec:
+    """Restoring an encrypted backup, the safety backup is encrypted too: to the
+    recipients given, or else to the restoring identity's own public key (a store
+    holding encrypted backups gets no plain copy of a target)."""
+    encrypted = any(f.encryption for unit in units for f in unit.files)
+    if not encrypted or store.recipients:
+        return store
+    from backstop.tasks import crypto
+
+    identities = crypto.load_identities(store.identity) if store.identity else []
+    return store.model_copy(update={"recipients": [str(i.to_public()) for i in identities]})
 
 
 @task(name="guard-targets", cache_policy=NO_CACHE)

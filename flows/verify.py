@@ -56,7 +56,15 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
         files=sum(m.totals.files for m in manifests),
         bytes=sum(m.totals.bytes for m in manifests),
         duration_s=clock.seconds,
+        stored_bytes_only=0
+        if spec.identity
+        else sum(1 for m in manifests for f in m.files if f.encryption),
     )
+    if outcome.stored_bytes_only:
+        logger.warning(
+            "%d encrypted file(s) checked without an identity: their stored bytes only",
+            outcome.stored_bytes_only,
+        )
     publish_table(
         "verify",
         request.technology or "all",

@@ -16,6 +16,7 @@ from backstop.drivers.contract import Driver, QualityChunk, StoredUnit, Unit
 from backstop.drivers.errors import IntegrityError, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
+from backstop.tasks import crypto
 from backstop.tasks.host_limits import connection_slots
 from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
@@ -24,7 +25,7 @@ from backstop.tasks.progress import reporter
 from backstop.tasks.quality import SuiteRun, checked_parts, run_suite
 from backstop.tasks.retry import RETRYING, classified
 from backstop.tasks.secrets import resolve_options, resolve_url, shown_url
-from backstop.tasks.store import StoreSpec
+from backstop.tasks.store import ArtifactStore, StoreSpec
 
 READ_BACK = "read-back"  # a check of the stored bytes, as opposed to the data's quality
 
@@ -108,6 +109,23 @@ class PackagingSuite:
         self._run.close()
 
 
+def _with_read_back_key(
+    store: ArtifactStore, backup_id: str, *, writing: bool = False
+) -> ArtifactStore:
+    """An encrypted backup's files are also encrypted to its read-back key, which the
+    read-back then decrypts with (tasks/crypto.py)."""
+    key = crypto.read_back_identity(backup_id)
+    if key is None or not store.keys.recipients:
+        return store
+    if writing:
+        store.keys = dataclasses.replace(
+            store.keys, recipients=[*store.keys.recipients, key.to_public()]
+        )
+    else:
+        store.keys = dataclasses.replace(store.keys, identities=[key])
+    return store
+
+
 @task(name="snapshot-unit", task_run_name="snapshot-{unit.name}", **RETRYING)
 def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit) -> Snapshot:
     """Snapshot one unit and package it into the store as it streams; where the driver
@@ -119,7 +137,7 @@ def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit)
     label = f"backup {unit.name}"
     suite = PackagingSuite(technology, unit.name) if driver.quality_suite else None
     sink = StoreSink(
-        store.open(),
+        _with_read_back_key(store.open(), backup_id, writing=True),
         technology,
         backup_id,
         progress=progress.start(label),
@@ -174,7 +192,7 @@ def validate_unit(
     the read is the suite's pass over the records (tasks/quality.py); other files are
     read back alone."""
     driver = get_driver(technology)
-    source = StoreSource(store.open(), technology, backup_id)
+    source = StoreSource(_with_read_back_key(store.open(), backup_id), technology, backup_id)
     reading = ReadBackSource(source)
     checks: list[dict[str, Any]] = []
     parts = None if checked else checked_parts(driver, unit)

@@ -56,6 +56,13 @@ class Totals(BaseModel):
     raw_bytes: int
 
 
+class EncryptionInfo(BaseModel):
+    """An encrypted backup: its data files are age files (tasks/crypto.py)."""
+
+    format: str = "age"
+    recipients: list[str]  # fingerprints of the recipients' public keys, never a key
+
+
 class QualityResult(BaseModel):
     status: str  # "passed" | "failed"
     checks: list[dict[str, Any]] = Field(default_factory=list)
@@ -81,6 +88,7 @@ class Manifest(BaseModel):
     units: list[StoredUnit]
     totals: Totals
     quality: QualityResult
+    encryption: EncryptionInfo | None = None
 
     @property
     def files(self) -> list[StoredFile]:

@@ -19,8 +19,9 @@ from typing import IO, Any, Generic, TypeVar
 import zstandard
 
 from backstop.drivers.contract import QualityChunk, StoredFile
-from backstop.drivers.errors import IntegrityError
+from backstop.drivers.errors import BadInputError, IntegrityError
 from backstop.drivers.stop import check_stop
+from backstop.tasks import crypto
 from backstop.tasks.store import ArtifactStore
 
 COMPRESSION = "zstd"
@@ -111,14 +112,25 @@ class PackagedWriter:
     compresses them on a stage thread, the store writer hashing and writing the
     compressed bytes on another."""
 
-    def __init__(self, fh: IO[bytes], level: int, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        fh: IO[bytes],
+        level: int,
+        progress: Progress | None,
+        recipients: list[Any] | None = None,
+    ) -> None:
         self._out = _StoreWriter(fh)
+        # Encrypted: zstd's output goes through age on its way to the store writer, which
+        # then hashes and counts the encrypted bytes (the file as stored).
+        self._encryptor = crypto.Encryptor(self._out, recipients) if recipients else None
         # The frame's content checksum lets the read-back prove decoding without a
         # second SHA-256 of the raw bytes (and lets `zstd -t` check a file on its own).
         compressor = zstandard.ZstdCompressor(
             level=level, threads=ZSTD_THREADS, write_checksum=True
         )
-        self._zstd = compressor.stream_writer(self._out, closefd=False, write_return_read=True)
+        self._zstd = compressor.stream_writer(
+            self._encryptor or self._out, closefd=False, write_return_read=True
+        )
         self._raw_sha = hashlib.sha256()
         self._compress = Stage("compress", self._hash_and_compress)
         self._pending = bytearray()
@@ -154,15 +166,22 @@ class PackagedWriter:
             self._compress.close()
             self._zstd.flush(zstandard.FLUSH_FRAME)
             self._zstd.close()
+            if self._encryptor is not None:
+                self._encryptor.close()
         finally:
+            if self._encryptor is not None:
+                self._encryptor.abort()  # a no-op once closed; ends its thread otherwise
             self._out.stage.close()
         return self._out.sha.hexdigest(), self._out.bytes, self._raw_sha.hexdigest()
 
     def abort(self) -> None:
         """The driver failed: stop both stages; the partial file is discarded."""
-        for stage in (self._compress, self._out.stage):
-            with contextlib.suppress(BaseException):
-                stage.close()
+        with contextlib.suppress(BaseException):
+            self._compress.close()
+        if self._encryptor is not None:
+            self._encryptor.abort()
+        with contextlib.suppress(BaseException):
+            self._out.stage.close()
 
 
 class StoreSink:
@@ -199,8 +218,9 @@ class StoreSink:
     ) -> Iterator[PackagedWriter]:
         stored_name = name + SUFFIX
         path = self._store.file_path(self._technology, self._backup_id, stored_name)
+        recipients = self._store.keys.recipients
         with self._store.open_write(path) as fh:
-            writer = PackagedWriter(fh, self._level, self._progress)
+            writer = PackagedWriter(fh, self._level, self._progress, recipients)
             try:
                 yield writer
             except BaseException:
@@ -218,6 +238,7 @@ class StoreSink:
                 raw_bytes=writer.raw_bytes,
                 raw_sha256=raw_sha256,
                 meta=dict(meta or {}),
+                encryption=crypto.AGE if recipients else None,
             )
         )
 
@@ -258,11 +279,13 @@ class CheckedStream:
         progress: Progress | None,
         *,
         rehash_raw: bool = True,
+        identities: list[Any] | None = None,
     ):
         self._rehash_raw = rehash_raw
         self._source = _CountingReader(fh)
+        self._decryptor = _decryptor(self._source, file, label, identities)
         self._zstd = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(
-            self._source, read_across_frames=True, closefd=False
+            self._decryptor or self._source, read_across_frames=True, closefd=False
         )
         self._file = file
         self._label = label
@@ -275,6 +298,11 @@ class CheckedStream:
 
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        """Stop a decryption thread that a reader left before the end."""
+        if self._decryptor is not None:
+            self._decryptor.close()
 
     @property
     def remaining(self) -> int:
@@ -309,8 +337,11 @@ class CheckedStream:
 
     def _check(self) -> None:
         self._done = True
-        while self._source.read(_READ_SIZE):  # bytes after the last frame count too
+        rest = self._decryptor or self._source
+        while rest.read(_READ_SIZE):  # bytes after the last frame count too
             pass
+        if self._decryptor is not None:
+            self._decryptor.close()
         file, source = self._file, self._source
         if source.bytes != file.bytes:
             raise IntegrityError(
@@ -323,6 +354,21 @@ class CheckedStream:
         ):
             raise IntegrityError(f"{self._label}: decompressed content differs from the manifest")
         self.verified = True
+
+
+def _decryptor(
+    source: IO[bytes], file: StoredFile, label: str, identities: list[Any] | None
+) -> crypto.Decryptor | None:
+    if file.encryption is None:
+        return None
+    if file.encryption != crypto.AGE:
+        raise IntegrityError(f"{label}: unknown encryption {file.encryption!r}")
+    if not identities:
+        raise BadInputError(
+            f"{label} is encrypted: its content needs an identity (--identity FILE, or a "
+            "${secret:BLOCK} reference)"
+        )
+    return crypto.Decryptor(source, identities, label)
 
 
 class StoreSource:
@@ -340,15 +386,47 @@ class StoreSource:
         self._backup_id = backup_id
         self._progress = progress
 
-    @contextmanager
-    def open(self, file: StoredFile, *, rehash_raw: bool = True) -> Iterator[CheckedStream]:
+    @property
+    def can_decrypt(self) -> bool:
+        return bool(self._store.keys.identities)
+
+    def _path(self, file: StoredFile) -> str:
         # A file of an incremental chain names the backup it lives in.
         backup_id = file.meta.get("backup_id", self._backup_id)
-        path = self._store.file_path(self._technology, backup_id, file.name)
+        return self._store.file_path(self._technology, backup_id, file.name)
+
+    def check_stored(self, file: StoredFile) -> None:
+        """The stored bytes alone: their size and SHA-256 against the manifest (what
+        can be proved of an encrypted file without its key)."""
+        path = self._path(file)
+        label = self._store.relative(path)
         with self._store.open_read(path) as fh:
-            yield CheckedStream(
-                fh, file, self._store.relative(path), self._progress, rehash_raw=rehash_raw
+            counted = _CountingReader(fh)
+            while counted.read(_READ_SIZE):
+                pass
+        if counted.bytes != file.bytes:
+            raise IntegrityError(
+                f"{label}: size is {counted.bytes} bytes, the manifest says {file.bytes}"
             )
+        if counted.sha.hexdigest() != file.sha256:
+            raise IntegrityError(f"{label}: SHA-256 differs from the manifest (file altered)")
+
+    @contextmanager
+    def open(self, file: StoredFile, *, rehash_raw: bool = True) -> Iterator[CheckedStream]:
+        path = self._path(file)
+        with self._store.open_read(path) as fh:
+            stream = CheckedStream(
+                fh,
+                file,
+                self._store.relative(path),
+                self._progress,
+                rehash_raw=rehash_raw,
+                identities=self._store.keys.identities,
+            )
+            try:
+                yield stream
+            finally:
+                stream.close()
 
 
 class ReadBackSource:
@@ -368,14 +446,39 @@ class ReadBackSource:
                 self.checked.add(file.name)
 
 
-def check_file(source: StoreSource, file: StoredFile, *, rehash_raw: bool = True) -> None:
-    """Read a stored file to its end, raising IntegrityError on any mismatch.
+def check_file(source: StoreSource, file: StoredFile, *, rehash_raw: bool = True) -> bool:
+    """Read a stored file to its end, raising IntegrityError on any mismatch. False when
+    only its stored bytes could be checked (size, SHA-256): an encrypted file read
+    without an identity.
 
     `rehash_raw=False` is the read-back right after a backup: the stored bytes' SHA-256
     proves they are what was written, and zstd's frame checksum (verified while
     decoding) proves they decode to what the compressor was given, whose SHA-256 was
     taken on the way in; a second SHA-256 of the raw bytes would prove nothing more.
     """
+    if file.encryption is not None and not source.can_decrypt:
+        source.check_stored(file)
+        return False
     with source.open(file, rehash_raw=rehash_raw) as stream:
         while stream.read(_READ_SIZE):
             pass
+    return True
+
+
+def check_decryptable(store: ArtifactStore, technology: str, chain: list[Any]) -> None:
+    """Before anything is written: an encrypted backup (any link of its chain) needs an
+    identity, and the one given must open it (one file's header is read). BadInputError
+    otherwise, naming the recipients' fingerprints the manifest records."""
+    encrypted = [(link, f) for link in chain for f in link.files if f.encryption]
+    if not encrypted:
+        return
+    link, file = encrypted[0]
+    recipients = ", ".join(link.encryption.recipients) if link.encryption else "unknown"
+    if not store.keys.identities:
+        raise BadInputError(
+            f"backup {technology}/{link.backup_id} is encrypted (recipients {recipients}): "
+            "reading it needs an identity (--identity FILE, or a ${secret:BLOCK} reference)"
+        )
+    source = StoreSource(store, technology, link.backup_id)
+    with store.open_read(source._path(file)) as fh:
+        crypto.check_identities_open(fh, store.keys.identities, store.relative(source._path(file)))

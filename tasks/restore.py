@@ -35,7 +35,11 @@ def prepare_targets(
 
 @task(name="restore-parts", **RETRYING)
 def restore_parts(
-    technology: str, store: StoreSpec, backup_id: str, units: Sequence[StoredUnit], plan: RestorePlan
+    technology: str,
+    store: StoreSpec,
+    backup_id: str,
+    units: Sequence[StoredUnit],
+    plan: RestorePlan,
 ) -> list[str] | None:
     """The parts the restore writes; an --include that selects none of the backup is
     bad input, refused before any target is looked at."""

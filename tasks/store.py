@@ -16,7 +16,7 @@ import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import fsspec
@@ -59,6 +59,12 @@ class StoreSpec(BaseModel):
 
     url: str
     options: dict[str, Any] = Field(default_factory=dict)
+    # Encryption (tasks/crypto.py). Recipients are public keys: backups written through
+    # this spec are encrypted to them. `identity` says where the private key is (a file
+    # on the machine that reads, or a ${secret:BLOCK} / ${env:NAME} reference), never
+    # the key itself: it is needed to read an encrypted backup's content.
+    recipients: list[str] = Field(default_factory=list)
+    identity: str | None = None
 
     def open(self) -> ArtifactStore:
         from backstop.tasks.secrets import block_name, resolve_options, resolve_url
@@ -69,8 +75,23 @@ class StoreSpec(BaseModel):
 
             block = load_store(name)
             options = block.filesystem_options() | resolve_options(self.options)
-            return ArtifactStore(resolve_url(block.url), options)
-        return ArtifactStore(resolve_url(self.url), resolve_options(self.options))
+            store = ArtifactStore(resolve_url(block.url), options)
+        else:
+            store = ArtifactStore(resolve_url(self.url), resolve_options(self.options))
+        store.keys = self.encryption_keys()
+        return store
+
+    def encryption_keys(self) -> StoreKeys:
+        # Not `keys`: Prefect takes any object with a keys() method for a mapping.
+        from backstop.tasks import crypto
+
+        crypto.refuse_literal_identity(self.identity)
+        identities = crypto.load_identities(self.identity) if self.identity else []
+        return StoreKeys(
+            recipients=crypto.parse_recipients(self.recipients),
+            fingerprints=[crypto.fingerprint(r) for r in self.recipients],
+            identities=identities,
+        )
 
     def display(self) -> str:
         return redact_url(self.url)
@@ -89,8 +110,20 @@ class StoreScan:
     unreadable: dict[BackupFolder, str]
 
 
+@dataclass(frozen=True)
+class StoreKeys:
+    """What a store's data files are encrypted to, and what decrypts them (none: plain)."""
+
+    recipients: list[Any] = field(default_factory=list)  # pyrage x25519.Recipient
+    fingerprints: list[str] = field(default_factory=list)
+    identities: list[Any] = field(default_factory=list)  # pyrage x25519.Identity
+
+
 class ArtifactStore:
+    keys: StoreKeys
+
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        self.keys = StoreKeys()
         check_store_url(url)
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))

@@ -159,6 +159,24 @@ BAD_INPUT = [
     pytest.param(
         ["metrics", "--store", "{db}.no-such-store"], "no such folder", id="metrics-store-missing"
     ),
+    pytest.param(
+        ["backup", "schemaless", "--recipient", "age1notakey"],
+        "is not an age X25519 public key",
+        id="recipient",
+    ),
+    pytest.param(
+        ["backup", "schemaless", "--recipients-file", "{db}.none"],
+        "cannot be read",
+        id="recipients-file",
+    ),
+    pytest.param(
+        ["restore", "schemaless", "--identity", "AGE-SECRET-KEY-1QQQQ"],
+        "never as its text",
+        id="identity-text",
+    ),
+    pytest.param(
+        ["verify", "--identity", "{db}.no-such-key"], "cannot be read", id="identity-file"
+    ),
 ]
 
 

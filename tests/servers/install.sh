@@ -46,6 +46,8 @@ apt_install /usr/bin/promtool prometheus
 
 # systemd-analyze checks the worker's systemd units (tests/test_wheel_deployment.py).
 apt_install /usr/bin/systemd-analyze systemd
+# The reference age tool: encrypted backups decrypt with it (tests/test_crypto.py).
+apt_install /usr/bin/age age
 
 # ZooKeeper 3.9: Apache's jars from Maven Central.
 zk39="$cache/zookeeper-3.9.5/lib"

@@ -1,0 +1,108 @@
+"""Encrypted backups, every driver (issue 14): the store holds no readable content, the
+right identity restores exactly, a missing or wrong one is refused before the target is
+touched, and a damaged encrypted file fails verification with or without the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from backstop.tasks import crypto
+
+pytestmark = pytest.mark.integration
+
+WINDOW = 24  # bytes of raw content that, seen in a stored file, show it is readable
+
+
+def _keys(folder: Path, name: str) -> tuple[Path, str]:
+    """An identity file (0600) and its recipient."""
+    identity, recipient = crypto.generate_identity()
+    path = folder / f"{name}.key"
+    crypto.private_key_file(path, identity + "\n")
+    return path, recipient
+
+
+def _stored_files(store: Path) -> list[Path]:
+    return [p for p in store.rglob("*") if p.is_file()]
+
+
+def _visible_windows(store: Path) -> list[bytes]:
+    """Pieces of the raw records that a plain backup's stored (compressed) files show as
+    they are: what an encrypted store must not show. Found, not assumed, so the check
+    below cannot pass for want of anything to look for."""
+    found: list[bytes] = []
+    for path in _stored_files(store):
+        if not path.name.endswith(".zst"):
+            continue
+        stored = path.read_bytes()
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(stored)
+        for start in range(0, max(0, len(raw) - WINDOW), 97):
+            window = raw[start : start + WINDOW]
+            if len(set(window)) > 8 and window in stored:  # skip runs of one byte
+                found.append(window)
+            if len(found) >= 40:
+                return found
+    return found
+
+
+def test_an_encrypted_backup_shows_nothing_and_restores_only_with_its_identity(
+    harness, run, tmp_path
+):
+    source = harness.make_source()
+    before = harness.digest(source)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    identity, recipient = _keys(keys, "operator")
+    recovery, recovery_recipient = _keys(keys, "recovery")
+    stranger, _ = _keys(keys, "stranger")
+
+    plain_store = tmp_path / "plain-store"
+    plain = run.cli("backup", harness.technology, *harness.source_args(source),
+                    "--store", str(plain_store), "--json")  # fmt: skip
+    assert plain.code == 0, plain.stdout + plain.stderr
+    windows = _visible_windows(plain_store)
+    assert windows, f"{harness.id}: no raw content visible in a plain backup to look for"
+
+    backed_up = run.backup(source, "--recipient", recipient, "--recipient", recovery_recipient)
+    assert backed_up.code == 0, backed_up.stdout + backed_up.stderr
+    encrypted_store = Path(run.store.removeprefix("file://"))
+    for path in _stored_files(encrypted_store):
+        content = path.read_bytes()
+        shown = [w for w in windows if w in content]
+        assert not shown, f"{path}: raw content readable in an encrypted backup: {shown[:3]}"
+    data_files = [p for p in _stored_files(encrypted_store) if p.name.endswith(".zst")]
+    assert data_files and all(
+        p.read_bytes().startswith(b"age-encryption.org/v1\n") for p in data_files
+    )
+
+    # No identity, a stranger's: refused before the target is touched.
+    target = harness.make_target()
+    empty = harness.digest(target)
+    missing = run.restore(target)
+    assert missing.code == 2 and "encrypted" in missing.json["error"], missing.stdout
+    wrong = run.restore(target, "--identity", str(stranger))
+    assert wrong.code == 2 and "none of the identities" in wrong.json["error"], wrong.stdout
+    assert harness.digest(target) == empty, "a refused restore touched the target"
+
+    # The recovery key alone restores everything exactly.
+    restored = run.restore(target, "--identity", str(recovery))
+    assert restored.code == 0, restored.stdout + restored.stderr
+    assert restored.json["verified"] is True
+    assert harness.digest(target) == before
+    assert harness.records(target) == harness.records(source)
+
+    # Verify: without the identity the stored bytes, with it everything.
+    assert run.verify().json["stored_bytes_only"] == len(data_files)
+    assert run.verify("--identity", str(identity)).json["stored_bytes_only"] == 0
+
+    # One flipped byte in the middle of an encrypted file: found with and without the key.
+    damaged = data_files[0]
+    content = bytearray(damaged.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    damaged.write_bytes(bytes(content))
+    for extra in ((), ("--identity", str(identity))):
+        checked = run.verify(*extra)
+        assert checked.code == 1, checked.stdout
+        assert any(damaged.name in p for p in checked.json["problems"]), checked.stdout
