@@ -34,7 +34,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, BinaryIO, ClassVar, Protocol
+from typing import Any, BinaryIO, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -81,7 +81,7 @@ class StoredFile(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
     # "age": the compressed bytes were encrypted (tasks/crypto.py); bytes and sha256 are
     # then the encrypted file's, checkable without the key.
-    encryption: str | None = None
+    encryption: Literal["age"] | None = None
 
 
 class StoredUnit(BaseModel):

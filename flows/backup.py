@@ -89,6 +89,12 @@ def _backup(request: BackupRequest) -> BackupOutcome:
                 f"--incremental: no complete {technology} backup of {sources} in "
                 f"{spec.display()} to build on; take a full backup first"
             )
+        if parent.encryption is not None and not store.keys.recipients:
+            raise BadInputError(
+                f"--incremental: the parent backup {parent.backup_id} is encrypted "
+                f"(recipients {', '.join(parent.encryption.recipients)}); give --recipient "
+                "so that this link is not stored in clear"
+            )
         # The driver reads from the parent's consistency point on; the manifest keeps
         # only the parent's id.
         options["parent"] = {

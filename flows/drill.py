@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 
 from backstop.drivers.contract import RestoreMode
+from backstop.drivers.errors import BadInputError
 from backstop.drivers.identity import check_apart, check_distinct
 from backstop.drivers.registry import get_driver
 from backstop.flows.backup import backup
@@ -20,6 +21,24 @@ from backstop.tasks.events import reported
 from backstop.tasks.identity import identify, probe_apart
 from backstop.tasks.manifest import Role
 from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls, shown_urls
+from backstop.tasks.store import StoreSpec
+
+
+def drill_store(store: StoreSpec) -> StoreSpec:
+    """A drill restores what it backed up: with recipients it needs an identity
+    (refused before the backup, which would be left behind otherwise), and with an
+    identity alone its backup is encrypted to that identity's public key (a drill's
+    copy of production is no reason for clear text in the store)."""
+    if store.recipients and not store.identity:
+        raise BadInputError(
+            "a drill of an encrypted backup restores it: give --identity as well as --recipient"
+        )
+    if store.identity and not store.recipients:
+        from backstop.tasks import crypto
+
+        own = [str(i.to_public()) for i in crypto.load_identities(store.identity)]
+        return store.model_copy(update={"recipients": own})
+    return store
 
 
 def check_scratch(technology: str, sources: list[str], scratch: list[str]) -> None:
@@ -50,12 +69,13 @@ def drill(request: DrillRequest) -> DrillOutcome:
         refuse_literal_secrets(request)
         get_driver(request.technology).check_options(request.options, "backup")
         check_scratch(request.technology, request.sources, request.scratch)
+        store = drill_store(request.store)
         clock = Stopwatch()
         backed_up = backup(
             request=BackupRequest(
                 technology=request.technology,
                 sources=request.sources,
-                store=request.store,
+                store=store,
                 options=request.options,
                 role=Role.DRILL,  # the drill's own: never what `latest` means
             )
@@ -64,7 +84,7 @@ def drill(request: DrillRequest) -> DrillOutcome:
         restored = restore(
             request=RestoreRequest(
                 technology=request.technology,
-                store=request.store,
+                store=store,
                 targets=request.scratch,
                 backup=backed_up.backup_id,
                 mode=RestoreMode.OVERWRITE,

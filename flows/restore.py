@@ -359,16 +359,18 @@ def _safety_backup(
 
 
 def _safety_store(store: StoreSpec, units: list[StoredUnit]) -> StoreSpec:
-    """Restoring an encrypted backup, the safety backup is encrypted too: to the
-    recipients given, or else to the restoring identity's own public key (a store
-    holding encrypted backups gets no plain copy of a target)."""
+    """Restoring an encrypted backup, the safety backup is encrypted too (a store
+    holding encrypted backups gets no plain copy of a target): to the recipients given
+    and always to the restoring identity's own public key, which a rollback reads it
+    with."""
     encrypted = any(f.encryption for unit in units for f in unit.files)
-    if not encrypted or store.recipients:
+    if not encrypted:
         return store
     from backstop.tasks import crypto
 
     identities = crypto.load_identities(store.identity) if store.identity else []
-    return store.model_copy(update={"recipients": [str(i.to_public()) for i in identities]})
+    own = [str(i.to_public()) for i in identities]
+    return store.model_copy(update={"recipients": list(dict.fromkeys([*store.recipients, *own]))})
 
 
 @task(name="guard-targets", cache_policy=NO_CACHE)

@@ -13,7 +13,7 @@ from backstop.tasks.events import emit
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.restore import load_manifest
 from backstop.tasks.secrets import refuse_literal_secrets
-from backstop.tasks.verify import broken_chains, restore_reads, verify_backup_files
+from backstop.tasks.verify import broken_chains, check_backup_files, restore_reads
 
 
 class VerificationFailed(PermanentError):
@@ -43,7 +43,8 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
         scan = spec.open().scan(request.technology)
         manifests, unreadable = scan.manifests, scan.unreadable
 
-    results = gather(verify_backup_files.map(unmapped(spec), manifests)) if manifests else []
+    checked = gather(check_backup_files.map(unmapped(spec), manifests)) if manifests else []
+    results = [found for found, _ in checked]
     problems = [p for found in results for p in found]
     problems += broken_chains(spec.open(), manifests)
     problems += list(unreadable.values())  # each names its manifest
@@ -56,14 +57,17 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
         files=sum(m.totals.files for m in manifests),
         bytes=sum(m.totals.bytes for m in manifests),
         duration_s=clock.seconds,
-        stored_bytes_only=0
-        if spec.identity
-        else sum(1 for m in manifests for f in m.files if f.encryption),
+        stored_bytes_only=sum(count for _, count in checked),
     )
     if outcome.stored_bytes_only:
+        encrypted_to = sorted(
+            {fp for m in manifests if m.encryption for fp in m.encryption.recipients}
+        )
         logger.warning(
-            "%d encrypted file(s) checked without an identity: their stored bytes only",
+            "%d encrypted file(s) checked by their stored bytes only (no identity given, "
+            "or one that opens none of them); recipients of the encrypted backups: %s",
             outcome.stored_bytes_only,
+            ", ".join(encrypted_to),
         )
     publish_table(
         "verify",

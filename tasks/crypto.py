@@ -44,6 +44,11 @@ def parse_recipients(values: Iterable[str]) -> list[x25519.Recipient]:
     out = []
     for value in values:
         text = value.strip()
+        if IDENTITY_PREFIX in text.upper():  # never echo any of a private key
+            raise BadInputError(
+                "an identity (a private key) was given where a recipient (a public key, "
+                "age1...) belongs; `age-keygen -y KEYFILE` prints the public key"
+            )
         try:
             out.append(x25519.Recipient.from_str(text))
         except (pyrage.RecipientError, ValueError) as exc:
@@ -70,8 +75,10 @@ def recipients_in_file(path: str | Path) -> list[str]:
 
 
 def fingerprint(recipient: str) -> str:
-    """What a manifest records of a recipient: enough to tell which key opens a backup."""
-    return "sha256:" + hashlib.sha256(recipient.strip().encode()).hexdigest()[:16]
+    """What a manifest records of a recipient: enough to tell which key opens a backup.
+    Of the key's canonical spelling, so AGE1... and age1... are one fingerprint."""
+    [parsed] = parse_recipients([recipient])
+    return "sha256:" + hashlib.sha256(str(parsed).encode()).hexdigest()[:16]
 
 
 def parse_identities(text: str, where: str) -> list[x25519.Identity]:
@@ -293,11 +300,12 @@ class Encryptor:
         pass
 
     def close(self) -> None:
-        """End the stream: pyrage writes the final chunk; raise its error if it failed."""
+        """End the stream: pyrage writes the final chunk; raise its error if it failed
+        (or if a write into `out` failed, which pyrage may not report at its end)."""
         with contextlib.suppress(_Closed):
             self._pipe.put(None)
         self._worker.join()
-        if self._worker.error is not None:
+        if self._worker.error is not None or self._out.error is not None:
             raise self._failure()
 
     def abort(self) -> None:
@@ -306,6 +314,28 @@ class Encryptor:
 
 
 # -- decrypting reads ------------------------------------------------------------------------
+class _KeepingReader(io.RawIOBase):
+    """`source` as pyrage reads it, keeping the first error its reads raise: a store's
+    connection reset is retried as itself, not reported as a file that cannot be
+    decrypted."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self._source.read(len(buffer))
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+        buffer[: len(data)] = data
+        return len(data)
+
+
 class Decryptor(io.RawIOBase):
     """The plaintext of an age stream read from `source`, authenticated chunk by chunk
     (age's STREAM: a changed, reordered or cut chunk fails; nothing unauthenticated is
@@ -314,9 +344,10 @@ class Decryptor(io.RawIOBase):
     def __init__(self, source: IO[bytes], identities: list[x25519.Identity], label: str):
         self._label = label
         self._pipe = _Pipe()
+        self._source = _KeepingReader(source)
 
         def run() -> None:
-            pyrage.decrypt_io(source, _PipeWriter(self._pipe), identities)
+            pyrage.decrypt_io(self._source, _PipeWriter(self._pipe), identities)
             self._pipe.put(None)
 
         self._worker = _Worker("decrypt", run, self._pipe)
@@ -330,7 +361,9 @@ class Decryptor(io.RawIOBase):
         except _Closed:
             raise self._failure() from None
 
-    def _failure(self) -> Exception:
+    def _failure(self) -> BaseException:
+        if self._source.error is not None:
+            return self._source.error
         error = self._worker.error
         if isinstance(error, pyrage.DecryptError) and "No matching keys" in str(error):
             return BadInputError(

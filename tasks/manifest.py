@@ -6,9 +6,9 @@ import re
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from backstop.drivers.contract import StoredFile, StoredUnit
 
@@ -59,8 +59,11 @@ class Totals(BaseModel):
 class EncryptionInfo(BaseModel):
     """An encrypted backup: its data files are age files (tasks/crypto.py)."""
 
-    format: str = "age"
+    format: Literal["age"] = "age"
     recipients: list[str]  # fingerprints of the recipients' public keys, never a key
+
+    # A manifest that says it is encrypted holds no plain file: one rewritten to hold
+    # some is refused, not restored (model_validator on Manifest).
 
 
 class QualityResult(BaseModel):
@@ -89,6 +92,17 @@ class Manifest(BaseModel):
     totals: Totals
     quality: QualityResult
     encryption: EncryptionInfo | None = None
+
+    @model_validator(mode="after")
+    def _encrypted_throughout(self) -> Manifest:
+        if self.encryption is not None:
+            plain = [f.name for f in self.files if f.encryption is None]
+            if plain:
+                raise ValueError(
+                    f"the manifest says the backup is encrypted, yet {len(plain)} file(s) "
+                    f"are not (first: {plain[0]!r})"
+                )
+        return self
 
     @property
     def files(self) -> list[StoredFile]:

@@ -176,10 +176,10 @@ class PackagedWriter:
 
     def abort(self) -> None:
         """The driver failed: stop both stages; the partial file is discarded."""
+        if self._encryptor is not None:
+            self._encryptor.abort()  # first: the stage's backlog then fails fast
         with contextlib.suppress(BaseException):
             self._compress.close()
-        if self._encryptor is not None:
-            self._encryptor.abort()
         with contextlib.suppress(BaseException):
             self._out.stage.close()
 
@@ -319,6 +319,12 @@ class CheckedStream:
             data = self._zstd.read(max(1, min(want, self.remaining + 1)))
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{self._label}: cannot be decompressed ({exc})") from None
+        except BadInputError:
+            # "No identity opens it": unless the file itself was damaged (a changed byte
+            # in its header reads as a key that does not match).
+            self._done = True
+            self._check_stored_bytes()
+            raise
         if len(data) > self.remaining:
             self._done = True
             raise IntegrityError(
@@ -342,6 +348,18 @@ class CheckedStream:
             pass
         if self._decryptor is not None:
             self._decryptor.close()
+        self._check_stored_bytes()
+        file = self._file
+        if self._raw_bytes != file.raw_bytes or (
+            self._rehash_raw and self._raw_sha.hexdigest() != file.raw_sha256
+        ):
+            raise IntegrityError(f"{self._label}: decompressed content differs from the manifest")
+        self.verified = True
+
+    def _check_stored_bytes(self) -> None:
+        """The stored file's size and SHA-256 (read to its end first)."""
+        while self._source.read(_READ_SIZE):
+            pass
         file, source = self._file, self._source
         if source.bytes != file.bytes:
             raise IntegrityError(
@@ -349,11 +367,6 @@ class CheckedStream:
             )
         if source.sha.hexdigest() != file.sha256:
             raise IntegrityError(f"{self._label}: SHA-256 differs from the manifest (file altered)")
-        if self._raw_bytes != file.raw_bytes or (
-            self._rehash_raw and self._raw_sha.hexdigest() != file.raw_sha256
-        ):
-            raise IntegrityError(f"{self._label}: decompressed content differs from the manifest")
-        self.verified = True
 
 
 def _decryptor(
@@ -480,5 +493,10 @@ def check_decryptable(store: ArtifactStore, technology: str, chain: list[Any]) -
             "reading it needs an identity (--identity FILE, or a ${secret:BLOCK} reference)"
         )
     source = StoreSource(store, technology, link.backup_id)
-    with store.open_read(source._path(file)) as fh:
-        crypto.check_identities_open(fh, store.keys.identities, store.relative(source._path(file)))
+    path = source._path(file)
+    try:
+        with store.open_read(path) as fh:
+            crypto.check_identities_open(fh, store.keys.identities, store.relative(path))
+    except BadInputError:
+        source.check_stored(file)  # a damaged header reads as a key that does not match
+        raise

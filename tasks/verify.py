@@ -23,17 +23,41 @@ from backstop.tasks.secrets import resolve_url
 from backstop.tasks.store import ArtifactStore, StoreSpec
 
 
-@task(name="verify-backup-files", task_run_name="verify-{manifest.backup_id}", **RETRYING)
-def verify_backup_files(store: StoreSpec, manifest: Manifest) -> list[str]:
-    """Recompute every file's size and SHA-256 (stored and decompressed); list problems."""
+def _check_files(
+    store: StoreSpec, manifest: Manifest, *, unopenable: bool
+) -> tuple[list[str], int]:
+    """(problems, files whose stored bytes alone were checked). `unopenable`: a file
+    the identity given cannot decrypt is checked by its stored bytes (verify after a
+    key rotation) instead of refusing with BadInputError (restore)."""
     source = StoreSource(store.open(), manifest.technology, manifest.backup_id)
-    problems = []
+    problems, stored_only = [], 0
     for file in manifest.files:
         try:
-            check_file(source, file)
+            try:
+                stored_only += not check_file(source, file)
+            except BadInputError:
+                if not unopenable or file.encryption is None:
+                    raise
+                source.check_stored(file)
+                stored_only += 1
         except IntegrityError as exc:
             problems.append(str(exc))
-    return problems
+    return problems, stored_only
+
+
+@task(name="verify-backup-files", task_run_name="verify-{manifest.backup_id}", **RETRYING)
+def verify_backup_files(store: StoreSpec, manifest: Manifest) -> list[str]:
+    """Recompute every file's size and SHA-256 (stored and decompressed); list problems.
+    An encrypted file the identity cannot open is bad input: nothing to restore with."""
+    return _check_files(store, manifest, unopenable=False)[0]
+
+
+@task(name="check-backup-files", task_run_name="check-{manifest.backup_id}", **RETRYING)
+def check_backup_files(store: StoreSpec, manifest: Manifest) -> tuple[list[str], int]:
+    """What `verify` reports of one backup: its problems, and how many encrypted files
+    it could check by their stored bytes only (no identity, or one that does not open
+    them)."""
+    return _check_files(store, manifest, unopenable=True)
 
 
 def chain_problem(store: ArtifactStore, manifest: Manifest) -> str | None:

@@ -126,3 +126,113 @@ def test_keys_given_wrongly_are_refused_without_showing_them(tmp_path, key):
     recipients.write_text("# backup hosts\n\n")
     with pytest.raises(BadInputError, match="names no recipient"):
         crypto.recipients_in_file(recipients)
+
+
+# -- through packaging and the flows (review findings) ---------------------------------------
+def _one_encrypted_file(tmp_path: Path, recipient: str, identity_path: Path):
+    """A store holding one encrypted file written by StoreSink: (store, source, file)."""
+    from backstop.tasks.packaging import StoreSink, StoreSource
+    from backstop.tasks.store import StoreSpec
+
+    spec = StoreSpec(url=str(tmp_path / "store"), recipients=[recipient])
+    sink = StoreSink(spec.open(), "schemaless", "20261128T000000Z-abcd")
+    with sink.open("shard/cells", format="test/1") as writer:
+        writer.write(os.urandom(300_000), records=1)
+    [file] = sink.files
+    reading = StoreSpec(url=spec.url, identity=str(identity_path)).open()
+    return reading, StoreSource(reading, "schemaless", "20261128T000000Z-abcd"), file
+
+
+def test_a_damaged_header_is_damage_not_a_wrong_key(tmp_path, key):
+    from backstop.tasks.manifest import EncryptionInfo
+    from backstop.tasks.packaging import check_decryptable, check_file
+
+    path, _, recipient = key
+    store, source, file = _one_encrypted_file(tmp_path, recipient, path)
+    assert check_file(source, file) is True
+    stored = tmp_path / "store" / "schemaless" / "20261128T000000Z-abcd" / file.name
+    content = bytearray(stored.read_bytes())
+    # Another base64 letter inside the X25519 stanza: reads as a key that does not match.
+    content[40] = ord("A") if content[40] != ord("A") else ord("B")
+    stored.write_bytes(bytes(content))
+    with pytest.raises(IntegrityError, match="SHA-256 differs"):
+        check_file(source, file)
+
+    class Link:  # what check_decryptable reads of a chain link
+        backup_id = "20261128T000000Z-abcd"
+        files = [file]
+        encryption = EncryptionInfo(recipients=[crypto.fingerprint(recipient)])
+
+    with pytest.raises(IntegrityError, match="SHA-256 differs"):
+        check_decryptable(store, "schemaless", [Link()])
+
+
+def test_a_store_read_error_while_decrypting_is_that_error(key):
+    _, identity, recipient = key
+    blob = _encrypt(os.urandom(1 << 20), [recipient])
+
+    class Resetting(io.RawIOBase):
+        def __init__(self) -> None:
+            self._inner = io.BytesIO(blob)
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            if self._inner.tell() > 200_000:
+                raise ConnectionResetError("connection reset by peer")
+            return self._inner.read(size)
+
+    reader = crypto.Decryptor(Resetting(), crypto.parse_identities(identity, "t"), "f")
+    with pytest.raises(ConnectionResetError):
+        reader.read()
+
+
+def test_a_private_key_given_as_a_recipient_is_not_echoed(key):
+    _, identity, _ = key
+    with pytest.raises(BadInputError, match="where a recipient") as refused:
+        crypto.parse_recipients([identity])
+    assert "AGE-SECRET-KEY" not in str(refused.value)
+
+
+def test_a_manifest_that_says_encrypted_and_holds_a_plain_file_is_damaged(tmp_path, key):
+    from pydantic import ValidationError
+
+    from backstop.tasks.manifest import Manifest
+
+    path, _, recipient = key
+    _, _, file = _one_encrypted_file(tmp_path, recipient, path)
+    body = {
+        "technology": "schemaless", "backup_id": "20261128T000000Z-abcd",
+        "backstop_version": "0", "driver": {"name": "schemaless", "version": "1"},
+        "sources": ["sqlite:///x"], "started_at": "2026-11-28T00:00:00Z",
+        "finished_at": "2026-11-28T00:00:01Z", "consistency": {"kind": "snapshot"},
+        "units": [{"name": "shard", "source": "sqlite:///x", "records": 1,
+                   "files": [file.model_dump(mode="json")]}],
+        "totals": {"files": 1, "records": 1, "bytes": 1, "raw_bytes": 1},
+        "quality": {"status": "passed"},
+        "encryption": {"recipients": [crypto.fingerprint(recipient)]},
+    }  # fmt: skip
+    Manifest.model_validate(body)
+    body["units"][0]["files"][0]["encryption"] = None  # downgraded to a plain file
+    with pytest.raises(ValidationError, match="encrypted, yet 1 file"):
+        Manifest.model_validate(body)
+    body["units"][0]["files"][0]["encryption"] = ""
+    with pytest.raises(ValidationError):
+        Manifest.model_validate(body)
+
+
+def test_no_clear_link_on_an_encrypted_chain_and_no_drill_left_behind(cli, shards, tmp_path, key):
+    _, _, recipient = key
+    store = str(tmp_path / "S")
+    sources = [arg for url in shards for arg in ("--source", url)]
+    full = cli("backup", "schemaless", *sources, "--store", store, "--recipient", recipient,
+               "--json")  # fmt: skip
+    assert full.code == 0, full.stdout + full.stderr
+    clear = cli("backup", "schemaless", *sources, "--store", store, "--incremental", "--json")
+    assert clear.code == 2 and "is encrypted" in clear.json["error"], clear.stdout
+    scratch = [f"sqlite:///{tmp_path / f'scratch{i}.db'}" for i in range(len(shards))]
+    drill = cli("drill", "schemaless", *sources, *[a for u in scratch for a in ("--scratch", u)],
+                "--store", store, "--recipient", recipient, "--json")  # fmt: skip
+    assert drill.code == 2 and "--identity" in drill.json["error"], drill.stdout
+    assert len(list((tmp_path / "S" / "schemaless").iterdir())) == 1  # the full backup only

@@ -4,6 +4,7 @@ touched, and a damaged encrypted file fails verification with or without the key
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_an_encrypted_backup_shows_nothing_and_restores_only_with_its_identity(
     before = harness.digest(source)
     keys = tmp_path / "keys"
     keys.mkdir()
-    identity, recipient = _keys(keys, "operator")
+    _, recipient = _keys(keys, "operator")
     recovery, recovery_recipient = _keys(keys, "recovery")
     stranger, _ = _keys(keys, "stranger")
 
@@ -93,16 +94,36 @@ def test_an_encrypted_backup_shows_nothing_and_restores_only_with_its_identity(
     assert harness.digest(target) == before
     assert harness.records(target) == harness.records(source)
 
-    # Verify: without the identity the stored bytes, with it everything.
+    # An overwrite's safety backup of the target: encrypted, and always to the restoring
+    # identity too (its rollback reads it with that), whatever recipients were given.
+    stranger_recipient = crypto.generate_identity()[1]
+    again = run.restore(target, "--mode", "overwrite", "--identity", str(recovery),
+                        "--recipient", stranger_recipient)  # fmt: skip
+    assert again.code == 0, again.stdout + again.stderr
+    assert harness.digest(target) == before
+    safety = again.json["safety_backup"]
+    if safety:  # a driver whose target held what the overwrite replaces
+        manifest = json.loads(next(encrypted_store.rglob(f"{safety}/manifest.json")).read_text())
+        assert set(manifest["encryption"]["recipients"]) == {
+            crypto.fingerprint(recovery_recipient),
+            crypto.fingerprint(stranger_recipient),
+        }
+    data_files = [p for p in _stored_files(encrypted_store) if p.name.endswith(".zst")]
+    assert all(p.read_bytes().startswith(b"age-encryption.org/v1\n") for p in data_files)
+
+    # Verify: without the identity the stored bytes, with it everything; with a key that
+    # opens nothing (after a rotation), the stored bytes, and no error.
     assert run.verify().json["stored_bytes_only"] == len(data_files)
-    assert run.verify("--identity", str(identity)).json["stored_bytes_only"] == 0
+    assert run.verify("--identity", str(recovery)).json["stored_bytes_only"] == 0
+    rotated = run.verify("--identity", str(stranger))
+    assert rotated.code == 0 and rotated.json["stored_bytes_only"] == len(data_files)
 
     # One flipped byte in the middle of an encrypted file: found with and without the key.
     damaged = data_files[0]
     content = bytearray(damaged.read_bytes())
     content[len(content) // 2] ^= 0x01
     damaged.write_bytes(bytes(content))
-    for extra in ((), ("--identity", str(identity))):
+    for extra in ((), ("--identity", str(recovery))):
         checked = run.verify(*extra)
         assert checked.code == 1, checked.stdout
         assert any(damaged.name in p for p in checked.json["problems"]), checked.stdout
