@@ -424,6 +424,19 @@ class StoreSource:
         if counted.sha.hexdigest() != file.sha256:
             raise IntegrityError(f"{label}: SHA-256 differs from the manifest (file altered)")
 
+    def check_opens(self, file: StoredFile) -> None:
+        """BadInputError unless this store's identities open the encrypted `file` (its
+        header alone is read); IntegrityError if the file is damaged instead."""
+        path = self._path(file)
+        try:
+            with self._store.open_read(path) as fh:
+                crypto.check_identities_open(
+                    fh, self._store.keys.identities, self._store.relative(path)
+                )
+        except BadInputError:
+            self.check_stored(file)  # a damaged header reads as a key that does not match
+            raise
+
     @contextmanager
     def open(self, file: StoredFile, *, rehash_raw: bool = True) -> Iterator[CheckedStream]:
         path = self._path(file)
@@ -492,11 +505,4 @@ def check_decryptable(store: ArtifactStore, technology: str, chain: list[Any]) -
             f"backup {technology}/{link.backup_id} is encrypted (recipients {recipients}): "
             "reading it needs an identity (--identity FILE, or a ${secret:BLOCK} reference)"
         )
-    source = StoreSource(store, technology, link.backup_id)
-    path = source._path(file)
-    try:
-        with store.open_read(path) as fh:
-            crypto.check_identities_open(fh, store.keys.identities, store.relative(path))
-    except BadInputError:
-        source.check_stored(file)  # a damaged header reads as a key that does not match
-        raise
+    StoreSource(store, technology, link.backup_id).check_opens(file)
