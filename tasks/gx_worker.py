@@ -215,7 +215,8 @@ def main() -> None:
     # corrupt the protocol.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    serve(sys.stdin.buffer, replies)
+    with contextlib.suppress(BrokenPipeError):  # the command ended first: nothing to say
+        serve(sys.stdin.buffer, replies)
     # Done: end without the interpreter's teardown of Great Expectations, pandas and
     # scipy, which took ~1.8 s on 2 cores while the command waited for this process
     # before it could exit (flows/startup.py exit_now skips the same for the parent).
