@@ -79,6 +79,9 @@ class StoredFile(BaseModel):
     raw_bytes: int  # uncompressed size
     raw_sha256: str  # of the uncompressed content
     meta: dict[str, Any] = Field(default_factory=dict)
+    # Where the file is stored, relative to the backup folder, when not under `name`:
+    # an encrypted backup stores its files under opaque names (tasks/sealed.py).
+    path: str | None = None
     # "age": the compressed bytes were encrypted (tasks/crypto.py); bytes and sha256 are
     # then the encrypted file's, checkable without the key.
     encryption: Literal["age"] | None = None

@@ -95,6 +95,12 @@ def _backup(request: BackupRequest) -> BackupOutcome:
                 f"(recipients {', '.join(parent.encryption.recipients)}); give --recipient "
                 "so that this link is not stored in clear"
             )
+        if parent.sealed is not None:
+            raise BadInputError(
+                f"--incremental: the parent backup {parent.backup_id} is encrypted and its "
+                "consistency point is in its sealed manifest: give --identity that opens it "
+                f"(recipients {', '.join(parent.encryption.recipients)}), or take a full backup"
+            )
         # The driver reads from the parent's consistency point on; the manifest keeps
         # only the parent's id.
         options["parent"] = {

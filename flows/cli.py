@@ -114,12 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="FILE",
                 help="encrypt to every age public key in FILE (one per line, # comments)",
             )
+            sub.add_argument(
+                "--signing-key",
+                metavar="FILE",
+                help="Ed25519 private key (PEM; backstop keys generate) that signs the "
+                "manifests written, or a ${secret:BLOCK} reference to one",
+            )
         if read:
             sub.add_argument(
                 "--identity",
                 metavar="FILE",
                 help="age identity file (age-keygen) that decrypts an encrypted backup, or a "
                 "${secret:BLOCK} reference to one",
+            )
+            sub.add_argument(
+                "--verify-key",
+                metavar="KEY",
+                help="Ed25519 public key (a PEM file, its ed25519:... line, or a reference): "
+                "refuse manifests it did not sign",
+            )
+
+    def limit_args(sub: argparse.ArgumentParser, *, upload: bool, download: bool) -> None:
+        """Bandwidth limits of the store's data streams (docs/operations.md)."""
+        shared = "MB = 10^6 bytes; one limit for all parallel streams of the process together"
+        if upload:
+            sub.add_argument(
+                "--limit-upload",
+                metavar="MB/S",
+                help=f"write the backup's files to the store at most this fast ({shared})",
+            )
+        if download:
+            sub.add_argument(
+                "--limit-download",
+                metavar="MB/S",
+                help=f"read the backup's files from the store at most this fast ({shared})",
             )
 
     def source_args(sub: argparse.ArgumentParser) -> None:
@@ -145,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("technology", metavar="TECH", help=TECH_HELP)
     source_args(sub)
     store_args(sub)
-    key_args(sub, write=True, read=False)
+    key_args(sub, write=True, read=True)  # read: an incremental's encrypted, signed parent
+    limit_args(sub, upload=True, download=True)  # download: the read-back of its files
     sub.add_argument("--incremental", action="store_true")
     sub.add_argument(
         "--include",
@@ -169,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("technology", metavar="TECH", nargs="?", help=TECH_BY_ID_HELP)
     store_args(sub)
     key_args(sub, write=True, read=True)
+    limit_args(sub, upload=True, download=True)  # an overwrite's safety backup uploads
     sub.add_argument(
         "--target",
         action="append",
@@ -217,12 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("verify", "recompute every checksum of backups in a store")
     store_args(sub)
     key_args(sub, write=False, read=True)
+    limit_args(sub, upload=False, download=True)
     sub.add_argument("--technology", metavar="TECH")
     sub.add_argument("--backup", metavar="ID", help="backup id or latest (default: all)")
     source_filter_args(sub)
 
     sub = command("list", "list the complete backups in a store")
     store_args(sub)
+    key_args(sub, write=False, read=True)
     sub.add_argument("--technology", metavar="TECH")
 
     sub = command("drill", "back up, restore into a scratch target and verify: a restore test")
@@ -237,10 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     store_args(sub)
     key_args(sub, write=True, read=True)
+    limit_args(sub, upload=True, download=True)
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
 
     sub = command("status", "the newest backup of each source: its age, size and state")
     store_args(sub)
+    key_args(sub, write=False, read=True)
     sub.add_argument("--technology", metavar="TECH")
     sub.add_argument(
         "--stale-hours",
@@ -268,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("technology", metavar="TECH", nargs="?", help=TECH_BY_ID_HELP)
     store_args(sub)
     key_args(sub, write=False, read=True)
+    limit_args(sub, upload=False, download=True)
     sub.add_argument("--backup", default="latest", metavar="ID", help="backup id or latest")
     source_filter_args(sub)
     sub.add_argument("--dir", required=True, help="an empty or new local folder")
@@ -300,6 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("dir", metavar="DIR", help="folder to write them in (made if missing)")
     init.add_argument("--force", action="store_true", help="overwrite files already there")
     init.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    help_text = "make the keys of an encrypted, signed store (docs/security.md)"
+    sub = commands.add_parser("keys", help=help_text, description=help_text)
+    actions = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    generate = actions.add_parser(
+        "generate",
+        help="write an age identity and recipient, and an Ed25519 signing and verify key, "
+        "into DIR (never over existing keys)",
+        description="write age-identity.txt, age-recipient.txt, signing-key.pem and "
+        "verify-key.pem into DIR (made if missing, 0700; private files 0600)",
+    )
+    generate.add_argument("dir", metavar="DIR", help="folder to write them in")
+    generate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return parser
 
 
@@ -353,13 +401,15 @@ def _store(args: argparse.Namespace):
         url=stash_url_secrets(args.store),
         options=stash_option_secrets(options),
         **_keys(args),
+        **_limits(args),
     )
 
 
 def _keys(args: argparse.Namespace) -> dict[str, Any]:
     """The store's encryption settings from the command line, checked here (exit 2):
-    public keys travel as parameters; an identity only as where to find it."""
-    from backstop.tasks import crypto
+    public keys travel as parameters; an identity or a signing key only as where to
+    find it."""
+    from backstop.tasks import crypto, signing
 
     recipients = list(getattr(args, "recipient", None) or [])
     if getattr(args, "recipients_file", None):
@@ -371,7 +421,46 @@ def _keys(args: argparse.Namespace) -> dict[str, Any]:
         if "${" not in identity:
             identity = os.path.abspath(os.path.expanduser(identity))
             crypto.load_identities(identity)  # readable, and an identity: before any flow
-    return {"recipients": recipients, "identity": identity}
+    signing_key = getattr(args, "signing_key", None)
+    if signing_key:
+        signing.refuse_literal_signing_key(signing_key)
+        if "${" not in signing_key:
+            signing_key = os.path.abspath(os.path.expanduser(signing_key))
+            signing.load_signing_key(signing_key)
+    verify_key = getattr(args, "verify_key", None)
+    if verify_key:
+        if "${" not in verify_key and not verify_key.strip().startswith(signing.ONE_LINE_PREFIX):
+            verify_key = os.path.abspath(os.path.expanduser(verify_key))
+        if "${" not in verify_key:
+            signing.load_verify_key(verify_key)
+    return {
+        "recipients": recipients,
+        "identity": identity,
+        "signing_key": signing_key,
+        "verify_key": verify_key,
+    }
+
+
+def _limits(args: argparse.Namespace) -> dict[str, float | None]:
+    """--limit-upload and --limit-download, checked here (exit 2): MB/s, more than 0."""
+    return {
+        "limit_upload_mb_s": _rate(getattr(args, "limit_upload", None), "--limit-upload"),
+        "limit_download_mb_s": _rate(getattr(args, "limit_download", None), "--limit-download"),
+    }
+
+
+def _rate(text: str | None, flag: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:  # nan fails too
+        raise BadInputError(
+            f"{flag} takes a rate in MB/s (10^6 bytes a second) more than 0, got {text!r}"
+        )
+    return value
 
 
 def _progress(args: argparse.Namespace):
@@ -545,8 +634,11 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
     from backstop.tasks.retention import status_rows, take_inventory
 
-    inventory = take_inventory(_store(args).open(), args.technology)
+    store = _store(args).open()
+    inventory = take_inventory(store, args.technology)
     rows = status_rows(inventory, datetime.now(UTC), timedelta(hours=args.stale_hours))
+    for row in rows:
+        row["signed"] = store.is_signed(row["technology"], row["newest_backup"])
     data = {
         "sources": rows,
         "stale": sum(r["stale"] for r in rows),
@@ -565,6 +657,17 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             f"{r['technology']:<11} {r['newest_backup']:<22} {r['role']:<9} "
             f"{r['age_hours']:>7.1f}h {_human_size(r['bytes']):>10}  {state:<5}  "
             f"{', '.join(r['sources'])}"
+        )
+    unsigned = [r for r in rows if not r["signed"]]
+    if len(unsigned) == len(rows):
+        lines.append(
+            "the store is unsigned: no newest backup carries a manifest signature "
+            "(backstop keys generate; backup --signing-key)"
+        )
+    elif unsigned:
+        lines.append(
+            f"unsigned: {', '.join(r['newest_backup'] for r in unsigned)} "
+            f"({len(unsigned)} of {len(rows)} newest backups carry no manifest signature)"
         )
     if data["incomplete"]:
         lines.append(f"incomplete backup folders: {', '.join(data['incomplete'])}")
@@ -704,6 +807,13 @@ def cmd_deployments(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return write_templates(args.dir, args.force), next_steps(args.dir)
 
 
+def cmd_keys(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows.keys import generate_keys, next_steps
+
+    result = generate_keys(args.dir)
+    return result, next_steps(result)
+
+
 class _Reported(Exception):
     """A failure whose JSON and text are already composed."""
 
@@ -724,6 +834,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] 
     "demo": cmd_demo,
     "deployments": cmd_deployments,
     "metrics": cmd_metrics,
+    "keys": cmd_keys,
 }
 
 
@@ -777,6 +888,7 @@ def _check_input(args: argparse.Namespace) -> None:
         check_store_url(args.store)
         _key_values(args.store_option, "--store-option")
         _keys(args)  # recipients and the identity file, before Prefect
+        _limits(args)
     _check_numbers(args)
     _check_backup_ref(args)
     from backstop.flows.startup import runs_a_flow
@@ -787,6 +899,10 @@ def _check_input(args: argparse.Namespace) -> None:
 
         check_timeouts()
         host_connections()  # read by every shard task: a bad one failed them all
+    if args.command == "keys":
+        from backstop.flows.keys import check_keys_target
+
+        check_keys_target(args.dir)
     if args.command == "deployments":
         from backstop.flows.deployments_init import check_init_target
 

@@ -21,7 +21,7 @@ from backstop.flows.params import source_filter
 from backstop.flows.runtime import Stopwatch
 from backstop.flows.timeouts import flow_timeout
 from backstop.tasks.logs import install_log_masking
-from backstop.tasks.packaging import SUFFIX, StoreSource
+from backstop.tasks.packaging import SUFFIX, StoreSource, check_decryptable
 from backstop.tasks.restore import load_manifest
 from backstop.tasks.secrets import refuse_literal_secrets
 from backstop.tasks.store import StoreSpec, check_file_name
@@ -56,8 +56,10 @@ def export(request: ExportRequest) -> ExportOutcome:
     manifest = load_manifest(request.store, request.technology, request.backup, request.sources)
     # Every destination is decided, and checked to stay inside the folder, before the
     # first byte is written.
+    store = request.store.open()
+    check_decryptable(store, manifest.technology, [manifest])  # before any file is made
     destinations = [(file, export_destination(folder, file.name)) for file in manifest.files]
-    source = StoreSource(request.store.open(), manifest.technology, manifest.backup_id)
+    source = StoreSource(store, manifest.technology, manifest.backup_id)
     created = make_private_dirs(folder)
     written = 0
     made: list[Path] = []

@@ -66,6 +66,15 @@ class EncryptionInfo(BaseModel):
     # some is refused, not restored (model_validator on Manifest).
 
 
+class SealedPart(BaseModel):
+    """An encrypted backup's full manifest, age-encrypted beside its plain envelope
+    (tasks/sealed.py)."""
+
+    name: str
+    bytes: int
+    sha256: str
+
+
 class QualityResult(BaseModel):
     status: str  # "passed" | "failed"
     checks: list[dict[str, Any]] = Field(default_factory=list)
@@ -92,6 +101,7 @@ class Manifest(BaseModel):
     totals: Totals
     quality: QualityResult
     encryption: EncryptionInfo | None = None
+    sealed: SealedPart | None = None
 
     @model_validator(mode="after")
     def _encrypted_throughout(self) -> Manifest:
@@ -102,6 +112,8 @@ class Manifest(BaseModel):
                     f"the manifest says the backup is encrypted, yet {len(plain)} file(s) "
                     f"are not (first: {plain[0]!r})"
                 )
+        elif self.sealed is not None:
+            raise ValueError("the manifest has a sealed part yet says it is not encrypted")
         return self
 
     @property

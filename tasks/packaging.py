@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import queue
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -217,8 +218,13 @@ class StoreSink:
         self, name: str, *, format: str, meta: Mapping[str, Any] | None = None
     ) -> Iterator[PackagedWriter]:
         stored_name = name + SUFFIX
-        path = self._store.file_path(self._technology, self._backup_id, stored_name)
         recipients = self._store.keys.recipients
+        # An encrypted file is stored under a random name: its own names a table or a
+        # collection (the sealed manifest maps one to the other, tasks/sealed.py).
+        stored_path = f"{secrets.token_hex(10)}{SUFFIX}.{crypto.AGE}" if recipients else None
+        path = self._store.file_path(
+            self._technology, self._backup_id, stored_path or stored_name
+        )
         with self._store.open_write(path) as fh:
             writer = PackagedWriter(fh, self._level, self._progress, recipients)
             try:
@@ -238,6 +244,7 @@ class StoreSink:
                 raw_bytes=writer.raw_bytes,
                 raw_sha256=raw_sha256,
                 meta=dict(meta or {}),
+                path=stored_path,
                 encryption=crypto.AGE if recipients else None,
             )
         )
@@ -406,7 +413,7 @@ class StoreSource:
     def _path(self, file: StoredFile) -> str:
         # A file of an incremental chain names the backup it lives in.
         backup_id = file.meta.get("backup_id", self._backup_id)
-        return self._store.file_path(self._technology, backup_id, file.name)
+        return self._store.file_path(self._technology, backup_id, file.path or file.name)
 
     def check_stored(self, file: StoredFile) -> None:
         """The stored bytes alone: their size and SHA-256 against the manifest (what
@@ -495,14 +502,20 @@ def check_decryptable(store: ArtifactStore, technology: str, chain: list[Any]) -
     """Before anything is written: an encrypted backup (any link of its chain) needs an
     identity, and the one given must open it (one file's header is read). BadInputError
     otherwise, naming the recipients' fingerprints the manifest records."""
-    encrypted = [(link, f) for link in chain for f in link.files if f.encryption]
+    encrypted = [link for link in chain if link.encryption is not None]
     if not encrypted:
         return
-    link, file = encrypted[0]
-    recipients = ", ".join(link.encryption.recipients) if link.encryption else "unknown"
-    if not store.keys.identities:
-        raise BadInputError(
-            f"backup {technology}/{link.backup_id} is encrypted (recipients {recipients}): "
-            "reading it needs an identity (--identity FILE, or a ${secret:BLOCK} reference)"
-        )
-    StoreSource(store, technology, link.backup_id).check_opens(file)
+    for link in encrypted:
+        recipients = ", ".join(link.encryption.recipients)
+        if not store.keys.identities:
+            raise BadInputError(
+                f"backup {technology}/{link.backup_id} is encrypted (recipients {recipients}): "
+                "reading it needs an identity (--identity FILE, or a ${secret:BLOCK} reference)"
+            )
+        if link.sealed is not None:  # its manifest stayed sealed: no identity opened it
+            raise BadInputError(
+                f"backup {technology}/{link.backup_id}: no identity given opens it "
+                f"(recipients {recipients})"
+            )
+    link = encrypted[0]
+    StoreSource(store, technology, link.backup_id).check_opens(link.files[0])

@@ -32,6 +32,7 @@ from backstop.drivers.errors import (
 )
 from backstop.drivers.files import fsync_dir, make_private_dirs, open_private
 from backstop.drivers.redact import redact_url
+from backstop.tasks import bandwidth, sealed, signing
 from backstop.tasks.manifest import (
     BACKUP_ID,
     MANIFEST_NAME,
@@ -65,6 +66,25 @@ class StoreSpec(BaseModel):
     # the key itself: it is needed to read an encrypted backup's content.
     recipients: list[str] = Field(default_factory=list)
     identity: str | None = None
+    # Signed manifests (tasks/signing.py): where the Ed25519 signing key is (backup hosts;
+    # a file or a reference, like `identity`), and the verify key (restore hosts; public:
+    # a PEM file, a reference, or its one-line `ed25519:...` form).
+    signing_key: str | None = None
+    verify_key: str | None = None
+    # Bandwidth limits of the data files' streams in MB/s (10^6 bytes), per process and
+    # direction, shared by every stream (tasks/bandwidth.py); None: unlimited.
+    limit_upload_mb_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="cap on writing backups' data files, MB/s (10^6 bytes); empty: none",
+    )
+    limit_download_mb_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="cap on reading backups' data files, MB/s (10^6 bytes); empty: none",
+    )
 
     def open(self) -> ArtifactStore:
         from backstop.tasks.secrets import block_name, resolve_options, resolve_url
@@ -79,18 +99,22 @@ class StoreSpec(BaseModel):
         else:
             store = ArtifactStore(resolve_url(self.url), resolve_options(self.options))
         store.keys = self.encryption_keys()
+        store.limit_bandwidth(self.limit_upload_mb_s, self.limit_download_mb_s)
         return store
 
     def encryption_keys(self) -> StoreKeys:
         # Not `keys`: Prefect takes any object with a keys() method for a mapping.
-        from backstop.tasks import crypto
+        from backstop.tasks import crypto, signing
 
         crypto.refuse_literal_identity(self.identity)
+        signing.refuse_literal_signing_key(self.signing_key)
         identities = crypto.load_identities(self.identity) if self.identity else []
         return StoreKeys(
             recipients=crypto.parse_recipients(self.recipients),
             fingerprints=[crypto.fingerprint(r) for r in self.recipients],
             identities=identities,
+            signing_key=signing.load_signing_key(self.signing_key) if self.signing_key else None,
+            verify_key=signing.load_verify_key(self.verify_key) if self.verify_key else None,
         )
 
     def display(self) -> str:
@@ -117,6 +141,8 @@ class StoreKeys:
     recipients: list[Any] = field(default_factory=list)  # pyrage x25519.Recipient
     fingerprints: list[str] = field(default_factory=list)
     identities: list[Any] = field(default_factory=list)  # pyrage x25519.Identity
+    signing_key: Any = None  # Ed25519PrivateKey: manifests written are signed
+    verify_key: Any = None  # signing.VerifyKey: manifests read must be signed by it
 
 
 class ArtifactStore:
@@ -124,6 +150,8 @@ class ArtifactStore:
 
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         self.keys = StoreKeys()
+        self.upload: bandwidth.TokenBucket | None = None  # no limit unless limit_bandwidth
+        self.download: bandwidth.TokenBucket | None = None
         check_store_url(url)
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
@@ -156,6 +184,12 @@ class ArtifactStore:
         )
 
     # -- data files ---------------------------------------------------------------
+    def limit_bandwidth(self, upload_mb_s: float | None, download_mb_s: float | None) -> None:
+        """Meter this store's data streams through the process's buckets (the smallest
+        limit asked for in the process holds; tasks/bandwidth.py)."""
+        self.upload = bandwidth.bucket(bandwidth.UPLOAD, upload_mb_s)
+        self.download = bandwidth.bucket(bandwidth.DOWNLOAD, download_mb_s)
+
     @contextmanager
     def open_write(self, path: str) -> Iterator[IO[bytes]]:
         """A data file: on a local disk 0600 and fsynced when the block ends (the
@@ -165,10 +199,10 @@ class ArtifactStore:
             with _store_errors(path):
                 make_private_dirs(posixpath.dirname(path))
                 with open_private(path) as fh:
-                    yield fh
+                    yield bandwidth.metered(fh, self.upload)
             return
         with _store_errors(path), self.fs.open(path, "wb") as fh:
-            yield fh
+            yield bandwidth.metered(fh, self.upload)
 
     @contextmanager
     def open_read(self, path: str) -> Iterator[IO[bytes]]:
@@ -178,7 +212,7 @@ class ArtifactStore:
         except FileNotFoundError:
             raise IntegrityError(f"{self.relative(path)}: file is missing from the store") from None
         with _store_errors(path), fh:
-            yield fh
+            yield bandwidth.metered(fh, self.download)
 
     def size(self, path: str) -> int | None:
         try:
@@ -188,10 +222,19 @@ class ArtifactStore:
 
     # -- manifests ----------------------------------------------------------------
     def write_manifest(self, manifest: Manifest) -> str:
-        path = posixpath.join(
-            self.backup_dir(manifest.technology, manifest.backup_id), MANIFEST_NAME
-        )
+        """The last files of a backup: an encrypted backup's sealed body, the signature,
+        then the manifest itself, which makes the backup complete."""
+        folder = self.backup_dir(manifest.technology, manifest.backup_id)
+        path = posixpath.join(folder, MANIFEST_NAME)
+        if manifest.encryption is not None:
+            if not self.keys.recipients:
+                raise BackstopError("an encrypted backup's manifest is written with its recipients")
+            manifest, body = sealed.seal(manifest, self.keys.recipients)
+            self._write_small(posixpath.join(folder, sealed.SEALED_NAME), body)
         data = manifest.model_dump_json(indent=2).encode()
+        if self.keys.signing_key is not None:
+            signature = signing.signature_for(self.keys.signing_key, data)
+            self._write_small(posixpath.join(folder, signing.SIGNATURE_NAME), signature)
         with _store_errors(path):
             if self.is_local:
                 self._commit_local_manifest(path, data)
@@ -200,6 +243,11 @@ class ArtifactStore:
                 # it only once every data file's upload has returned.
                 self.fs.pipe_file(path, data)
         return path
+
+    def _write_small(self, path: str, data: bytes) -> None:
+        """A small file written whole before the manifest that names it."""
+        with self.open_write(path) as fh:
+            fh.write(data)
 
     def _commit_local_manifest(self, path: str, data: bytes) -> None:
         """Data files (fsynced as they closed) and their folders' entries reach the disk
@@ -217,8 +265,12 @@ class ArtifactStore:
         os.replace(tmp, path)
         fsync_dir(folder)
 
-    def read_manifest(self, technology: str, backup_id: str) -> Manifest:
-        path = posixpath.join(self.backup_dir(technology, backup_id), MANIFEST_NAME)
+    def read_manifest(self, technology: str, backup_id: str, *, unseal: bool = True) -> Manifest:
+        """A backup's manifest, checked against the verify key when one is configured;
+        an encrypted backup's full manifest when an identity is given (and `unseal`),
+        else its plain envelope (tasks/sealed.py)."""
+        folder = self.backup_dir(technology, backup_id)
+        path = posixpath.join(folder, MANIFEST_NAME)
         label = f"{technology}/{backup_id}/{MANIFEST_NAME}"
         try:
             with _store_errors(path):
@@ -231,12 +283,46 @@ class ArtifactStore:
             raise IntegrityError(f"{label} is unreadable: {exc}") from None
         if raw is None:
             raise IntegrityError(f"{label} is unreadable: larger than {MAX_MANIFEST_BYTES} bytes")
+        if self.keys.verify_key is not None:  # before anything in it is believed
+            signature = self._read_optional(
+                posixpath.join(folder, signing.SIGNATURE_NAME), signing.MAX_SIGNATURE_BYTES, label
+            )
+            signing.check_signature(self.keys.verify_key, raw, signature, label)
         try:
             manifest = Manifest.model_validate(json.loads(raw))
         except (ValueError, ValidationError, RecursionError) as exc:
             raise IntegrityError(f"{label} is unreadable: {exc}") from None
         check_manifest_names(manifest, technology, backup_id)
+        if manifest.sealed is not None and unseal and self.keys.identities:
+            body = self._read_optional(
+                posixpath.join(folder, sealed.SEALED_NAME), MAX_MANIFEST_BYTES, label
+            )
+            if body is None:
+                raise IntegrityError(f"{label}: its sealed part {sealed.SEALED_NAME} is missing")
+            manifest = sealed.unseal(manifest, body, self.keys.identities, label)
+            check_manifest_names(manifest, technology, backup_id)
         return manifest
+
+    def is_signed(self, technology: str, backup_id: str) -> bool:
+        """Whether a signature lies beside the manifest (checked only with a verify key)."""
+        path = posixpath.join(self.backup_dir(technology, backup_id), signing.SIGNATURE_NAME)
+        with _store_errors(path):
+            return self.fs.exists(path)
+
+    def _read_optional(self, path: str, limit: int, label: str) -> bytes | None:
+        """A small file beside a manifest; None when it does not exist."""
+        try:
+            with _store_errors(path):
+                data = self._read_bounded(path, limit)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise IntegrityError(f"{label}: {posixpath.basename(path)} is unreadable: {exc}") from None
+        if data is None:
+            raise IntegrityError(
+                f"{label}: {posixpath.basename(path)} is larger than {limit} bytes"
+            )
+        return data
 
     def _read_bounded(self, path: str, limit: int) -> bytes | None:
         """A small file's content, or None when it is larger than `limit`. On a local
@@ -312,12 +398,21 @@ class ArtifactStore:
         for folder in self.folders(technology):
             if folder.complete:
                 try:
-                    manifests.append(self.read_manifest(folder.technology, folder.backup_id))
+                    manifests.append(self._scanned(folder))
                 except IntegrityError as exc:
                     unreadable[folder] = str(exc)
                 except BadInputError:  # deleted since the listing (a prune): not a backup
                     continue
         return StoreScan(manifests, unreadable)
+
+    def _scanned(self, folder: BackupFolder) -> Manifest:
+        """A manifest for a listing: its envelope when the identity given does not open
+        it (a backup from before a key rotation is still listed, and a restore of it
+        says which keys it needs)."""
+        try:
+            return self.read_manifest(folder.technology, folder.backup_id)
+        except sealed.WrongIdentityError:
+            return self.read_manifest(folder.technology, folder.backup_id, unseal=False)
 
     def newest_parent(
         self, technology: str, sources: list[str], source_ids: list[str]
@@ -423,7 +518,7 @@ class ArtifactStore:
             if not folder.complete:
                 continue
             try:
-                manifest = self.read_manifest(technology, folder.backup_id)
+                manifest = self._scanned(folder)
             except (IntegrityError, BadInputError):
                 continue
             if manifest.ordinary:
@@ -596,8 +691,12 @@ def check_manifest_names(manifest: Manifest, technology: str, backup_id: str) ->
             f"{label} describes {manifest.technology!r}/{manifest.backup_id!r}, not the "
             "backup of its folder: the manifest was moved or altered"
         )
+    if manifest.sealed is not None and manifest.sealed.name != sealed.SEALED_NAME:
+        raise IntegrityError(f"{label}: its sealed part is not named {sealed.SEALED_NAME}")
     for file in manifest.files:
         check_file_name(file.name, f"backup {technology}/{backup_id}")
+        if file.path is not None:
+            check_file_name(file.path, f"backup {technology}/{backup_id}")
         linked = file.meta.get("backup_id")
         if linked is not None and not (isinstance(linked, str) and BACKUP_ID.match(linked)):
             raise IntegrityError(f"{label}: file {file.name!r} names a bad backup {linked!r}")

@@ -177,6 +177,22 @@ BAD_INPUT = [
     pytest.param(
         ["verify", "--identity", "{db}.no-such-key"], "cannot be read", id="identity-file"
     ),
+    *[  # bandwidth limits: a number of MB/s more than 0
+        pytest.param(
+            [command, *tech, flag, value, *rest],
+            f"{flag} takes a rate in MB/s",
+            id=f"{command}{flag}={value}",
+        )
+        for command, tech, flag, rest in [
+            ("backup", ["schemaless"], "--limit-upload", []),
+            ("restore", ["schemaless"], "--limit-download", []),
+            ("restore", ["schemaless"], "--limit-upload", []),
+            ("verify", [], "--limit-download", []),
+            ("export", ["schemaless"], "--limit-download", ["--dir", "{db}.d"]),
+        ]
+        for value in ("0", "-1", "abc", "nan", "inf")
+        if command == "backup" or value in ("0", "nan")
+    ],
 ]
 
 

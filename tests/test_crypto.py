@@ -150,7 +150,7 @@ def test_a_damaged_header_is_damage_not_a_wrong_key(tmp_path, key):
     path, _, recipient = key
     store, source, file = _one_encrypted_file(tmp_path, recipient, path)
     assert check_file(source, file) is True
-    stored = tmp_path / "store" / "schemaless" / "20261128T000000Z-abcd" / file.name
+    stored = tmp_path / "store" / "schemaless" / "20261128T000000Z-abcd" / file.path
     content = bytearray(stored.read_bytes())
     # Another base64 letter inside the X25519 stanza: reads as a key that does not match.
     content[40] = ord("A") if content[40] != ord("A") else ord("B")
@@ -162,6 +162,7 @@ def test_a_damaged_header_is_damage_not_a_wrong_key(tmp_path, key):
         backup_id = "20261128T000000Z-abcd"
         files = [file]
         encryption = EncryptionInfo(recipients=[crypto.fingerprint(recipient)])
+        sealed = None  # its manifest was opened
 
     with pytest.raises(IntegrityError, match="SHA-256 differs"):
         check_decryptable(store, "schemaless", [Link()])

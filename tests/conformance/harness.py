@@ -43,6 +43,9 @@ class Harness:
     # backup: a ZooKeeper chroot, a kvdir folder) or "parts" (the parts the backup holds;
     # a collection or table it does not hold is left alone: Docstore, Schemaless).
     overwrite_scope: ClassVar[str] = "parts"
+    # Names of the source's tables, collections, znodes or keys (plain words of them):
+    # an encrypted backup's store must show none (issue 14).
+    content_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, folder: Path, request: Any) -> None:
         self.folder, self.request = folder, request
@@ -159,6 +162,7 @@ def _cells(seed: int, count: int) -> list[dict[str, Any]]:
 
 class SchemalessHarness(Harness):
     technology = "schemaless"
+    content_names = ("bla.v2",)  # ODD_TABLE ("cells" is also the format's name)
     shards = 2
     cells_per_table = 60
 
@@ -298,6 +302,7 @@ class MariaDBHarness(ServerSchemalessHarness):
 # -- ZooKeeper ----------------------------------------------------------------------------
 class ZooKeeperHarness(Harness):
     technology = "zookeeper"
+    content_names = ("alpha", "gamma", "locked", "dot.ted")
     include = "/alpha"
     included_part = "alpha"
     include_nothing = "/no-such-subtree"
@@ -423,6 +428,7 @@ def fidelity_documents() -> list[dict]:
 
 
 class DocstoreHarness(Harness):
+    content_names = ("conf_db", "other_db", "things", "dot ted")
     id = "docstore-ferretdb"
     technology = "docstore"
     database = "conf_db"
@@ -498,6 +504,7 @@ class DocstoreHarness(Harness):
 # -- kvdir (the example plugin driver) ----------------------------------------------------
 class KvDirHarness(Harness):
     id = "kvdir"
+    content_names = ("key-007", "dot.ted", "sp ace")
     technology = "kvdir"
     overwrite_scope = "target"
     changed_part = "keys"

@@ -48,6 +48,26 @@ def _visible_windows(store: Path) -> list[bytes]:
     return found
 
 
+def _encrypted_data_files(store: Path) -> list[Path]:
+    return [p for p in _stored_files(store) if p.name.endswith(".zst.age")]
+
+
+def _everything(store: Path) -> bytes:
+    """Every stored byte, file names included, and a plain store's data decompressed (a
+    name inside compressed records is a name the backup holds)."""
+    parts = []
+    for path in _stored_files(store):
+        parts += [str(path.relative_to(store)).encode(), path.read_bytes()]
+        if path.name.endswith(".zst"):
+            parts.append(zstandard.ZstdDecompressor().decompressobj().decompress(parts[-1]))
+    return b"\0".join(parts)
+
+
+def _spellings(name: str) -> list[bytes]:
+    """A name as UTF-8 and as JSON writes it (escaped)."""
+    return [name.encode(), json.dumps(name)[1:-1].encode()]
+
+
 def test_an_encrypted_backup_shows_nothing_and_restores_only_with_its_identity(
     harness, run, tmp_path
 ):
@@ -73,10 +93,20 @@ def test_an_encrypted_backup_shows_nothing_and_restores_only_with_its_identity(
         content = path.read_bytes()
         shown = [w for w in windows if w in content]
         assert not shown, f"{path}: raw content readable in an encrypted backup: {shown[:3]}"
-    data_files = [p for p in _stored_files(encrypted_store) if p.name.endswith(".zst")]
+    data_files = _encrypted_data_files(encrypted_store)
     assert data_files and all(
         p.read_bytes().startswith(b"age-encryption.org/v1\n") for p in data_files
     )
+    # Nor any name of a table, a collection, a znode: not in file names, not in the
+    # manifest (its plain envelope; the rest is sealed).
+    plain_bytes = _everything(plain_store)
+    encrypted_bytes = _everything(encrypted_store)
+    for name in harness.content_names:
+        spellings = _spellings(name)
+        assert any(s in plain_bytes for s in spellings), f"{name!r} is no name of the source"
+        assert not any(s in encrypted_bytes for s in spellings), (
+            f"{harness.id}: the name {name!r} shows in an encrypted store"
+        )
 
     # No identity, a stranger's: refused before the target is touched.
     target = harness.make_target()
@@ -84,7 +114,7 @@ def test_an_encrypted_backup_shows_nothing_and_restores_only_with_its_identity(
     missing = run.restore(target)
     assert missing.code == 2 and "encrypted" in missing.json["error"], missing.stdout
     wrong = run.restore(target, "--identity", str(stranger))
-    assert wrong.code == 2 and "none of the identities" in wrong.json["error"], wrong.stdout
+    assert wrong.code == 2 and "opens" in wrong.json["error"], wrong.stdout
     assert harness.digest(target) == empty, "a refused restore touched the target"
 
     # The recovery key alone restores everything exactly.
@@ -108,7 +138,7 @@ def test_an_encrypted_backup_shows_nothing_and_restores_only_with_its_identity(
             crypto.fingerprint(recovery_recipient),
             crypto.fingerprint(stranger_recipient),
         }
-    data_files = [p for p in _stored_files(encrypted_store) if p.name.endswith(".zst")]
+    data_files = _encrypted_data_files(encrypted_store)
     assert all(p.read_bytes().startswith(b"age-encryption.org/v1\n") for p in data_files)
 
     # Verify: without the identity the stored bytes, with it everything; with a key that
