@@ -21,6 +21,7 @@ import hashlib
 import io
 import os
 import queue
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -74,6 +75,19 @@ def recipients_in_file(path: str | Path) -> list[str]:
     return found
 
 
+_KEY_LIKE = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
+
+
+def shown_key_path(reference: str | Path) -> str:
+    """A key file's path as an error may show it: not when its last part looks like key
+    text (a key pasted where its file's path belongs would be echoed to the terminal
+    and the logs that keep it)."""
+    name = os.path.basename(str(reference).rstrip("/"))
+    if _KEY_LIKE.search(name) or IDENTITY_PREFIX in str(reference).upper():
+        return "(a path that looks like key text, not shown: give the key's file)"
+    return repr(str(reference))
+
+
 def fingerprint(recipient: str) -> str:
     """What a manifest records of a recipient: enough to tell which key opens a backup.
     Of the key's canonical spelling, so AGE1... and age1... are one fingerprint."""
@@ -114,8 +128,15 @@ def load_identities(reference: str) -> list[x25519.Identity]:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"identity file {reference!r} cannot be read: {exc}") from None
-    return parse_identities(text, f"file {reference!r}")
+        raise BadInputError(
+            f"identity file {shown_key_path(reference)} cannot be read: {_reason(exc)}"
+        ) from None
+    return parse_identities(text, f"file {shown_key_path(reference)}")
+
+
+def _reason(exc: BaseException) -> str:
+    """An OSError's reason without the file name it repeats."""
+    return getattr(exc, "strerror", None) or type(exc).__name__
 
 
 def refuse_literal_identity(reference: str | None) -> None:

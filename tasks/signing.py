@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backstop.drivers.errors import BadInputError, IntegrityError
+from backstop.tasks import crypto
 
 SIGNATURE_NAME = "manifest.sig"
 ALGORITHM = "ed25519"
@@ -85,10 +86,14 @@ def _text_of(reference: str, what: str) -> tuple[str, str]:
     if "${" in reference:
         return resolve_url(reference), f"reference {reference}"
     path = Path(reference).expanduser()
+    reference = str(path)
     try:
-        return path.read_text(), f"file {reference!r}"
+        return path.read_text(), f"file {crypto.shown_key_path(reference)}"
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{what} file {reference!r} cannot be read: {exc}") from None
+        raise BadInputError(
+            f"{what} file {crypto.shown_key_path(reference)} cannot be read: "
+            f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+        ) from None
 
 
 def load_signing_key(reference: str) -> Ed25519PrivateKey:

@@ -177,6 +177,18 @@ BAD_INPUT = [
     pytest.param(
         ["verify", "--identity", "{db}.no-such-key"], "cannot be read", id="identity-file"
     ),
+    *[  # a key's text pasted where its file's path belongs is not echoed back
+        pytest.param(
+            [*argv, "MC4CAQAwBQYDK2VwBCIEIHJ5mTAbcdefghijklmnopqrstuvwx"],
+            "looks like key text, not shown",
+            id=f"key-text-as-path-{argv[-1]}",
+        )
+        for argv in (
+            ["backup", "schemaless", "--signing-key"],
+            ["verify", "--identity"],
+            ["verify", "--verify-key"],
+        )
+    ],
     *[  # bandwidth limits: a number of MB/s more than 0
         pytest.param(
             [command, *tech, flag, value, *rest],
@@ -227,6 +239,7 @@ def test_bad_input_exits_2_with_one_line_before_prefect(no_prefect, tmp_path, ar
     assert len(lines) == 1, result.stderr
     assert fragment in lines[0] and lines[0].startswith(f"backstop {argv[0]}: ")
     assert not any(noise in result.stderr for noise in PREFECT_NOISE)
+    assert "MC4CAQAw" not in result.stderr  # a pasted key (above) is never echoed
     assert result.stdout == ""
     assert not home.exists(), "Prefect was imported for a usage error"
 
