@@ -307,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     source_filter_args(sub)
     sub.add_argument("--dir", required=True, help="an empty or new local folder")
 
+    sub = command(
+        "rekey", "re-encrypt stored backups to new recipients (key rotation; docs/security.md)"
+    )
+    store_args(sub)
+    key_args(sub, write=True, read=True)
+    sub.add_argument("--technology", metavar="TECH")
+    sub.add_argument("--backup", metavar="ID", help="one backup (default: every encrypted one)")
+
     sub = command("metrics", "print or serve Prometheus metrics of what a store holds")
     store_args(sub)
     where = sub.add_mutually_exclusive_group()
@@ -721,6 +729,20 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return outcome.model_dump(mode="json"), text
 
 
+def cmd_rekey(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from backstop.flows.rekey import RekeyRequest, rekey
+
+    outcome = rekey(
+        request=RekeyRequest(store=_store(args), technology=args.technology, backup=args.backup)
+    )
+    lines = [f"{b['technology']}/{b['backup_id']}: {b['done']}" for b in outcome.backups]
+    lines.append(
+        f"{len(outcome.backups)} backup(s) in {outcome.duration_s:.1f} s; recipients now "
+        + ", ".join(outcome.recipients)
+    )
+    return outcome.model_dump(mode="json"), "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from backstop.flows.backup import backup
     from backstop.flows.demo import compare_shards, make_schemaless_datastore
@@ -835,6 +857,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] 
     "deployments": cmd_deployments,
     "metrics": cmd_metrics,
     "keys": cmd_keys,
+    "rekey": cmd_rekey,
 }
 
 
@@ -899,6 +922,11 @@ def _check_input(args: argparse.Namespace) -> None:
 
         check_timeouts()
         host_connections()  # read by every shard task: a bad one failed them all
+    if args.command == "rekey":
+        if not (args.recipient or args.recipients_file):
+            raise BadInputError("rekey needs the new recipients: --recipient / --recipients-file")
+        if not args.identity:
+            raise BadInputError("rekey needs the identity that opens the backups now: --identity")
     if args.command == "keys":
         from backstop.flows.keys import check_keys_target
 
@@ -965,7 +993,7 @@ def _check_backup_ref(args: argparse.Namespace) -> None:
         raise BadInputError(
             f"--backup {ref!r} is not a backup id (like 20261126T120501Z-3fa2) or 'latest'"
         )
-    if args.source:
+    if getattr(args, "source", None):
         raise BadInputError(
             "--source chooses the latest backup of those sources; give either "
             "--source or --backup ID, not both"

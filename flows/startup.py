@@ -48,6 +48,7 @@ _FLOW_MODULES = {
     "drill": ["backstop.flows.drill"],
     "prune": ["backstop.flows.prune"],
     "export": ["backstop.flows.export"],
+    "rekey": ["backstop.flows.rekey"],
     "demo": ["backstop.flows.backup", "backstop.flows.restore"],
 }
 # Commands whose flows run a data-quality suite (Great Expectations, the largest import).

@@ -27,6 +27,7 @@ DEFAULT_TIMEOUTS_S: dict[str, int] = {
     "drill": 18 * HOUR,
     "prune": 1 * HOUR,
     "export": 12 * HOUR,
+    "rekey": 12 * HOUR,
 }
 # A year: far past any run, well inside what the alarm timer (setitimer) accepts.
 MAX_TIMEOUT_S = 365 * 24 * HOUR

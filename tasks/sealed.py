@@ -20,6 +20,7 @@ keys, so anyone holding a recipient can write a body: only a signed manifest
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import pyrage
@@ -29,6 +30,9 @@ from backstop.drivers.errors import BadInputError, IntegrityError
 from backstop.tasks.manifest import Manifest, SealedPart
 
 SEALED_NAME = "manifest.sealed.age"
+# A re-encrypted backup's sealed part has a name of its own (tasks/rekey.py): the old
+# one stays until the manifest naming the new one has replaced the old manifest.
+SEALED_NAMES = re.compile(r"^manifest\.sealed(\.[0-9a-f]{8})?\.age\Z")
 
 
 class WrongIdentityError(BadInputError):
@@ -69,11 +73,13 @@ def envelope_of(manifest: Manifest) -> Manifest:
     )
 
 
-def seal(manifest: Manifest, recipients: list[Any]) -> tuple[Manifest, bytes]:
+def seal(
+    manifest: Manifest, recipients: list[Any], name: str = SEALED_NAME
+) -> tuple[Manifest, bytes]:
     """(the envelope to store as manifest.json, the sealed body's bytes)."""
     body = manifest.model_copy(update={"sealed": None}).model_dump_json(indent=2).encode()
     sealed = pyrage.encrypt(body, recipients)
-    part = SealedPart(name=SEALED_NAME, bytes=len(sealed), sha256=hashlib.sha256(sealed).hexdigest())
+    part = SealedPart(name=name, bytes=len(sealed), sha256=hashlib.sha256(sealed).hexdigest())
     return envelope_of(manifest).model_copy(update={"sealed": part}), sealed
 
 

@@ -18,10 +18,12 @@ as its one-line form `ed25519:BASE64`, which `keys generate` prints.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -155,14 +157,37 @@ def _verify_key_of(text: str, where: str) -> VerifyKey:
 
 
 # -- signatures ----------------------------------------------------------------------------
-def signature_for(key: Ed25519PrivateKey, manifest_bytes: bytes) -> bytes:
-    """The content of manifest.sig for these manifest bytes."""
-    record = {
+def _record(key: Ed25519PrivateKey, manifest_bytes: bytes) -> dict[str, str]:
+    return {
         "algorithm": ALGORITHM,
         "key": fingerprint_of(key.public_key()),
         "signature": base64.b64encode(key.sign(manifest_bytes)).decode(),
     }
-    return json.dumps(record, indent=2).encode()
+
+
+def signature_for(key: Ed25519PrivateKey, manifest_bytes: bytes) -> bytes:
+    """The content of manifest.sig for these manifest bytes."""
+    return json.dumps(_record(key, manifest_bytes), indent=2).encode()
+
+
+def signatures_for_replacing(
+    key: Ed25519PrivateKey, new_bytes: bytes, old_signature: bytes | None
+) -> bytes:
+    """manifest.sig while a manifest is being replaced (tasks/rekey.py): the new
+    manifest's signature and the old one's, so that whichever manifest a crash leaves
+    is still signed. Rewritten with the new one alone once the manifest is replaced."""
+    records = [_record(key, new_bytes)]
+    if old_signature is not None:
+        with contextlib.suppress(ValueError, TypeError, KeyError, RecursionError):
+            records += _records_in(old_signature)[:1]
+    return json.dumps({"signatures": records}, indent=2).encode()
+
+
+def _records_in(signature: bytes) -> list[dict[str, Any]]:
+    record = json.loads(signature)
+    if isinstance(record, dict) and isinstance(record.get("signatures"), list):
+        return record["signatures"][:2]  # a replacement's two, never more
+    return [record]
 
 
 def check_signature(verify: VerifyKey, manifest_bytes: bytes, signature: bytes | None, label: str):
@@ -173,11 +198,26 @@ def check_signature(verify: VerifyKey, manifest_bytes: bytes, signature: bytes |
             "configured: refused (a forger can rewrite an unsigned manifest)"
         )
     try:
-        record = json.loads(signature)
-        algorithm, key, value = record["algorithm"], record["key"], record["signature"]
-        raw = base64.b64decode(value, validate=True)
+        records = _records_in(signature)
+        parsed = [
+            (r["algorithm"], r["key"], base64.b64decode(r["signature"], validate=True))
+            for r in records
+        ]
     except (ValueError, TypeError, KeyError, RecursionError):
         raise IntegrityError(f"{label}: its signature file is unreadable") from None
+    failures = []
+    for algorithm, key, raw in parsed:
+        try:
+            _check_one(verify, manifest_bytes, algorithm, key, raw, label)
+            return
+        except IntegrityError as exc:
+            failures.append(exc)
+    raise failures[0] if failures else IntegrityError(f"{label}: its signature file is empty")
+
+
+def _check_one(
+    verify: VerifyKey, manifest_bytes: bytes, algorithm: Any, key: Any, raw: bytes, label: str
+) -> None:
     if algorithm != ALGORITHM:
         raise IntegrityError(f"{label}: signature algorithm {str(algorithm)[:40]!r} is not ed25519")
     if key != verify.fingerprint:

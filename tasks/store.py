@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import re
+import secrets
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -221,20 +222,34 @@ class ArtifactStore:
             return None
 
     # -- manifests ----------------------------------------------------------------
-    def write_manifest(self, manifest: Manifest) -> str:
+    def write_manifest(self, manifest: Manifest, *, replacing: bool = False) -> str:
         """The last files of a backup: an encrypted backup's sealed body, the signature,
-        then the manifest itself, which makes the backup complete."""
+        then the manifest itself, which makes the backup complete.
+
+        `replacing` an existing manifest (tasks/rekey.py), whichever of the two a crash
+        leaves stays whole and signed: the new sealed body gets a name of its own, and the
+        signature file holds both manifests' signatures until the new one is in place."""
         folder = self.backup_dir(manifest.technology, manifest.backup_id)
         path = posixpath.join(folder, MANIFEST_NAME)
+        sig_path = posixpath.join(folder, signing.SIGNATURE_NAME)
         if manifest.encryption is not None:
             if not self.keys.recipients:
                 raise BackstopError("an encrypted backup's manifest is written with its recipients")
-            manifest, body = sealed.seal(manifest, self.keys.recipients)
-            self._write_small(posixpath.join(folder, sealed.SEALED_NAME), body)
+            name = (
+                f"manifest.sealed.{secrets.token_hex(4)}.age" if replacing else sealed.SEALED_NAME
+            )
+            manifest, body = sealed.seal(manifest, self.keys.recipients, name)
+            self._write_small(posixpath.join(folder, name), body)
         data = manifest.model_dump_json(indent=2).encode()
+        signature = None
         if self.keys.signing_key is not None:
             signature = signing.signature_for(self.keys.signing_key, data)
-            self._write_small(posixpath.join(folder, signing.SIGNATURE_NAME), signature)
+            if replacing:
+                old = self._read_optional(sig_path, signing.MAX_SIGNATURE_BYTES, path)
+                both = signing.signatures_for_replacing(self.keys.signing_key, data, old)
+                self._write_small(sig_path, both)
+            else:
+                self._write_small(sig_path, signature)
         with _store_errors(path):
             if self.is_local:
                 self._commit_local_manifest(path, data)
@@ -242,12 +257,24 @@ class ArtifactStore:
                 # One PUT of a small object is atomic on object stores; the flow writes
                 # it only once every data file's upload has returned.
                 self.fs.pipe_file(path, data)
+        if replacing and signature is not None:
+            self._write_small(sig_path, signature)
         return path
 
     def _write_small(self, path: str, data: bytes) -> None:
-        """A small file written whole before the manifest that names it."""
-        with self.open_write(path) as fh:
-            fh.write(data)
+        """A small file beside the manifest, replaced whole or not at all (a signature
+        is rewritten while a manifest is replaced: never seen half written)."""
+        with _store_errors(path):
+            if not self.is_local:
+                self.fs.pipe_file(path, data)  # one PUT
+                return
+            folder = posixpath.dirname(path)
+            make_private_dirs(folder)
+            tmp = path + ".tmp"
+            with open_private(tmp) as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+            fsync_dir(folder)
 
     def _commit_local_manifest(self, path: str, data: bytes) -> None:
         """Data files (fsynced as they closed) and their folders' entries reach the disk
@@ -295,10 +322,10 @@ class ArtifactStore:
         check_manifest_names(manifest, technology, backup_id)
         if manifest.sealed is not None and unseal and self.keys.identities:
             body = self._read_optional(
-                posixpath.join(folder, sealed.SEALED_NAME), MAX_MANIFEST_BYTES, label
+                posixpath.join(folder, manifest.sealed.name), MAX_MANIFEST_BYTES, label
             )
             if body is None:
-                raise IntegrityError(f"{label}: its sealed part {sealed.SEALED_NAME} is missing")
+                raise IntegrityError(f"{label}: its sealed part {manifest.sealed.name} is missing")
             manifest = sealed.unseal(manifest, body, self.keys.identities, label)
             check_manifest_names(manifest, technology, backup_id)
         return manifest
@@ -691,8 +718,8 @@ def check_manifest_names(manifest: Manifest, technology: str, backup_id: str) ->
             f"{label} describes {manifest.technology!r}/{manifest.backup_id!r}, not the "
             "backup of its folder: the manifest was moved or altered"
         )
-    if manifest.sealed is not None and manifest.sealed.name != sealed.SEALED_NAME:
-        raise IntegrityError(f"{label}: its sealed part is not named {sealed.SEALED_NAME}")
+    if manifest.sealed is not None and not sealed.SEALED_NAMES.match(manifest.sealed.name):
+        raise IntegrityError(f"{label}: its sealed part has a name no backup writes")
     for file in manifest.files:
         check_file_name(file.name, f"backup {technology}/{backup_id}")
         if file.path is not None:

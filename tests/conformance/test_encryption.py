@@ -148,6 +148,24 @@ def test_an_encrypted_backup_shows_nothing_and_restores_only_with_its_identity(
     rotated = run.verify("--identity", str(stranger))
     assert rotated.code == 0 and rotated.json["stored_bytes_only"] == len(data_files)
 
+    # Rotation: `rekey` re-encrypts every encrypted backup to a new key, which alone
+    # then restores it exactly; the old key opens nothing, the names stay hidden.
+    rotated, rotated_recipient = _keys(keys, "rotated")
+    rekeyed = run("rekey", "--store", run.store, "--identity", str(recovery),
+                  "--recipient", rotated_recipient, "--json")  # fmt: skip
+    assert rekeyed.code == 0, rekeyed.stdout + rekeyed.stderr
+    assert all(b["done"].startswith("re-encrypted") for b in rekeyed.json["backups"])
+    fresh = harness.make_target()
+    again = run.restore(fresh, "--identity", str(rotated), "--backup", backed_up.json["backup_id"])
+    assert again.code == 0 and again.json["verified"] is True, again.stdout + again.stderr
+    assert harness.digest(fresh) == before
+    old_key = run.restore(harness.make_target(), "--identity", str(recovery),
+                          "--backup", backed_up.json["backup_id"])  # fmt: skip
+    assert old_key.code == 2, old_key.stdout
+    encrypted_bytes = _everything(encrypted_store)
+    assert not any(s in encrypted_bytes for n in harness.content_names for s in _spellings(n))
+    data_files, recovery = _encrypted_data_files(encrypted_store), rotated
+
     # One flipped byte in the middle of an encrypted file: found with and without the key.
     damaged = data_files[0]
     content = bytearray(damaged.read_bytes())
