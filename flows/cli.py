@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("prune", "delete the backups a retention policy no longer keeps")
     store_args(sub)
+    key_args(sub, write=False, read=True)  # --verify-key: only signed backups count as kept
     sub.add_argument("--keep-last", type=int, metavar="N", help="newest N backups per source")
     sub.add_argument("--keep-days", type=float, metavar="D", help="backups finished within D days")
     sub.add_argument(
@@ -464,9 +465,12 @@ def _rate(text: str | None, flag: str) -> float | None:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value < math.inf:  # nan fails too
+    from backstop.tasks.bandwidth import MAX_MB_S, MIN_MB_S
+
+    if not MIN_MB_S <= value <= MAX_MB_S:  # nan fails too
         raise BadInputError(
-            f"{flag} takes a rate in MB/s (10^6 bytes a second) more than 0, got {text!r}"
+            f"{flag} takes a rate in MB/s (10^6 bytes a second) from {MIN_MB_S} to "
+            f"{MAX_MB_S:g}, got {text!r}"
         )
     return value
 
@@ -653,7 +657,7 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         "incomplete": [f"{f.technology}/{f.backup_id}" for f in inventory.incomplete],
         "unreadable": {f"{f.technology}/{f.backup_id}": p for f, p in inventory.unreadable.items()},
     }
-    if not rows:
+    if not rows and not data["unreadable"]:
         return data, "no complete backups"
     lines = [
         f"{'TECHNOLOGY':<11} {'NEWEST BACKUP':<22} {'ROLE':<9} {'AGE':>8} {'SIZE':>10}  STATE  "
@@ -667,7 +671,7 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             f"{', '.join(r['sources'])}"
         )
     unsigned = [r for r in rows if not r["signed"]]
-    if len(unsigned) == len(rows):
+    if rows and len(unsigned) == len(rows):
         lines.append(
             "the store is unsigned: no newest backup carries a manifest signature "
             "(backstop keys generate; backup --signing-key)"
@@ -679,6 +683,8 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         )
     if data["incomplete"]:
         lines.append(f"incomplete backup folders: {', '.join(data['incomplete'])}")
+    for name, problem in data["unreadable"].items():  # with --verify-key: failed signatures
+        lines.append(f"UNREADABLE {name}: {problem}")
     for r in rows:
         if r["broken_chain"]:
             lines.append(f"{r['newest_backup']} cannot be restored: {r['broken_chain']}")
@@ -922,6 +928,11 @@ def _check_input(args: argparse.Namespace) -> None:
 
         check_timeouts()
         host_connections()  # read by every shard task: a bad one failed them all
+    if args.command == "drill":
+        from backstop.tasks.signing import check_reads_own_signature
+
+        keys = _keys(args)
+        check_reads_own_signature(keys["signing_key"], keys["verify_key"])
     if args.command == "rekey":
         if not (args.recipient or args.recipients_file):
             raise BadInputError("rekey needs the new recipients: --recipient / --recipients-file")

@@ -29,6 +29,9 @@ def drill_store(store: StoreSpec) -> StoreSpec:
     (refused before the backup, which would be left behind otherwise), and with an
     identity alone its backup is encrypted to that identity's public key (a drill's
     copy of production is no reason for clear text in the store)."""
+    from backstop.tasks.signing import check_reads_own_signature
+
+    check_reads_own_signature(store.signing_key, store.verify_key)
     if store.recipients and not store.identity:
         raise BadInputError(
             "a drill of an encrypted backup restores it: give --identity as well as --recipient"

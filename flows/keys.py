@@ -11,6 +11,7 @@ docs/security.md says where each lives and how to rotate them.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def check_keys_target(folder: str) -> None:
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise BadInputError(f"{folder!r} exists and is not a folder")
-    present = [name for name in FILES.values() if (path / name).exists()]
+    present = [name for name in FILES.values() if os.path.lexists(path / name)]  # links too
     if present:
         raise BadInputError(
             f"{folder!r} already holds {', '.join(present)}: keys are never overwritten "
@@ -50,9 +51,9 @@ def generate_keys(folder: str) -> dict[str, Any]:
         path / FILES["identity"],
         f"# created: {created}\n# public key: {recipient}\n{identity}\n",
     )
-    (path / FILES["recipient"]).write_text(recipient + "\n")
+    _public_file(path / FILES["recipient"], recipient + "\n")
     crypto.private_key_file(path / FILES["signing_key"], private_pem)
-    (path / FILES["verify_key"]).write_text(public_pem)
+    _public_file(path / FILES["verify_key"], public_pem)
     return {
         "dir": str(path.absolute()),
         "files": {key: str((path / name).absolute()) for key, name in FILES.items()},
@@ -61,6 +62,13 @@ def generate_keys(folder: str) -> dict[str, Any]:
         "verify_key": signing.one_line(verify.key),
         "verify_key_fingerprint": verify.fingerprint,
     }
+
+
+def _public_file(path: Path, text: str) -> None:
+    """A new file (never through a link planted in its place, never over another)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def next_steps(result: dict[str, Any]) -> str:

@@ -389,9 +389,26 @@ def guard_targets(
     txn.set("technology", technology)
     txn.set("store", store.model_dump())
     txn.set("safety", safety)
+    # The rollback trusts the safety backup because this run wrote it, not because it is
+    # signed (a restore host holds a verify key, rarely the signing key): by its bytes.
+    txn.set("safety_digest", store.open().manifest_digest(technology, safety) if safety else None)
     txn.set("targets", list(targets))
     txn.set("created", list(created))
     txn.set("options", dict(options))  # what the restore was allowed, its rollback is too
+
+
+def _pinned_safety_store(store: StoreSpec, txn: Transaction, safety: str) -> StoreSpec:
+    """The store to read the safety backup from: its manifest must be the bytes this run
+    wrote (checked here), so no signature is asked of it."""
+    if store.verify_key is None and store.signing_key is None:
+        return store
+    pinned = txn.get("safety_digest")
+    found = store.model_copy(update={"verify_key": None, "signing_key": None})
+    if pinned is None or found.open().manifest_digest(txn.get("technology"), safety) != pinned:
+        raise IntegrityError(
+            f"safety backup {safety}: its manifest changed since this restore wrote it"
+        )
+    return found
 
 
 @guard_targets.on_rollback
@@ -410,11 +427,12 @@ def _roll_back_targets(txn: Transaction) -> None:
         return
     logger.warning("restore failed: rolling the targets back to safety backup %s", safety)
     try:
+        store = _pinned_safety_store(StoreSpec(**txn.get("store")), txn, safety)
         with _outside_transaction():  # a retried task of the rollback must not rerun it
             back = restore(
                 request=RestoreRequest(
                     technology=txn.get("technology"),
-                    store=StoreSpec(**txn.get("store")),
+                    store=store,
                     targets=txn.get("targets"),
                     backup=safety,
                     mode=RestoreMode.OVERWRITE,

@@ -35,6 +35,10 @@ MB = 1_000_000  # bytes: limits are in MB/s, as in restic's and rclone's decimal
 BURST_S = 0.1  # the bucket holds this many seconds' worth of bytes ...
 MIN_BURST = 256 << 10  # ... and at least this many
 PIECE = 64 << 10  # the most bytes one metered write or read call moves at once
+# The limits a limit may take: below 10 kB/s a 64 KiB piece waits longer than 6 s (and a
+# typo like 1e-9 would wait years); above 1 TB/s there is nothing to limit.
+MIN_MB_S, MAX_MB_S = 0.01, 1e6
+MAX_WAIT_S = 60.0  # one sleep at most; a longer debt is slept in turns
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 def _sleep(seconds: float) -> None:
     """Wait for tokens; a stop request (SIGTERM) ends the wait at once (the stream's
     own check_stop then stops it)."""
-    STOP.wait(seconds)
+    STOP.wait(min(seconds, MAX_WAIT_S))
 
 
 class TokenBucket:

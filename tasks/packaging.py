@@ -251,14 +251,21 @@ class StoreSink:
 
 
 class _CountingReader:
-    """Hashes and counts the compressed bytes on their way from the store."""
+    """Hashes and counts the compressed bytes on their way from the store; past `limit`
+    bytes (the manifest's size) it reads no more, so a file that never ends (a link to
+    /dev/zero planted in the store) fails its size check instead of hanging the reader."""
 
-    def __init__(self, fh: IO[bytes]) -> None:
+    def __init__(self, fh: IO[bytes], limit: int | None = None) -> None:
         self._fh = fh
+        self._limit = limit
         self.sha = hashlib.sha256()
         self.bytes = 0
 
     def read(self, size: int = -1) -> bytes:
+        if self._limit is not None and self.bytes > self._limit:
+            return b""
+        if size is None or size < 0:
+            size = _READ_SIZE  # never "all of it": see limit
         data = self._fh.read(size)
         self.sha.update(data)
         self.bytes += len(data)
@@ -289,7 +296,7 @@ class CheckedStream:
         identities: list[Any] | None = None,
     ):
         self._rehash_raw = rehash_raw
-        self._source = _CountingReader(fh)
+        self._source = _CountingReader(fh, file.bytes)
         self._decryptor = _decryptor(self._source, file, label, identities)
         self._zstd = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(
             self._decryptor or self._source, read_across_frames=True, closefd=False
@@ -421,7 +428,7 @@ class StoreSource:
         path = self._path(file)
         label = self._store.relative(path)
         with self._store.open_read(path) as fh:
-            counted = _CountingReader(fh)
+            counted = _CountingReader(fh, file.bytes)
             while counted.read(_READ_SIZE):
                 pass
         if counted.bytes != file.bytes:

@@ -36,6 +36,9 @@ _OPAQUE_FILE = re.compile(r"^[0-9a-f]{20}\.zst\.age\Z")
 def rekey_backup(store: ArtifactStore, technology: str, backup_id: str) -> str:
     """Re-encrypt one backup to store.keys.recipients, reading with store.keys.identities;
     returns what was done, in a few words."""
+    if store.keys.verify_key_implied:
+        # The new signing key did not sign what is stored: check with --verify-key only.
+        store = _with_keys(store, verify_key=None, verify_key_implied=False)
     held = fresh_leases(store, technology, backup_id)
     if held:
         raise BadInputError(f"{technology}/{backup_id} is in use: {held[0].describe()}")

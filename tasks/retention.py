@@ -47,7 +47,7 @@ def take_inventory(store: ArtifactStore, technology: str | None = None) -> Inven
             incomplete.append(folder)
             continue
         try:
-            manifest = store.read_manifest(folder.technology, folder.backup_id)
+            manifest = store.listed_manifest(folder)
         except BackstopError as exc:
             unreadable[folder] = str(exc)
             continue

@@ -110,9 +110,28 @@ def literal_secrets_in(request: BaseModel) -> list[str]:
             f"store {redact_url(store.url)!r}: {what}" for what in literal_url_secrets(store.url)
         ]
         found += [f"store option {path}" for path in literal_option_secrets(store.options)]
+        found += [f"store {field}: a private key's text" for field in _literal_key_fields(store)]
     # Driver options are stored too (flow-run parameters, the manifest's options).
     found += [f"option {path}" for path in literal_option_secrets(getattr(request, "options", {}))]
     return found
+
+
+# Marks of a private key's text: an age identity, a PEM private key (a signing key).
+_PRIVATE_KEY_MARKS = ("AGE-SECRET-KEY-", "PRIVATE KEY")
+
+
+def _holds_private_key(value: str) -> bool:
+    upper = value.upper()
+    return any(mark in upper for mark in _PRIVATE_KEY_MARKS)
+
+
+def _literal_key_fields(store: Any) -> list[str]:
+    """The store's key fields that hold a key itself, not where to find it."""
+    return [
+        field
+        for field in ("identity", "signing_key")
+        if isinstance(getattr(store, field, None), str) and _holds_private_key(getattr(store, field))
+    ]
 
 
 def hide_secrets(request: Request) -> Request:
@@ -166,6 +185,8 @@ def _masked(value: Any, key: str = "") -> Any:
     if key and is_secret_name(key) and literal_option_secrets({key: value}):
         return MASK
     if isinstance(value, str):
+        if _holds_private_key(value):  # an identity or signing key typed into a form
+            return MASK
         try:
             return stash_url_secrets(value, lambda _secret: MASK)
         except BadInputError:  # half a reference, half plain text: mask it all

@@ -50,6 +50,11 @@ def fingerprint_of(key: Ed25519PublicKey) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
+def verify_key_of(key: Ed25519PrivateKey) -> VerifyKey:
+    public = key.public_key()
+    return VerifyKey(key=public, fingerprint=fingerprint_of(public))
+
+
 def one_line(key: Ed25519PublicKey) -> str:
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return ONE_LINE_PREFIX + base64.b64encode(raw).decode()
@@ -190,6 +195,14 @@ def _records_in(signature: bytes) -> list[dict[str, Any]]:
     return [record]
 
 
+def looks_signed(signature: bytes) -> bool:
+    """A signature file with a signature in it (not checked: that needs a verify key)."""
+    try:
+        return all(r["algorithm"] == ALGORITHM and r["signature"] for r in _records_in(signature))
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return False
+
+
 def check_signature(verify: VerifyKey, manifest_bytes: bytes, signature: bytes | None, label: str):
     """Raise IntegrityError naming why, unless `signature` is verify's over the bytes."""
     if signature is None:
@@ -231,3 +244,21 @@ def _check_one(
         raise IntegrityError(
             f"{label} does not match its signature: it was changed after it was signed"
         ) from None
+
+
+def check_reads_own_signature(signing_key: str | None, verify_key: str | None) -> None:
+    """A drill checks with the verify key what it backed up itself: it must sign with the
+    matching key (refused before the backup, which would be left behind otherwise)."""
+    if verify_key and not signing_key:
+        raise BadInputError(
+            "a drill restores the backup it takes, which --verify-key checks: give the "
+            "matching --signing-key too (or neither)"
+        )
+    if verify_key and signing_key and "${" not in verify_key + signing_key:
+        own = verify_key_of(load_signing_key(signing_key)).fingerprint
+        if load_verify_key(verify_key).fingerprint != own:
+            raise BadInputError(
+                "the drill's --signing-key does not match its --verify-key: its own backup "
+                "would be refused"
+            )
+

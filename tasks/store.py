@@ -8,7 +8,10 @@ A folder without a manifest is an incomplete backup: invisible to list and resto
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import errno
+import hashlib
 import json
 import os
 import posixpath
@@ -76,15 +79,19 @@ class StoreSpec(BaseModel):
     # direction, shared by every stream (tasks/bandwidth.py); None: unlimited.
     limit_upload_mb_s: float | None = Field(
         default=None,
-        gt=0,
+        ge=bandwidth.MIN_MB_S,
+        le=bandwidth.MAX_MB_S,
         allow_inf_nan=False,
-        description="cap on writing backups' data files, MB/s (10^6 bytes); empty: none",
+        description="cap on writing backups' data files, MB/s (10^6 bytes), 0.01 to 10^6; "
+        "empty: none",
     )
     limit_download_mb_s: float | None = Field(
         default=None,
-        gt=0,
+        ge=bandwidth.MIN_MB_S,
+        le=bandwidth.MAX_MB_S,
         allow_inf_nan=False,
-        description="cap on reading backups' data files, MB/s (10^6 bytes); empty: none",
+        description="cap on reading backups' data files, MB/s (10^6 bytes), 0.01 to 10^6; "
+        "empty: none",
     )
 
     def open(self) -> ArtifactStore:
@@ -110,12 +117,19 @@ class StoreSpec(BaseModel):
         crypto.refuse_literal_identity(self.identity)
         signing.refuse_literal_signing_key(self.signing_key)
         identities = crypto.load_identities(self.identity) if self.identity else []
+        signing_key = signing.load_signing_key(self.signing_key) if self.signing_key else None
+        verify_key = signing.load_verify_key(self.verify_key) if self.verify_key else None
+        if verify_key is None and signing_key is not None:
+            # A host that signs believes only what it signed: an incremental is never
+            # built on a parent someone else planted in the store.
+            verify_key = signing.verify_key_of(signing_key)
         return StoreKeys(
             recipients=crypto.parse_recipients(self.recipients),
             fingerprints=[crypto.fingerprint(r) for r in self.recipients],
             identities=identities,
-            signing_key=signing.load_signing_key(self.signing_key) if self.signing_key else None,
-            verify_key=signing.load_verify_key(self.verify_key) if self.verify_key else None,
+            signing_key=signing_key,
+            verify_key=verify_key,
+            verify_key_implied=verify_key is not None and not self.verify_key,
         )
 
     def display(self) -> str:
@@ -144,6 +158,7 @@ class StoreKeys:
     identities: list[Any] = field(default_factory=list)  # pyrage x25519.Identity
     signing_key: Any = None  # Ed25519PrivateKey: manifests written are signed
     verify_key: Any = None  # signing.VerifyKey: manifests read must be signed by it
+    verify_key_implied: bool = False  # the signing key's own, no verify key being given
 
 
 class ArtifactStore:
@@ -209,11 +224,31 @@ class ArtifactStore:
     def open_read(self, path: str) -> Iterator[IO[bytes]]:
         try:
             with _store_errors(path):
-                fh = self.fs.open(path, "rb")
+                fh = self._open_local(path) if self.is_local else self.fs.open(path, "rb")
         except FileNotFoundError:
             raise IntegrityError(f"{self.relative(path)}: file is missing from the store") from None
         with _store_errors(path), fh:
             yield bandwidth.metered(fh, self.download)
+
+    def _open_local(self, path: str) -> IO[bytes]:
+        """A data file on a local disk: a regular file, not a link followed or a FIFO
+        waited on (planted in the store, either would hang or redirect the reader)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise IntegrityError(
+                    f"{self.relative(path)}: a symbolic link, not a file this store wrote"
+                ) from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise IntegrityError(f"{self.relative(path)}: not a regular file")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def size(self, path: str) -> int | None:
         try:
@@ -330,11 +365,38 @@ class ArtifactStore:
             check_manifest_names(manifest, technology, backup_id)
         return manifest
 
+    def manifest_digest(self, technology: str, backup_id: str) -> str:
+        """SHA-256 of a manifest's bytes as stored: what pins a backup this run wrote
+        itself (a restore's safety backup), whoever else could sign or not."""
+        path = posixpath.join(self.backup_dir(technology, backup_id), MANIFEST_NAME)
+        label = f"{technology}/{backup_id}/{MANIFEST_NAME}"
+        raw = self._read_optional(path, MAX_MANIFEST_BYTES, label)
+        if raw is None:
+            raise IntegrityError(f"{label} is missing")
+        return hashlib.sha256(raw).hexdigest()
+
+    def check_sealed_part(self, manifest: Manifest) -> None:
+        """An envelope's sealed part: present, and the size and SHA-256 it records (what
+        `verify` proves of it without the identity). IntegrityError otherwise."""
+        part = manifest.sealed
+        if part is None:
+            return
+        label = f"{manifest.technology}/{manifest.backup_id}/{part.name}"
+        folder = self.backup_dir(manifest.technology, manifest.backup_id)
+        body = self._read_optional(posixpath.join(folder, part.name), MAX_MANIFEST_BYTES, label)
+        if body is None:
+            raise IntegrityError(f"{label}: the sealed manifest is missing from the store")
+        if len(body) != part.bytes or hashlib.sha256(body).hexdigest() != part.sha256:
+            raise IntegrityError(f"{label}: differs from the size and SHA-256 its manifest records")
+
     def is_signed(self, technology: str, backup_id: str) -> bool:
         """Whether a signature lies beside the manifest (checked only with a verify key)."""
         path = posixpath.join(self.backup_dir(technology, backup_id), signing.SIGNATURE_NAME)
-        with _store_errors(path):
-            return self.fs.exists(path)
+        try:
+            signature = self._read_optional(path, signing.MAX_SIGNATURE_BYTES, path)
+        except IntegrityError:
+            return False
+        return signature is not None and signing.looks_signed(signature)
 
     def _read_optional(self, path: str, limit: int, label: str) -> bytes | None:
         """A small file beside a manifest; None when it does not exist."""
@@ -425,14 +487,24 @@ class ArtifactStore:
         for folder in self.folders(technology):
             if folder.complete:
                 try:
-                    manifests.append(self._scanned(folder))
+                    manifests.append(self.listed_manifest(folder))
                 except IntegrityError as exc:
                     unreadable[folder] = str(exc)
                 except BadInputError:  # deleted since the listing (a prune): not a backup
                     continue
         return StoreScan(manifests, unreadable)
 
-    def _scanned(self, folder: BackupFolder) -> Manifest:
+    def _claims_ordinary(self, folder: BackupFolder) -> bool:
+        """Whether a manifest that failed its check says it is an ordinary backup (a
+        restore host's unsigned safety backup is not: it never stands for `latest`)."""
+        unchecked = copy.copy(self)
+        unchecked.keys = dataclasses.replace(self.keys, verify_key=None)
+        try:
+            return unchecked.read_manifest(folder.technology, folder.backup_id, unseal=False).ordinary
+        except BackstopError:
+            return True  # unreadable either way: as suspect as a forged one
+
+    def listed_manifest(self, folder: BackupFolder) -> Manifest:
         """A manifest for a listing: its envelope when the identity given does not open
         it (a backup from before a key rotation is still listed, and a restore of it
         says which keys it needs)."""
@@ -450,7 +522,7 @@ class ArtifactStore:
         by its (redacted) URLs only."""
         candidates = [
             m
-            for m in self._ordinary_backups(technology)
+            for m in self._ordinary_backups(technology, latest=False)
             # A safety or drill backup may be of the same sources, but holds a target's
             # old content or a drill's copy: never what the next incremental continues.
             if m.quality.status == "passed" and _same_sources(m, sources, source_ids)
@@ -537,19 +609,36 @@ class ArtifactStore:
             chosen = _validated(chosen, technology)
         return newest_of(chosen)
 
-    def _ordinary_backups(self, technology: str) -> list[Manifest]:
+    def _ordinary_backups(self, technology: str, *, latest: bool = True) -> list[Manifest]:
         """Complete ordinary backups, oldest first. A manifest that cannot be read (or
         was pruned meanwhile) is no candidate: it could not be restored."""
-        found = []
+        found, refused = [], []
         for folder in self.folders(technology):
             if not folder.complete:
                 continue
             try:
-                manifest = self._scanned(folder)
-            except (IntegrityError, BadInputError):
+                manifest = self.listed_manifest(folder)
+            except IntegrityError as exc:
+                if self._claims_ordinary(folder):
+                    refused.append((folder.backup_id, str(exc)))
+                continue
+            except BadInputError:
                 continue
             if manifest.ordinary:
                 found.append(manifest)
+        if latest and self.keys.verify_key is not None and refused:
+            # With signatures checked, a newer backup that fails the check is someone's
+            # forgery or a signing host's lost key: a restore of `latest` never silently
+            # falls back to older data. (An incremental builds on what it signed.)
+            newest = max(m.backup_id for m in found) if found else ""
+            newer = [(i, why) for i, why in refused if i > newest]
+            if newer:
+                backup_id, why = max(newer)
+                raise IntegrityError(
+                    f"'latest' would skip {len(newer)} newer backup(s) that fail the signature "
+                    f"check (newest: {backup_id}: {why}); restore an older one deliberately "
+                    "with --backup ID"
+                )
         return found
 
     def claim_backup_id(self, technology: str, attempts: int = 20) -> str:

@@ -29,8 +29,13 @@ def _check_files(
     """(problems, files whose stored bytes alone were checked). `unopenable`: a file
     the identity given cannot decrypt is checked by its stored bytes (verify after a
     key rotation) instead of refusing with BadInputError (restore)."""
-    source = StoreSource(store.open(), manifest.technology, manifest.backup_id)
+    opened = store.open()
+    source = StoreSource(opened, manifest.technology, manifest.backup_id)
     problems, stored_only = [], 0
+    try:
+        opened.check_sealed_part(manifest)  # an envelope's: an opened one was checked to open
+    except IntegrityError as exc:
+        problems.append(str(exc))
     for file in manifest.files:
         try:
             try:

@@ -392,3 +392,16 @@ def test_a_restore_downloads_at_the_limit(prefect_harness, tmp_path):
     print(f"download: {rate:.2f} MB/s over {seconds:.1f} s")
     assert rate == pytest.approx(limit, rel=TOLERANCE), f"{rate:.2f} MB/s over {seconds:.1f} s"
     assert f"download limited to {limit} MB/s" in proc.stderr
+
+
+@pytest.mark.parametrize("rate", [1e-9, 0.001, 1e7, 1e308])
+def test_a_limit_that_cannot_work_is_refused_by_the_store_spec(tmp_path, rate):
+    """1e-9 MB/s would wait two years for one piece; a deployment parameter is checked
+    as the CLI checks its flags."""
+    from pydantic import ValidationError
+
+    from backstop.tasks.store import StoreSpec
+
+    with pytest.raises(ValidationError):
+        StoreSpec(url=str(tmp_path), limit_download_mb_s=rate)
+

@@ -177,6 +177,11 @@ BAD_INPUT = [
     pytest.param(
         ["verify", "--identity", "{db}.no-such-key"], "cannot be read", id="identity-file"
     ),
+    pytest.param(  # it backs up, then would refuse to read its own backup back
+        ["drill", "schemaless", "--source", "sqlite:///{db}", "--scratch", "sqlite:///{db}.s",
+         "--verify-key", "ed25519:" + "A" * 43 + "="],
+        "give the matching --signing-key", id="drill-verify-without-signing",
+    ),
     *[  # a key's text pasted where its file's path belongs is not echoed back
         pytest.param(
             [*argv, "MC4CAQAwBQYDK2VwBCIEIHJ5mTAbcdefghijklmnopqrstuvwx"],
@@ -202,7 +207,7 @@ BAD_INPUT = [
             ("verify", [], "--limit-download", []),
             ("export", ["schemaless"], "--limit-download", ["--dir", "{db}.d"]),
         ]
-        for value in ("0", "-1", "abc", "nan", "inf")
+        for value in ("0", "-1", "abc", "nan", "inf", "1e-9", "1e308")
         if command == "backup" or value in ("0", "nan")
     ],
 ]
@@ -221,7 +226,7 @@ def _fill(argv: list[str], tmp_path: Path) -> list[str]:
         "docstore": "mongodb://127.0.0.1:9/",
         None: f"sqlite:///{db}",
     }[tech]
-    if command in ("restore", "export", "verify", "prune", "status", "list"):
+    if command in ("restore", "export", "verify", "prune", "status", "list", "drill"):
         rest += ["--store", _store(tmp_path)]
     if command == "restore":
         rest += ["--target", urls]

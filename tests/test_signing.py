@@ -154,3 +154,116 @@ def test_keys_are_refused_where_they_do_not_belong(tmp_path, keys):
         generate_keys(keys["dir"])
     for name in ("identity", "signing_key"):
         assert Path(keys["files"][name]).stat().st_mode & 0o077 == 0
+
+
+# -- found by review: each fails without its fix --------------------------------------------
+def _forged_newer(tmp_path: Path, real) -> object:
+    """An unsigned backup, newer than `real`, planted by someone who can write the store."""
+    from datetime import timedelta
+
+    from backstop.tasks.manifest import new_backup_id
+
+    forged = real.model_copy(
+        update={
+            "backup_id": new_backup_id(real.started_at + timedelta(hours=1)),
+            "finished_at": real.finished_at + timedelta(hours=1),
+        }
+    )
+    _store(tmp_path).write_manifest(forged)
+    return forged
+
+
+def test_a_signing_host_builds_only_on_what_it_signed(tmp_path, keys):
+    real = sample_manifest()
+    signer = _store(tmp_path, signing_key=keys["files"]["signing_key"])
+    signer.write_manifest(real)
+    _forged_newer(tmp_path, real)
+    assert signer.newest_parent("schemaless", real.sources, real.source_ids) == real
+
+
+def test_latest_refuses_to_skip_a_newer_backup_that_fails_the_signature_check(tmp_path, keys):
+    from backstop.tasks.retention import take_inventory
+
+    real = sample_manifest()
+    _store(tmp_path, signing_key=keys["files"]["signing_key"]).write_manifest(real)
+    forged = _forged_newer(tmp_path, real)
+    checked = _store(tmp_path, verify_key=keys["verify_key"])
+    with pytest.raises(IntegrityError, match=f"newer backup.*{forged.backup_id}"):
+        checked.resolve("schemaless", "latest")
+    assert checked.resolve("schemaless", real.backup_id) == real  # deliberately: allowed
+    inventory = take_inventory(checked)  # what prune and status count: never the forgery
+    assert [m.backup_id for ms in inventory.series.values() for m in ms] == [real.backup_id]
+    assert [f.backup_id for f in inventory.unreadable] == [forged.backup_id]
+
+
+def test_a_key_typed_into_a_run_form_is_found_and_masked(tmp_path, keys):
+    from backstop.flows.params import VerifyRequest
+    from backstop.tasks.secrets import _masked, literal_secrets_in
+
+    pem = Path(keys["files"]["signing_key"]).read_text()
+    identity = Path(keys["files"]["identity"]).read_text().splitlines()[-1]
+    request = VerifyRequest(
+        store=StoreSpec(url=str(tmp_path / "s"), signing_key=pem, identity=identity)
+    )
+    assert len(literal_secrets_in(request)) == 2
+    stored = json.dumps(_masked(request.model_dump(mode="json")))
+    assert "PRIVATE KEY" not in stored and "AGE-SECRET-KEY" not in stored
+
+
+def test_a_missing_or_changed_sealed_part_is_found_without_the_identity(tmp_path, keys):
+    manifest = _encrypted(sample_manifest(), keys["recipient"])
+    _store(tmp_path, recipients=[keys["recipient"]]).write_manifest(manifest)
+    store = _store(tmp_path)
+    envelope = store.read_manifest("schemaless", manifest.backup_id)
+    store.check_sealed_part(envelope)
+    body = tmp_path / "store" / "schemaless" / manifest.backup_id / sealed.SEALED_NAME
+    data = body.read_bytes()
+    body.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(IntegrityError, match="differs"):
+        store.check_sealed_part(envelope)
+    body.unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        store.check_sealed_part(envelope)
+
+
+@pytest.mark.parametrize("planted", ["dev-zero-link", "fifo"])
+def test_a_data_file_that_never_ends_fails_instead_of_hanging(tmp_path, planted):
+    import os
+    import threading
+
+    from backstop.tasks.packaging import StoreSource, check_file
+
+    manifest = sample_manifest()
+    store = _store(tmp_path)
+    store.write_manifest(manifest)
+    [file] = manifest.files
+    path = Path(store.file_path("schemaless", manifest.backup_id, file.name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if planted == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    outcome: list[BaseException | None] = []
+
+    def check() -> None:
+        try:
+            check_file(StoreSource(store, "schemaless", manifest.backup_id), file)
+            outcome.append(None)
+        except BaseException as exc:  # the outcome is asserted below
+            outcome.append(exc)
+
+    reader = threading.Thread(target=check, daemon=True)
+    reader.start()
+    reader.join(60)
+    assert outcome, "the check still reads after 60 s"
+    assert isinstance(outcome[0], IntegrityError), outcome
+
+
+def test_keys_generate_writes_through_no_planted_link(tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    victim = tmp_path / "victim.txt"
+    (folder / "verify-key.pem").symlink_to(victim)  # dangling: exists() says no
+    with pytest.raises(BadInputError, match="never overwritten"):
+        generate_keys(str(folder))
+    assert not victim.exists()

@@ -12,6 +12,7 @@ import pytest
 from faults import ReadFault, fail_after_restore_writes, fail_restore_reads
 
 from backstop.drivers.errors import PermanentError
+from backstop.flows.keys import generate_keys
 
 pytestmark = pytest.mark.integration
 
@@ -20,17 +21,19 @@ def injected() -> PermanentError:
     return PermanentError("injected fault: the target's disk is full")
 
 
-def older_target_and_newer_backup(harness, run) -> tuple[list[str], str]:
+def older_target_and_newer_backup(
+    harness, run, signing: tuple[str, ...] = (), checking: tuple[str, ...] = ()
+) -> tuple[list[str], str]:
     """(target, backup id): the target restored from the source's first backup; the
     backup taken after the source was mutated (a record changed, one deleted, one
     added, and a part the target does not have)."""
     source = harness.make_source()
-    assert run.backup(source).code == 0
+    assert run.backup(source, *signing).code == 0
     target = harness.make_target()
-    restored = run.restore(target)
+    restored = run.restore(target, *checking)
     assert restored.code == 0, restored.stdout + restored.stderr
     harness.mutate(source)
-    newer = run.backup(source)
+    newer = run.backup(source, *signing)
     assert newer.code == 0, newer.stdout + newer.stderr
     return target, newer.json["backup_id"]
 
@@ -47,8 +50,15 @@ def measured_reads(harness, run, backup_id: str, monkeypatch) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("fault", ["mid-load", "after-writes"])
-def test_a_failed_overwrite_rolls_back_exactly(harness, run, monkeypatch, fault):
-    target, backup_id = older_target_and_newer_backup(harness, run)
+def test_a_failed_overwrite_rolls_back_exactly(harness, run, monkeypatch, fault, tmp_path):
+    # After the writes, with signed backups and a restore host holding only the verify
+    # key: the safety backup it takes is unsigned, and its rollback reads it all the same.
+    signing, checking = (), ()
+    if fault == "after-writes":
+        keys = generate_keys(str(tmp_path / "keys"))
+        signing = ("--signing-key", keys["files"]["signing_key"])
+        checking = ("--verify-key", keys["verify_key"])
+    target, backup_id = older_target_and_newer_backup(harness, run, signing, checking)
     driver_class = harness.driver_class
     if fault == "mid-load":
         reads = measured_reads(harness, run, backup_id, monkeypatch)
@@ -58,7 +68,7 @@ def test_a_failed_overwrite_rolls_back_exactly(harness, run, monkeypatch, fault)
         fail_after_restore_writes(monkeypatch, driver_class, injected, backup_id, 10**6)
     before = harness.records(target)
 
-    failed = run.restore(target, "--backup", backup_id, "--mode", "overwrite")
+    failed = run.restore(target, "--backup", backup_id, "--mode", "overwrite", *checking)
 
     assert failed.code == 1, failed.stdout + failed.stderr
     assert "injected fault" in failed.stdout + failed.stderr
