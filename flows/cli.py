@@ -423,7 +423,7 @@ def _keys(args: argparse.Namespace) -> dict[str, Any]:
     recipients = list(getattr(args, "recipient", None) or [])
     if getattr(args, "recipients_file", None):
         recipients += crypto.recipients_in_file(args.recipients_file)
-    crypto.parse_recipients(recipients)
+    crypto.parse_recipients([r for r in recipients if not crypto.is_reference(r)])
     identity = getattr(args, "identity", None)
     if identity:
         crypto.refuse_literal_identity(identity)

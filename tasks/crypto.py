@@ -67,12 +67,35 @@ def recipients_in_file(path: str | Path) -> list[str]:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInputError(f"recipients file {str(path)!r} cannot be read: {exc}") from None
+    return _recipients_in_text(text, f"recipients file {str(path)!r}")
+
+
+def _recipients_in_text(text: str, where: str) -> list[str]:
     lines = [line.strip() for line in text.splitlines()]
     found = [line for line in lines if line and not line.startswith("#")]
     if not found:
-        raise BadInputError(f"recipients file {str(path)!r} names no recipient")
+        raise BadInputError(f"{where} names no recipient")
     parse_recipients(found)
     return found
+
+
+def is_reference(value: str) -> bool:
+    """A `${secret:BLOCK}` / `${env:NAME}` reference, resolved where the key is used."""
+    return "${" in value
+
+
+def expand_recipients(values: Iterable[str]) -> list[str]:
+    """Recipients as given, with each reference replaced by the recipients its value
+    holds (a Prefect Secret block with one or more public keys, one per line)."""
+    from backstop.tasks.secrets import resolve_url
+
+    out: list[str] = []
+    for value in values:
+        if is_reference(value):
+            out += _recipients_in_text(resolve_url(value), f"reference {value}")
+        else:
+            out.append(value)
+    return out
 
 
 _KEY_LIKE = re.compile(r"[A-Za-z0-9+/=_-]{32,}")

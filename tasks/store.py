@@ -116,6 +116,7 @@ class StoreSpec(BaseModel):
 
         crypto.refuse_literal_identity(self.identity)
         signing.refuse_literal_signing_key(self.signing_key)
+        recipients = crypto.expand_recipients(self.recipients)  # ${secret:...} too
         identities = crypto.load_identities(self.identity) if self.identity else []
         signing_key = signing.load_signing_key(self.signing_key) if self.signing_key else None
         verify_key = signing.load_verify_key(self.verify_key) if self.verify_key else None
@@ -124,8 +125,8 @@ class StoreSpec(BaseModel):
             # built on a parent someone else planted in the store.
             verify_key = signing.verify_key_of(signing_key)
         return StoreKeys(
-            recipients=crypto.parse_recipients(self.recipients),
-            fingerprints=[crypto.fingerprint(r) for r in self.recipients],
+            recipients=crypto.parse_recipients(recipients),
+            fingerprints=[crypto.fingerprint(r) for r in recipients],
             identities=identities,
             signing_key=signing_key,
             verify_key=verify_key,

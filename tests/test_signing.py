@@ -267,3 +267,20 @@ def test_keys_generate_writes_through_no_planted_link(tmp_path):
     with pytest.raises(BadInputError, match="never overwritten"):
         generate_keys(str(folder))
     assert not victim.exists()
+
+
+def test_recipients_may_come_from_a_reference(tmp_path, keys, monkeypatch):
+    """A Secret block (or a variable) holding the recipients, one per line: deployments
+    keep their list of public keys in one place."""
+    other = generate_keys(str(tmp_path / "other"))
+    monkeypatch.setenv(
+        "BACKSTOP_TEST_RECIPIENTS", f"# operators\n{keys['recipient']}\n{other['recipient']}\n"
+    )
+    spec = StoreSpec(url=str(tmp_path / "s"), recipients=["${env:BACKSTOP_TEST_RECIPIENTS}"])
+    assert spec.encryption_keys().fingerprints == [
+        crypto.fingerprint(keys["recipient"]),
+        crypto.fingerprint(other["recipient"]),
+    ]
+    monkeypatch.setenv("BACKSTOP_TEST_RECIPIENTS", "# nobody\n")
+    with pytest.raises(BadInputError, match="names no recipient"):
+        spec.encryption_keys()
