@@ -8,9 +8,8 @@ and leave no manifest behind.
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -84,54 +83,71 @@ def test_a_cell_claiming_a_huge_body_fails_the_restore_in_bounded_memory(
     assert name in error and "3,500,000,000-byte body" in error, error
 
 
-def _wait_for_reader(fifo: Path, proc: subprocess.Popen, timeout: float = 300) -> int:
-    """Block until the command opens `fifo` for reading (it is then stuck reading it);
-    return the write end, held open so that the read blocks."""
+def _wait_for_reader(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Block until the command (or a process under it) holds `path` open for reading."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[0]
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:  # ENXIO: nobody has it open for reading yet
-                raise
+        with contextlib.suppress(psutil.Error):
+            top = psutil.Process(proc.pid)
+            for process in [top, *top.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    if any(f.path == str(path) for f in process.open_files()):
+                        return
         time.sleep(0.05)
     raise AssertionError("the command never opened the stored file")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_a_restore_stuck_in_a_read(
-    cli, shards, local_store, tmp_path, prefect_harness, signum
+    cli, local_store, tmp_path, prefect_harness, signum
 ):
-    backup_id = _backup(cli, shards, local_store.url)
+    # A store that hardly answers: 10 kB/s (the lowest bandwidth limit), and a stored
+    # file of 2 MB of incompressible cells, whose read takes minutes. (A stored file
+    # that is a FIFO, the old way to make a read hang, is refused as damage now; a
+    # silent server's blocking reads are tests/test_silent_sql_server.py's.)
+    source = _random_source(tmp_path / "source")
+    backup_id = _backup(cli, [source], local_store.url)
     store = store_folder(local_store.url)
     manifest = json.loads((store / "schemaless" / backup_id / "manifest.json").read_text())
-    # The stored file becomes a pipe nobody writes to: the unit reading it blocks for
-    # good, as a read of a huge or hanging file would.
     stored = store / "schemaless" / backup_id / manifest["units"][0]["files"][0]["name"]
-    stored.unlink()
-    os.mkfifo(stored)
+    assert stored.stat().st_size > 1 << 20
 
     proc = subprocess.Popen(
-        _restore_argv(local_store.url, backup_id, tmp_path, len(shards)),
+        [*_restore_argv(local_store.url, backup_id, tmp_path, 1), "--limit-download", "0.01"],
         env=subprocess_env(prefect_harness),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    writer = _wait_for_reader(stored, proc)
+    _wait_for_reader(stored, proc)
+    proc.send_signal(signum)
     try:
-        proc.send_signal(signum)
-        try:
-            out, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("the restore did not stop after the signal")
-    finally:
-        os.close(writer)
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the restore did not stop after the signal")
     assert proc.returncode == 128 + signum, err.decode(errors="replace")
     assert json.loads(out.decode().strip().splitlines()[-1])["status"] == "interrupted"
     # Nothing was added to the store: no manifest of a safety or any other backup.
     assert backup_ids(store, "schemaless") == [backup_id]
+
+
+def _random_source(folder: Path, cells: int = 500, body: int = 4096) -> str:
+    """A SQLite shard of `cells` cells with random `body`-byte bodies (incompressible)."""
+    import sqlite3
+
+    from backstop.flows.demo import make_schemaless_datastore
+
+    [url] = make_schemaless_datastore(folder, shards=1, cells=0)
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+            "INSERT INTO cells (row_key, column_name, ref_key, body, created_at) "
+            "SELECT printf('%08d-0000-4000-8000-%012d', i, i), 'c', 1, randomblob(?), "
+            "'2026-01-01 00:00:00' FROM n",
+            (cells, body),
+        )
+    return url
 
 
 def _large_source(folder: Path, cells: int = 2_000, body: int = 256 << 10) -> str:
