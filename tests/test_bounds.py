@@ -106,7 +106,7 @@ def test_a_signal_stops_a_restore_stuck_in_a_read(
     # file of 2 MB of incompressible cells, whose read takes minutes. (A stored file
     # that is a FIFO, the old way to make a read hang, is refused as damage now; a
     # silent server's blocking reads are tests/test_silent_sql_server.py's.)
-    source = _random_source(tmp_path / "source")
+    source = _large_source(tmp_path / "source", cells=500, body=4096, random=True)
     backup_id = _backup(cli, [source], local_store.url)
     store = store_folder(local_store.url)
     manifest = json.loads((store / "schemaless" / backup_id / "manifest.json").read_text())
@@ -132,37 +132,23 @@ def test_a_signal_stops_a_restore_stuck_in_a_read(
     assert backup_ids(store, "schemaless") == [backup_id]
 
 
-def _random_source(folder: Path, cells: int = 500, body: int = 4096) -> str:
-    """A SQLite shard of `cells` cells with random `body`-byte bodies (incompressible)."""
+def _large_source(
+    folder: Path, cells: int = 2_000, body: int = 256 << 10, *, random: bool = False
+) -> str:
+    """A SQLite shard of `cells` cells with `body`-byte bodies: zeros (quick to make,
+    still a few seconds of reading, hashing and compressing for the backup), or random
+    bytes (incompressible: stored as large as they are)."""
     import sqlite3
 
     from backstop.flows.demo import make_schemaless_datastore
 
     [url] = make_schemaless_datastore(folder, shards=1, cells=0)
+    fill = "randomblob" if random else "zeroblob"
     with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
         db.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
             "INSERT INTO cells (row_key, column_name, ref_key, body, created_at) "
-            "SELECT printf('%08d-0000-4000-8000-%012d', i, i), 'c', 1, randomblob(?), "
-            "'2026-01-01 00:00:00' FROM n",
-            (cells, body),
-        )
-    return url
-
-
-def _large_source(folder: Path, cells: int = 2_000, body: int = 256 << 10) -> str:
-    """A SQLite shard of `cells` cells with `body`-byte bodies (zeros: quick to make,
-    still a few seconds of reading, hashing and compressing for the backup)."""
-    import sqlite3
-
-    from backstop.flows.demo import make_schemaless_datastore
-
-    [url] = make_schemaless_datastore(folder, shards=1, cells=0)
-    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
-        db.execute(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-            "INSERT INTO cells (row_key, column_name, ref_key, body, created_at) "
-            "SELECT printf('%08d-0000-4000-8000-%012d', i, i), 'c', 1, zeroblob(?), "
+            f"SELECT printf('%08d-0000-4000-8000-%012d', i, i), 'c', 1, {fill}(?), "
             "'2026-01-01 00:00:00' FROM n",
             (cells, body),
         )
