@@ -51,7 +51,11 @@ def _everything_stored(api: str, marker: str) -> str:
     """The flow runs whose parameters name `marker`, with their logs and artifacts, and
     the server's events: as JSON text."""
     with httpx.Client(base_url=api, timeout=30) as client:
-        runs = client.post("/flow_runs/filter", json={"limit": 200}).json()
+        # The newest first: in a long session the first page of all runs need not hold
+        # this test's (found by CI under load).
+        runs = client.post(
+            "/flow_runs/filter", json={"limit": 200, "sort": "EXPECTED_START_TIME_DESC"}
+        ).json()
         mine = [r for r in runs if marker in json.dumps(r["parameters"])]
         ids = [r["id"] for r in mine]
         assert ids, f"no flow run names {marker}"
