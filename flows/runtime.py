@@ -34,8 +34,30 @@ class StoppableTaskRunner(ThreadPoolTaskRunner):
         super().__exit__(exc_type, exc_value, traceback)
 
 
-def task_runner() -> ThreadPoolTaskRunner:
-    return StoppableTaskRunner(max_workers=WORKERS)
+RUNNER_ENV = "BACKSTOP_TASK_RUNNER"  # threads (default) | dask
+DASK_ADDRESS_ENV = "BACKSTOP_DASK_ADDRESS"  # a scheduler's address; empty: a LocalCluster
+DASK_WORKERS_ENV = "BACKSTOP_DASK_WORKERS"  # the LocalCluster's worker processes
+
+
+def task_runner() -> Any:
+    """The units' runner, chosen where the flow runs (an env var: a deployment's job
+    variable, or the CLI's --runner): this process's threads, or Dask workers through
+    prefect-dask (docs/scale.md)."""
+    kind = os.environ.get(RUNNER_ENV, "threads").strip().lower() or "threads"
+    if kind == "threads":
+        return StoppableTaskRunner(max_workers=WORKERS)
+    if kind != "dask":
+        raise ValueError(f"{RUNNER_ENV} must be threads or dask, not {kind!r}")
+    from prefect_dask import DaskTaskRunner
+
+    address = os.environ.get(DASK_ADDRESS_ENV, "").strip()
+    if address:
+        return DaskTaskRunner(address=address)
+    workers = int(os.environ.get(DASK_WORKERS_ENV, "2"))
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": WORKERS, "processes": True},
+    )
 
 
 def gather(futures: Sequence[PrefectFuture[Any]]) -> list[Any]:
