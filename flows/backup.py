@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from datetime import UTC, datetime
 from typing import Any
@@ -118,17 +117,19 @@ def _backup(request: BackupRequest) -> BackupOutcome:
     except BaseException:
         discard_partial(spec, technology, backup_id)
         raise
-    read_back_keys = contextlib.ExitStack()  # an encrypted backup's read-back key (tasks/crypto.py)
-    if store.keys.recipients:
-        read_back_keys.enter_context(crypto.read_back_key(backup_id))
+    # An encrypted backup's one-time read-back key (tasks/crypto.py read_back_pair).
+    read_back, read_back_recipient = crypto.read_back_pair() if store.keys.recipients else (None, None)
     try:
-        snapshots, handle = _snapshot(request, options, backup_id)
+        snapshots, handle = _snapshot(request, options, backup_id, read_back_recipient)
         stored = [s.unit for s in snapshots]
         phases = {"snapshot": clock.seconds}
         # Where the suite ran as a unit was packaged, the read-back checks its bytes only.
         checked = [s.checks is not None for s in snapshots]
         read_back = gather(
-            validate_unit.map(technology, unmapped(spec), unmapped(backup_id), stored, checked)
+            validate_unit.map(
+                technology, unmapped(spec), unmapped(backup_id), stored, checked,
+                unmapped(read_back),
+            )
         )
         phases["validate"] = round(clock.seconds - phases["snapshot"], 3)
         quality = quality_of(
@@ -180,7 +181,6 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         raise
     finally:
         lease.release()
-        read_back_keys.close()
     publish_quality("backup", technology, f"backup {technology}/{backup_id}", quality,
                     sources, role)  # fmt: skip
     if quality.status != "passed":
@@ -232,7 +232,7 @@ def default_role() -> Role:
 
 
 def _snapshot(
-    request: BackupRequest, options: dict[str, Any], backup_id: str
+    request: BackupRequest, options: dict[str, Any], backup_id: str, read_back: str | None
 ) -> tuple[list[Snapshot], Any]:
     """Quiesce, stream every unit into the store, and release the quiesce on every path."""
     technology, spec = request.technology, request.store
@@ -241,7 +241,8 @@ def _snapshot(
     if handle is not None:  # e.g. the cluster time every unit's snapshot reads at
         units = [dataclasses.replace(u, options={**u.options, "quiesce": handle}) for u in units]
     try:
-        stored = gather(snapshot_unit.map(technology, unmapped(spec), unmapped(backup_id), units))
+        stored = gather(snapshot_unit.map(technology, unmapped(spec), unmapped(backup_id), units,
+                                          unmapped(read_back)))  # fmt: skip
     except BaseException:
         try:
             release_quiesce(technology, request.sources, handle)

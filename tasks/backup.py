@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from backstop.drivers.contract import Driver, QualityChunk, StoredUnit, Unit
 from backstop.drivers.errors import IntegrityError, PermanentError
@@ -109,25 +109,30 @@ class PackagingSuite:
         self._run.close()
 
 
-def _with_read_back_key(
-    store: ArtifactStore, backup_id: str, *, writing: bool = False
-) -> ArtifactStore:
-    """An encrypted backup's files are also encrypted to its read-back key, which the
-    read-back then decrypts with (tasks/crypto.py)."""
-    key = crypto.read_back_identity(backup_id)
-    if key is None or not store.keys.recipients:
-        return store
-    if writing:
-        store.keys = dataclasses.replace(
-            store.keys, recipients=[*store.keys.recipients, key.to_public()]
-        )
-    else:
-        store.keys = dataclasses.replace(store.keys, identities=[key])
+def _writing_for_read_back(store: ArtifactStore, recipient: str | None) -> ArtifactStore:
+    """An encrypted backup's files are also encrypted to its one-time read-back key
+    (crypto.read_back_pair), which the read-back decrypts with."""
+    if recipient is not None and store.keys.recipients:
+        extra = crypto.parse_recipients([recipient])
+        store.keys = dataclasses.replace(store.keys, recipients=[*store.keys.recipients, *extra])
+    return store
+
+
+def _reading_for_read_back(store: ArtifactStore, identity: SecretStr | None) -> ArtifactStore:
+    if identity is not None and store.keys.recipients:
+        keys = crypto.parse_identities(identity.get_secret_value(), "the read-back key")
+        store.keys = dataclasses.replace(store.keys, identities=keys)
     return store
 
 
 @task(name="snapshot-unit", task_run_name="snapshot-{unit.name}", **RETRYING)
-def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit) -> Snapshot:
+def snapshot_unit(
+    technology: str,
+    store: StoreSpec,
+    backup_id: str,
+    unit: Unit,
+    read_back_recipient: str | None = None,
+) -> Snapshot:
     """Snapshot one unit and package it into the store as it streams; where the driver
     observes its records' columns on the way (FileSink.observe), run the quality suite
     in the same pass."""
@@ -137,7 +142,7 @@ def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit)
     label = f"backup {unit.name}"
     suite = PackagingSuite(technology, unit.name) if driver.quality_suite else None
     sink = StoreSink(
-        _with_read_back_key(store.open(), backup_id, writing=True),
+        _writing_for_read_back(store.open(), read_back_recipient),
         technology,
         backup_id,
         progress=progress.start(label),
@@ -183,7 +188,12 @@ def snapshot_unit(technology: str, store: StoreSpec, backup_id: str, unit: Unit)
 
 @task(name="validate-unit", task_run_name="validate-{unit.name}", **RETRYING)
 def validate_unit(
-    technology: str, store: StoreSpec, backup_id: str, unit: StoredUnit, checked: bool = False
+    technology: str,
+    store: StoreSpec,
+    backup_id: str,
+    unit: StoredUnit,
+    checked: bool = False,
+    read_back_identity: SecretStr | None = None,
 ) -> list[dict[str, Any]]:
     """Read back every file of a unit: its stored bytes must be the ones hashed on the
     way in (size, SHA-256), and decode to what was compressed (zstd's frame checksum).
@@ -192,7 +202,8 @@ def validate_unit(
     the read is the suite's pass over the records (tasks/quality.py); other files are
     read back alone."""
     driver = get_driver(technology)
-    source = StoreSource(_with_read_back_key(store.open(), backup_id), technology, backup_id)
+    reader = _reading_for_read_back(store.open(), read_back_identity)
+    source = StoreSource(reader, technology, backup_id)
     reading = ReadBackSource(source)
     checks: list[dict[str, Any]] = []
     parts = None if checked else checked_parts(driver, unit)

@@ -23,11 +23,12 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
 import pyrage
+from pydantic import SecretStr
 from pyrage import x25519
 
 from backstop.drivers.errors import BadInputError, IntegrityError
@@ -171,27 +172,15 @@ def refuse_literal_identity(reference: str | None) -> None:
         )
 
 
-# The read-back key of each backup this process is writing (backup id -> identity). An
-# encrypted backup's files are encrypted to one more recipient, whose identity lives
-# only here while the backup runs, so the read-back decrypts and decodes every file on
-# a host that holds public keys only; the key is forgotten when the backup ends, and
-# with it any use of that extra recipient.
-_READ_BACK: dict[str, x25519.Identity] = {}
-
-
-@contextlib.contextmanager
-def read_back_key(backup_id: str) -> Iterator[None]:
-    _READ_BACK[backup_id] = x25519.Identity.generate()
-    try:
-        yield
-    finally:
-        _READ_BACK.pop(backup_id, None)
-
-
-def read_back_identity(backup_id: str) -> x25519.Identity | None:
-    """This backup's read-back key, in the process that runs it (None elsewhere: the
-    read-back then checks the stored bytes alone)."""
-    return _READ_BACK.get(backup_id)
+def read_back_pair() -> tuple[SecretStr, str]:
+    """A one-time key for one backup's read-back: (identity, recipient). An encrypted
+    backup's files are encrypted to this recipient too, so the read-back decrypts and
+    decodes every file on hosts that hold public keys only. The flow keeps the identity
+    and hands it to the read-back tasks as a SecretStr (on Dask workers, in other
+    processes, too); Prefect stores no task parameter, and the key is forgotten when the
+    backup ends, and with it any use of that extra recipient."""
+    identity = x25519.Identity.generate()
+    return SecretStr(str(identity)), str(identity.to_public())
 
 
 def generate_identity() -> tuple[str, str]:

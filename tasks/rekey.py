@@ -69,28 +69,29 @@ def rekey_backup(store: ArtifactStore, technology: str, backup_id: str) -> str:
 def _reencrypted(store: ArtifactStore, manifest: Manifest) -> Manifest:
     technology, backup_id = manifest.technology, manifest.backup_id
     source = StoreSource(store, technology, backup_id)
-    with crypto.read_back_key(backup_id):
-        read_back = crypto.read_back_identity(backup_id)
-        writer = _with_keys(store, recipients=[*store.keys.recipients, read_back.to_public()])
-        checker = StoreSource(_with_keys(store, identities=[read_back]), technology, backup_id)
-        sink = StoreSink(writer, technology, backup_id)
-        units = []
-        for unit in manifest.units:
-            files = []
-            for file in unit.files:
-                name = file.name.removesuffix(SUFFIX)
-                with source.open(file) as stream, sink.open(name, format=file.format) as out:
-                    while data := stream.read(_READ_SIZE):
-                        out.write(data)
-                written = sink.files[-1]
-                if (written.raw_bytes, written.raw_sha256) != (file.raw_bytes, file.raw_sha256):
-                    raise IntegrityError(f"{file.name}: re-encrypted content differs")
-                new = file.model_copy(
-                    update={"path": written.path, "bytes": written.bytes, "sha256": written.sha256}
-                )
-                check_file(checker, new, rehash_raw=False)  # decrypts and decodes: the read-back
-                files.append(new)
-            units.append(unit.model_copy(update={"files": files}))
+    identity, recipient = crypto.read_back_pair()  # lives as long as this call
+    extra = crypto.parse_recipients([recipient])
+    writer = _with_keys(store, recipients=[*store.keys.recipients, *extra])
+    opens = crypto.parse_identities(identity.get_secret_value(), "the read-back key")
+    checker = StoreSource(_with_keys(store, identities=opens), technology, backup_id)
+    sink = StoreSink(writer, technology, backup_id)
+    units = []
+    for unit in manifest.units:
+        files = []
+        for file in unit.files:
+            name = file.name.removesuffix(SUFFIX)
+            with source.open(file) as stream, sink.open(name, format=file.format) as out:
+                while data := stream.read(_READ_SIZE):
+                    out.write(data)
+            written = sink.files[-1]
+            if (written.raw_bytes, written.raw_sha256) != (file.raw_bytes, file.raw_sha256):
+                raise IntegrityError(f"{file.name}: re-encrypted content differs")
+            new = file.model_copy(
+                update={"path": written.path, "bytes": written.bytes, "sha256": written.sha256}
+            )
+            check_file(checker, new, rehash_raw=False)  # decrypts and decodes: the read-back
+            files.append(new)
+        units.append(unit.model_copy(update={"files": files}))
     return manifest.model_copy(
         update={
             "units": units,
