@@ -150,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"read the backup's files from the store at most this fast ({shared})",
             )
 
+    def runner_args(sub: argparse.ArgumentParser) -> None:
+        """Where the units (shards) run: this process's threads, or Dask (docs/scale.md)."""
+        sub.add_argument(
+            "--runner",
+            choices=("threads", "dask"),
+            help="run the units on this process's threads (default) or on Dask workers "
+            "(prefect-dask; a temporary LocalCluster unless --dask-address)",
+        )
+        sub.add_argument(
+            "--dask-address", metavar="ADDR", help="a Dask scheduler, e.g. tcp://10.0.0.5:8786"
+        )
+
     def source_args(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--source",
@@ -175,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_args(sub)
     key_args(sub, write=True, read=True)  # read: an incremental's encrypted, signed parent
     limit_args(sub, upload=True, download=True)  # download: the read-back of its files
+    runner_args(sub)
     sub.add_argument("--incremental", action="store_true")
     sub.add_argument(
         "--include",
@@ -197,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("restore", "restore a backup into targets, then verify them")
     sub.add_argument("technology", metavar="TECH", nargs="?", help=TECH_BY_ID_HELP)
     store_args(sub)
+    runner_args(sub)
     key_args(sub, write=True, read=True)
     limit_args(sub, upload=True, download=True)  # an overwrite's safety backup uploads
     sub.add_argument(
@@ -928,6 +942,7 @@ def _check_input(args: argparse.Namespace) -> None:
 
         check_timeouts()
         host_connections()  # read by every shard task: a bad one failed them all
+    _choose_runner(args)
     if args.command == "drill":
         from backstop.tasks.signing import check_reads_own_signature
 
@@ -979,6 +994,27 @@ def _check_input(args: argparse.Namespace) -> None:
         _check_backup_request(driver, args)
     elif args.command == "restore":
         _check_restore_request(driver, args)
+
+
+def _choose_runner(args: argparse.Namespace) -> None:
+    """--runner and --dask-address become the environment the flows read when they are
+    imported (flows/runtime.py task_runner), as a deployment's job variables do."""
+    from backstop.flows.startup import DASK_ADDRESS_ENV, RUNNER_ENV
+
+    runner = getattr(args, "runner", None)
+    address = getattr(args, "dask_address", None)
+    if address and runner not in (None, "dask"):
+        raise BadInputError("--dask-address is for --runner dask")
+    if address or runner == "dask":
+        import importlib.util
+
+        if importlib.util.find_spec("prefect_dask") is None:
+            raise BadInputError("--runner dask needs prefect-dask: pip install 'backstop[dask]'")
+        os.environ[RUNNER_ENV] = "dask"
+        if address:
+            os.environ[DASK_ADDRESS_ENV] = address
+    elif runner == "threads":
+        os.environ[RUNNER_ENV] = "threads"
 
 
 def _check_numbers(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from backstop.drivers.stop import STOP
 from backstop.flows.signals import STOP_GRACE_S
+from backstop.flows.startup import DASK_ADDRESS_ENV, DASK_WORKERS_ENV, RUNNER_ENV
 
 # Units (shards, collections) run concurrently, but never more than this many.
 WORKERS = int(os.environ.get("BACKSTOP_WORKERS", "4"))
@@ -34,9 +35,6 @@ class StoppableTaskRunner(ThreadPoolTaskRunner):
         super().__exit__(exc_type, exc_value, traceback)
 
 
-RUNNER_ENV = "BACKSTOP_TASK_RUNNER"  # threads (default) | dask
-DASK_ADDRESS_ENV = "BACKSTOP_DASK_ADDRESS"  # a scheduler's address; empty: a LocalCluster
-DASK_WORKERS_ENV = "BACKSTOP_DASK_WORKERS"  # the LocalCluster's worker processes
 
 
 def task_runner() -> Any:

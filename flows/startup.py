@@ -40,6 +40,12 @@ DEFAULT_STARTUP_TIMEOUT_S = 600.0
 STARTUP_TIMEOUT_ENV = "BACKSTOP_SERVER_STARTUP_TIMEOUT"
 _PREFECT_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 
+# Where the units run (flows/runtime.py task_runner), read when the flows are imported:
+# set by a deployment's job variables, or by the CLI's --runner / --dask-address.
+RUNNER_ENV = "BACKSTOP_TASK_RUNNER"  # threads (default) | dask
+DASK_ADDRESS_ENV = "BACKSTOP_DASK_ADDRESS"  # a scheduler's address; empty: a LocalCluster
+DASK_WORKERS_ENV = "BACKSTOP_DASK_WORKERS"  # the LocalCluster's worker processes
+
 # What each command imports before its flow runs, beyond Prefect itself.
 _FLOW_MODULES = {
     "backup": ["backstop.flows.backup"],
