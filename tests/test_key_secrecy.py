@@ -428,3 +428,36 @@ def test_an_interrupted_encrypted_backup_leaves_no_plaintext(prefect_harness, tm
     hits = found([marker.encode()], after)
     assert not hits, "\n".join(hits[:20])
     assert not found([marker.encode()], {"output": [out, err]})
+
+
+def test_the_read_back_key_a_backup_hands_its_tasks_appears_nowhere(
+    cli, shards, tmp_path, monkeypatch
+):
+    """An encrypted backup's one-time read-back identity travels to its validate tasks
+    as a parameter (so Dask workers can decrypt what they read back): Prefect must keep
+    it nowhere, nor may the store or the output show it."""
+    since = datetime.now(UTC)
+    made: list[str] = []
+    real = crypto.read_back_pair
+
+    def recorded():
+        identity, recipient = real()
+        made.append(identity.get_secret_value())
+        return identity, recipient
+
+    monkeypatch.setattr(crypto, "read_back_pair", recorded)
+    recipient = crypto.generate_identity()[1]
+    result = cli("backup", "schemaless", *[a for s in shards for a in ("--source", s)],
+                 "--store", (tmp_path / "store").as_uri(), "--recipient", recipient, "--json")  # fmt: skip
+    assert result.code == 0, result.stdout + result.stderr
+    [identity] = made
+    payload = identity.removeprefix(crypto.IDENTITY_PREFIX)
+    forms = [t.encode() for t in (identity, identity.lower(), payload, payload.lower())]
+    forms += raw_forms(bech32_payload(identity))
+    canary = f"backstop-canary-{uuid.uuid4().hex}"
+    canary_run(canary)
+    records = records_with_canary(since, canary.encode())
+    hits = found(forms, records) + found(forms, prefect_files())
+    hits += found(forms, file_contents(tmp_path / "store"))
+    hits += found(forms, {"output": [result.stdout + result.stderr]})
+    assert not hits, "\n".join(hits[:20])
