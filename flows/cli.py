@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_args(sub)
     key_args(sub, write=True, read=True)
     limit_args(sub, upload=True, download=True)
+    runner_args(sub)
     sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
 
     sub = command("status", "the newest backup of each source: its age, size and state")
