@@ -229,7 +229,13 @@ def validate_unit(
 
 @task(name="commit-manifest", **RETRYING)
 def commit_manifest(store: StoreSpec, manifest: Manifest) -> str:
-    return store.open().write_manifest(manifest)
+    opened = store.open()
+    if manifest.encryption is not None:
+        # A unit's task run twice (a Dask worker died, a retry) wrote its files twice
+        # under random names: only the attempt that returned is the backup's.
+        named = {f.path for f in manifest.files if f.path}
+        opened.remove_unnamed(manifest.technology, manifest.backup_id, named)
+    return opened.write_manifest(manifest)
 
 
 @task(name="discard-partial-backup", cache_policy=NO_CACHE)

@@ -16,21 +16,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import posixpath
-import re
 
 from backstop.drivers.errors import BadInputError, IntegrityError
 from backstop.tasks import crypto
 from backstop.tasks.leases import Lease, fresh_leases
 from backstop.tasks.manifest import EncryptionInfo, Manifest, totals_of
 from backstop.tasks.packaging import SUFFIX, StoreSink, StoreSource, check_file
-from backstop.tasks.sealed import SEALED_NAMES
 from backstop.tasks.store import ArtifactStore
 
 _READ_SIZE = 1 << 20
-# The names rekey may remove when no manifest names them: a data file's random name and
-# a sealed part's. Anything else in the folder (leases, drill records) is not its own.
-_OPAQUE_FILE = re.compile(r"^[0-9a-f]{20}\.zst\.age\Z")
 
 
 def rekey_backup(store: ArtifactStore, technology: str, backup_id: str) -> str:
@@ -108,17 +102,9 @@ def _with_keys(store: ArtifactStore, **keys) -> ArtifactStore:
 
 
 def _remove_unnamed(store: ArtifactStore, technology: str, backup_id: str) -> int:
-    """Data files and sealed parts in the folder that the manifest does not name: what an
-    earlier run (or this one) replaced or left half written."""
+    """What the manifest in place does not name: the files an earlier run (or this one)
+    replaced or left half written."""
     envelope = store.read_manifest(technology, backup_id, unseal=False)
-    named = {f.name for f in envelope.files} | {envelope.sealed.name if envelope.sealed else ""}
-    folder = store.backup_dir(technology, backup_id)
-    removed = 0
-    for path in store.fs.ls(folder, detail=False):
-        name = posixpath.basename(path.rstrip("/"))
-        if name in named or not (_OPAQUE_FILE.match(name) or SEALED_NAMES.match(name)):
-            continue
-        store.fs.rm_file(posixpath.join(folder, name))
-        removed += 1
-    return removed
+    named = {f.name for f in envelope.files} | ({envelope.sealed.name} if envelope.sealed else set())
+    return store.remove_unnamed(technology, backup_id, named)
 

@@ -45,6 +45,8 @@ from backstop.tasks.manifest import (
     new_backup_id,
 )
 
+# An encrypted backup's data file as stored: a random name (tasks/packaging.py).
+OPAQUE_FILE = re.compile(r"^[0-9a-f]{20}\.zst\.age\Z")
 # Far above any real manifest (about 300 bytes per file), far below what hurts to read.
 MAX_MANIFEST_BYTES = 256 << 20
 DRILL_RECORD = "drill.json"  # beside a drill backup's manifest, once the drill passed
@@ -666,6 +668,22 @@ class ArtifactStore:
         raise TransientError(
             f"no free backup id in {redact_url(self.url)} after {attempts} tries; try again"
         )
+
+    def remove_unnamed(self, technology: str, backup_id: str, named: set[str]) -> int:
+        """Remove the backup folder's encrypted data files and sealed parts that `named`
+        (names relative to the folder) does not hold: what a re-run task (a Dask worker
+        that died, a retry) or a cut-short rekey left behind. Their names are random, so
+        no later write replaces them; nothing else in the folder is touched."""
+        folder = self.backup_dir(technology, backup_id)
+        removed = 0
+        with _store_errors(folder):
+            for path in self.fs.ls(folder, detail=False):
+                name = posixpath.basename(path.rstrip("/"))
+                opaque = OPAQUE_FILE.match(name) or sealed.SEALED_NAMES.match(name)
+                if opaque and name not in named:
+                    self.fs.rm_file(posixpath.join(folder, name))
+                    removed += 1
+        return removed
 
     def delete_backup(self, technology: str, backup_id: str) -> None:
         """Remove a backup folder, its manifest first: a deletion cut short leaves an
