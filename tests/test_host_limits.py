@@ -78,12 +78,21 @@ class PeakConnections:
         self._stop = threading.Event()
 
     def _open_client_ports(self) -> set[int]:
+        """Client sockets to the server held by this process or any under it (a CLI run
+        as a process, its Dask workers)."""
         server_port = self.engine.url.port
-        return {
-            c.laddr.port
-            for c in psutil.Process().net_connections(kind="tcp")
-            if c.raddr and c.raddr.port == server_port and c.status == psutil.CONN_ESTABLISHED
-        }
+        ports = set()
+        me = psutil.Process()
+        for process in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                ports |= {
+                    c.laddr.port
+                    for c in process.net_connections(kind="tcp")
+                    if c.raddr
+                    and c.raddr.port == server_port
+                    and c.status == psutil.CONN_ESTABLISHED
+                }
+        return ports
 
     def _sample(self) -> None:
         query = text("SELECT client_port FROM pg_stat_activity WHERE datname = ANY(:names)")
@@ -250,3 +259,27 @@ def test_the_command_refuses_a_bad_host_connections_setting_before_prefect(tmp_p
     [line] = result.stderr.splitlines()
     assert line.startswith("backstop backup: ") and HOST_CONNECTIONS_ENV in line
     assert not (tmp_path / "ph").exists(), "Prefect was imported before the refusal"
+
+
+def test_the_host_limit_holds_for_units_on_dask_workers(
+    pg_server, new_databases, tmp_path, fresh_limit, prefect_harness
+):
+    """The same cap with the units on a LocalCluster's worker processes: the limit is
+    Prefect's, so it holds across processes."""
+    pytest.importorskip("prefect_dask", reason="the dask extra: pip install 'backstop[dask]'")
+    sources = new_databases("postgresql", 8)
+    for i, url in enumerate(sources):
+        fill(url, 1_500, seed=i)
+    names = [url.rsplit("/", 1)[1] for url in sources]
+    env = subprocess_env(prefect_harness) | {
+        HOST_CONNECTIONS_ENV: "2",
+        "BACKSTOP_DASK_WORKERS": "2",
+    }
+    argv = [str(Path(sys.executable).parent / "backstop"), "backup", "schemaless",
+            *[a for s in sources for a in ("--source", s)], "--store", str(tmp_path / "store"),
+            "--runner", "dask", "--json"]  # fmt: skip
+    with PeakConnections(pg_server.url(), names) as during:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Eight shards on 2 workers of 4 threads each: without the limit, up to eight at once.
+    assert during.samples > 10 and 1 <= during.peak <= 2, during.summary()
