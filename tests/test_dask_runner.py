@@ -22,7 +22,6 @@ from backstop.flows.demo import make_schemaless_datastore
 from backstop.flows.keys import generate_keys
 from backstop.tasks.store import StoreSpec
 
-pytest.importorskip("prefect_dask", reason="the dask extra: pip install 'backstop[dask]'")
 pytestmark = pytest.mark.integration
 
 SHARDS = 4

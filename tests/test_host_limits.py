@@ -266,7 +266,6 @@ def test_the_host_limit_holds_for_units_on_dask_workers(
 ):
     """The same cap with the units on a LocalCluster's worker processes: the limit is
     Prefect's, so it holds across processes."""
-    pytest.importorskip("prefect_dask", reason="the dask extra: pip install 'backstop[dask]'")
     sources = new_databases("postgresql", 8)
     for i, url in enumerate(sources):
         fill(url, 1_500, seed=i)
