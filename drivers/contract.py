@@ -65,6 +65,10 @@ class Capabilities:
     point_in_time: bool = False
     restore_modes: tuple[RestoreMode, ...] = tuple(RestoreMode)
     rename: bool = False  # restore under other names (RestorePlan.rename)
+    # Each unit is consistent on its own (its own point: a shard), so a failed backup
+    # keeps the units it finished and `backup --resume` takes only the others
+    # (tasks/resume.py). Not for units read at one shared point (a cluster time).
+    resumable: bool = False
 
 
 class StoredFile(BaseModel):

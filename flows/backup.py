@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 
 import backstop
-from backstop.drivers.contract import StoredUnit
-from backstop.drivers.errors import BadInputError, IntegrityError, QualityError
+from backstop.drivers.contract import StoredUnit, Unit
+from backstop.drivers.errors import BackstopError, BadInputError, IntegrityError, QualityError
 from backstop.drivers.registry import get_driver
 from backstop.flows.params import BackupOutcome, BackupRequest
 from backstop.flows.runtime import Stopwatch, gather, task_runner
 from backstop.flows.timeouts import flow_timeout
-from backstop.tasks import crypto
+from backstop.tasks import crypto, resume
 from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.backup import (
     READ_BACK,
@@ -30,7 +31,7 @@ from backstop.tasks.backup import (
 )
 from backstop.tasks.events import reported
 from backstop.tasks.identity import identify
-from backstop.tasks.leases import Lease
+from backstop.tasks.leases import Lease, fresh_leases
 from backstop.tasks.logs import install_log_masking
 from backstop.tasks.manifest import (
     ConsistencyInfo,
@@ -42,6 +43,7 @@ from backstop.tasks.manifest import (
 )
 from backstop.tasks.quality import quality_of
 from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls, shown_urls
+from backstop.tasks.store import ArtifactStore
 
 
 @flow(
@@ -79,10 +81,20 @@ def _backup(request: BackupRequest) -> BackupOutcome:
     started = datetime.now(UTC)
     sources = shown_urls(request.sources)  # a block's URL, redacted, not its name
 
+    if request.resume and not driver.capabilities.resumable:
+        raise BadInputError(
+            f"--resume: {driver.name} backups cannot be resumed (their units share one "
+            "consistency point); take the backup again"
+        )
+    mark = resume.read_mark(store, technology, request.resume) if request.resume else None
     parent = None
     options = dict(request.options)
     if request.incremental:
-        parent = store.newest_parent(technology, sources, source_ids)
+        parent = (
+            store.read_manifest(technology, mark.parent)
+            if mark is not None and mark.parent
+            else store.newest_parent(technology, sources, source_ids)
+        )
         if parent is None:
             raise BadInputError(
                 f"--incremental: no complete {technology} backup of {sources} in "
@@ -107,44 +119,82 @@ def _backup(request: BackupRequest) -> BackupOutcome:
             "units": {u.name: u.point for u in parent.units},
         }
         logger.info("incremental on top of %s", parent.backup_id)
+    asked = resume.ResumeMark(
+        technology=technology,
+        backup_id=mark.backup_id if mark else "",
+        started_at=started,
+        sources=sources,
+        source_ids=source_ids,
+        options_sha256=resume.options_digest(request.options),
+        parent=parent.backup_id if parent else None,
+        role=role.value,
+        recipients=store.keys.fingerprints if store.keys.recipients else [],
+    )
+    if mark is not None:
+        resume.check_same_backup(mark, asked)
+        started = mark.started_at
 
     # A folder of its own (ids can collide), then a lease held while it is written:
     # prune leaves a leased folder alone.
-    backup_id = store.claim_backup_id(technology)
+    backup_id = mark.backup_id if mark else store.claim_backup_id(technology)
     logger.info("backup %s/%s of %s into %s", technology, backup_id, sources, spec.display())
     try:
         lease = Lease(store, technology, backup_id, "backup").acquire()
     except BaseException:
-        discard_partial(spec, technology, backup_id)
+        if mark is None:
+            discard_partial(spec, technology, backup_id)
         raise
     # An encrypted backup's one-time read-back key (tasks/crypto.py read_back_pair).
-    read_back, read_back_recipient = crypto.read_back_pair() if store.keys.recipients else (None, None)
+    read_back, read_back_recipient = (
+        crypto.read_back_pair() if store.keys.recipients else (None, None)
+    )
+    planned: list[Unit] = []
     try:
-        snapshots, handle = _snapshot(request, options, backup_id, read_back_recipient)
-        stored = [s.unit for s in snapshots]
+        kept: list[tuple[Snapshot, list[dict[str, Any]]]] = []
+        if mark is not None:
+            _refuse_running(store, technology, backup_id, lease)
+        elif driver.capabilities.resumable:
+            resume.write_mark(store, asked.model_copy(update={"backup_id": backup_id}))
+        planned = plan_backup(technology, request.sources, options)
+        if mark is not None:
+            kept = _kept_units(request, backup_id, planned, logger)
+        taken = {s.unit.name for s, _ in kept}
+        snapshots, handle = _snapshot(
+            request,
+            [u for u in planned if u.name not in taken],
+            options,
+            backup_id,
+            read_back_recipient,
+        )
         phases = {"snapshot": clock.seconds}
         # Where the suite ran as a unit was packaged, the read-back checks its bytes only.
         checked = [s.checks is not None for s in snapshots]
-        read_back = gather(
+        read_back_checks = gather(
             validate_unit.map(
-                technology, unmapped(spec), unmapped(backup_id), stored, checked,
-                unmapped(read_back),
+                technology, unmapped(spec), unmapped(backup_id), [s.unit for s in snapshots],
+                checked, unmapped(read_back),
             )
-        )
+        )  # fmt: skip
         phases["validate"] = round(clock.seconds - phases["snapshot"], 3)
-        quality = quality_of(
-            [
-                c
-                for s, more in zip(snapshots, read_back, strict=True)
-                for c in (s.checks or []) + more
-            ]
-        )
+        done = {
+            s.unit.name: (s, more)
+            for s, more in [*kept, *zip(snapshots, read_back_checks, strict=True)]
+        }
+        ordered = [done[u.name] for u in planned]
+        stored = [s.unit for s, _ in ordered]
+        quality = quality_of([c for s, more in ordered for c in (s.checks or []) + more])
         unreadable = [
             c["problem"] for c in quality.checks if c["check"] == READ_BACK and not c["passed"]
         ]
         if unreadable:  # the stored bytes are wrong: this is no backup at all
             raise IntegrityError(f"backup {backup_id} failed its read-back: {unreadable}")
         consistency = driver.consistency(handle, stored)
+        if kept:
+            consistency.warnings.append(
+                f"resumed: {len(kept)} of {len(stored)} units were stored by the attempt "
+                f"started at {started:%Y-%m-%dT%H:%M:%SZ}, the others by the resume; each "
+                "unit is at its own point"
+            )
         for warning in consistency.warnings:
             logger.warning(warning)
         manifest = Manifest(
@@ -174,10 +224,9 @@ def _backup(request: BackupRequest) -> BackupOutcome:
             ),
         )
         commit_manifest(spec, manifest)
-    except BaseException:
+    except BaseException as exc:
         lease.release()  # first: a last heartbeat must not recreate the removed folder
-        logger.error("backup %s failed; removing its partial files", backup_id)
-        discard_partial(spec, technology, backup_id)
+        _keep_or_discard(request, backup_id, len(planned), exc, logger)
         raise
     finally:
         lease.release()
@@ -203,6 +252,7 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         raw_bytes=manifest.totals.raw_bytes,
         files=manifest.totals.files,
         duration_s=clock.seconds,
+        kept_units=len(kept),
         consistency=manifest.consistency.kind,
         consistency_point=manifest.consistency.point,
         store=store.relative(store.backup_dir(technology, backup_id)),
@@ -232,11 +282,14 @@ def default_role() -> Role:
 
 
 def _snapshot(
-    request: BackupRequest, options: dict[str, Any], backup_id: str, read_back: str | None
+    request: BackupRequest,
+    units: list[Unit],
+    options: dict[str, Any],
+    backup_id: str,
+    read_back: str | None,
 ) -> tuple[list[Snapshot], Any]:
-    """Quiesce, stream every unit into the store, and release the quiesce on every path."""
+    """Quiesce, stream the units into the store, and release the quiesce on every path."""
     technology, spec = request.technology, request.store
-    units = plan_backup(technology, request.sources, options)
     handle = quiesce(technology, request.sources, options)
     if handle is not None:  # e.g. the cluster time every unit's snapshot reads at
         units = [dataclasses.replace(u, options={**u.options, "quiesce": handle}) for u in units]
@@ -251,6 +304,86 @@ def _snapshot(
         raise
     release_quiesce(technology, request.sources, handle)
     return stored, handle
+
+
+def _refuse_running(store: ArtifactStore, technology: str, backup_id: str, lease: Lease) -> None:
+    """A resume takes its lease first, then looks for another's: of two at once, at
+    least one sees the other and stops (both may), never both write."""
+    others = [
+        info
+        for info in fresh_leases(store, technology, backup_id)
+        if info.kind == "backup" and posixpath.basename(info.name) != posixpath.basename(lease.path)
+    ]
+    if others:
+        raise BadInputError(
+            f"--resume {backup_id}: the backup is still being written: {others[0].describe()}"
+        )
+
+
+def _kept_units(
+    request: BackupRequest,
+    backup_id: str,
+    planned: list[Unit],
+    logger: Any,
+) -> list[tuple[Snapshot, list[dict[str, Any]]]]:
+    """The units an earlier attempt stored, each read back again (its files' sizes and
+    SHA-256 as recorded, and, where its suite did not run while it was packaged, the
+    suite), with the identity given (an encrypted backup's earlier one-time read-back
+    key is gone); what fails is backed up again. Every other file of the folder goes."""
+    technology, spec = request.technology, request.store
+    store = spec.open()
+    records = resume.done_units(store, technology, backup_id, logger.warning)
+    names = {u.name for u in planned}
+    candidates = [(path, s) for name, (path, s) in records.items() if name in names]
+    checks = gather(
+        validate_unit.map(
+            technology, unmapped(spec), unmapped(backup_id), [s.unit for _, s in candidates],
+            [s.checks is not None for _, s in candidates], unmapped(None),
+        )
+    )  # fmt: skip
+    kept = []
+    for (path, snapshot), more in zip(candidates, checks, strict=True):
+        failed = [c["problem"] for c in more if c["check"] == READ_BACK and not c["passed"]]
+        if failed:
+            logger.warning("%s is backed up again: %s", snapshot.unit.name, failed[0])
+        else:
+            kept.append((path, snapshot, more))
+    folder = store.backup_dir(technology, backup_id)
+    keep = {posixpath.relpath(path, folder) for path, _, _ in kept}
+    keep |= {f.path or f.name for _, s, _ in kept for f in s.unit.files}
+    removed = resume.clear_unkept(store, technology, backup_id, keep)
+    logger.info(
+        "resuming %s: %d of %d units kept, %d to back up (%d leftover files removed)",
+        backup_id, len(kept), len(planned), len(planned) - len(kept), removed,
+    )  # fmt: skip
+    return [(s, more) for _, s, more in kept]
+
+
+def _keep_or_discard(
+    request: BackupRequest, backup_id: str, units: int, exc: BaseException, logger: Any
+) -> None:
+    """A failed backup keeps its folder when units of it are stored and its driver can
+    resume (the error then says how); otherwise its partial files are removed."""
+    technology, spec = request.technology, request.store
+    kept = 0
+    if get_driver(technology).capabilities.resumable:
+        try:
+            kept = resume.kept_count(spec.open(), technology, backup_id)
+        except Exception as count_failed:  # the store is what failed: say so, keep it
+            logger.error("counting the stored units of %s failed: %s", backup_id, count_failed)
+            kept = 1
+    if not kept:
+        logger.error("backup %s failed; removing its partial files", backup_id)
+        discard_partial(spec, technology, backup_id)
+        return
+    hint = (
+        f"{min(kept, units) if units else kept} of {units or '?'} units are stored and kept "
+        f"in the incomplete backup {technology}/{backup_id}: once the cause is fixed, run the "
+        f"same backup with --resume {backup_id} to take only the others"
+    )
+    logger.error("backup %s failed; %s", backup_id, hint)
+    if isinstance(exc, BackstopError):
+        exc.args = (f"{exc}; {hint}",)
 
 
 def _unit_row(unit: StoredUnit) -> dict[str, Any]:

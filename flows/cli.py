@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     runner_args(sub)
     sub.add_argument("--incremental", action="store_true")
     sub.add_argument(
+        "--resume",
+        metavar="ID",
+        help="finish a failed backup: keep the shards it stored, take the others (give the "
+        "same sources, options and keys; schemaless)",
+    )
+    sub.add_argument(
         "--include",
         action="append",
         default=[],
@@ -518,6 +524,7 @@ def cmd_backup(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         store=_store(args),
         incremental=args.incremental,
         options=_options(args),
+        resume=args.resume,
     )
     with _progress(args):
         outcome = backup(request=request)
@@ -526,6 +533,11 @@ def cmd_backup(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         f"backup {outcome.technology}/{outcome.backup_id} completed: {outcome.records:,} records, "
         f"{_human_size(outcome.raw_bytes)} -> {_human_size(outcome.bytes)} stored in "
         f"{outcome.files} files, {outcome.duration_s:.1f} s, consistency {outcome.consistency}"
+        + (
+            f" (resumed: {outcome.kept_units} units kept from the failed attempt)"
+            if outcome.kept_units
+            else ""
+        )
     )
     return data, text
 
@@ -1082,6 +1094,18 @@ def _check_backup_request(driver: Any, args: argparse.Namespace) -> None:
         )
     if args.incremental and not driver.capabilities.incremental:
         raise BadInputError(f"{driver.name} does not support incremental backups")
+    if args.resume is not None:
+        from backstop.tasks.manifest import BACKUP_ID
+
+        if not BACKUP_ID.match(args.resume):
+            raise BadInputError(
+                f"--resume {args.resume[:40]!r} is not a backup id (like 20261126T120501Z-3fa2)"
+            )
+        if not driver.capabilities.resumable:
+            raise BadInputError(
+                f"--resume: {driver.name} backups cannot be resumed (their units share one "
+                "consistency point); take the backup again"
+            )
     _check_driver_syntax(driver.name, args.include, args.exclude, {}, None)
 
 

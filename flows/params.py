@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from backstop.drivers.contract import RestoreMode
-from backstop.tasks.manifest import Role
+from backstop.tasks.manifest import BACKUP_ID, Role
 from backstop.tasks.store import StoreSpec
 
 # Shown under every URL field of the forms: Prefect stores a run's parameters as typed,
@@ -33,6 +33,18 @@ class BackupRequest(BaseModel):
         description="why it is taken: scheduled, adhoc, safety or drill; empty: scheduled "
         "when run from a deployment, else adhoc",
     )
+    resume: str | None = Field(
+        None,
+        description="finish this failed backup: keep the shards it stored, back up the "
+        "others (same sources, options and recipients as it was started with)",
+    )
+
+    @field_validator("resume")
+    @classmethod
+    def _a_backup_id(cls, value: str | None) -> str | None:
+        if value is not None and not BACKUP_ID.match(value):
+            raise ValueError(f"{value[:40]!r} is not a backup id (like 20261128T120000Z-ab12)")
+        return value
 
 
 def source_filter() -> Any:
@@ -91,6 +103,9 @@ class BackupOutcome(BaseModel):
     consistency: str
     consistency_point: dict[str, Any]
     store: str
+    kept_units: int = Field(
+        0, description="with --resume: units stored by the earlier attempt, not taken again"
+    )
     phases_s: dict[str, float] = Field(
         default_factory=dict,
         description="seconds per phase: snapshot (read, package, store), validate (read-back "

@@ -10,19 +10,20 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
 from backstop.drivers.contract import Driver, QualityChunk, StoredUnit, Unit
 from backstop.drivers.errors import IntegrityError, PermanentError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
-from backstop.tasks import crypto
+from backstop.tasks import crypto, resume
 from backstop.tasks.host_limits import connection_slots
 from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import ReadBackSource, Stage, StoreSink, StoreSource, check_file
 from backstop.tasks.progress import reporter
 from backstop.tasks.quality import SuiteRun, checked_parts, run_suite
+from backstop.tasks.resume import Snapshot
 from backstop.tasks.retry import RETRYING, classified
 from backstop.tasks.secrets import resolve_options, resolve_url, shown_url
 from backstop.tasks.store import ArtifactStore, StoreSpec
@@ -62,15 +63,6 @@ def release_quiesce(technology: str, sources: Sequence[str], handle: dict[str, A
     driver = get_driver(technology)
     with classified(driver, "releasing the quiesce"):
         driver.release(handle, [resolve_url(s) for s in sources])
-
-
-class Snapshot(BaseModel):
-    """What snapshot_unit returns: the stored unit, and the verdicts of the quality
-    suite when the driver handed it the records as they were packaged (None: the
-    validation's read-back runs the suite)."""
-
-    unit: StoredUnit
-    checks: list[dict[str, Any]] | None = None
 
 
 class PackagingSuite:
@@ -141,8 +133,9 @@ def snapshot_unit(
     progress = reporter()
     label = f"backup {unit.name}"
     suite = PackagingSuite(technology, unit.name) if driver.quality_suite else None
+    writing = _writing_for_read_back(store.open(), read_back_recipient)
     sink = StoreSink(
-        _writing_for_read_back(store.open(), read_back_recipient),
+        writing,
         technology,
         backup_id,
         progress=progress.start(label),
@@ -173,6 +166,8 @@ def snapshot_unit(
     finally:
         if suite:
             suite.close()
+    if driver.capabilities.resumable:  # kept if another unit fails (tasks/resume.py)
+        resume.record_done(writing, technology, backup_id, Snapshot(unit=stored, checks=checks))
     log_figures(
         f"snapshot {unit.name}",
         source=stored.source,
@@ -230,6 +225,7 @@ def validate_unit(
 @task(name="commit-manifest", **RETRYING)
 def commit_manifest(store: StoreSpec, manifest: Manifest) -> str:
     opened = store.open()
+    resume.remove_records(opened, manifest.technology, manifest.backup_id)
     if manifest.encryption is not None:
         # A unit's task run twice (a Dask worker died, a retry) wrote its files twice
         # under random names: only the attempt that returned is the backup's.

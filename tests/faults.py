@@ -119,6 +119,18 @@ def fail_backup_write_once(monkeypatch, driver_class, error: Callable[[], BaseEx
     """The first block any backup_unit writes is written, then `error` is raised, once:
     the unit has written part of its data when it fails (a driver that buffers a small
     source into one block fails after its only write)."""
+    return fail_backup_writes(monkeypatch, driver_class, error, times=1)
+
+
+def fail_backup_writes(
+    monkeypatch,
+    driver_class,
+    error: Callable[[], BaseException],
+    chosen: Callable[[object], bool] = lambda unit: True,
+    times: int | None = None,
+):
+    """A chosen unit's backup_unit writes its first block, then `error` is raised;
+    `times` times in all (None: every time, as a shard whose server is gone)."""
     original = driver_class.backup_unit
     writes = {"n": 0, "fired": 0}
 
@@ -129,8 +141,8 @@ def fail_backup_write_once(monkeypatch, driver_class, error: Callable[[], BaseEx
         def write(self, data, *args, **kwargs):
             written = self._writer.write(data, *args, **kwargs)
             writes["n"] += 1
-            if not writes["fired"]:
-                writes["fired"] = 1
+            if times is None or writes["fired"] < times:
+                writes["fired"] += 1
                 raise error()
             return written
 
@@ -155,7 +167,7 @@ def fail_backup_write_once(monkeypatch, driver_class, error: Callable[[], BaseEx
             return getattr(self._sink, name)
 
     def backup_unit(self, unit, sink):
-        return original(self, unit, Sink(sink))
+        return original(self, unit, Sink(sink) if chosen(unit) else sink)
 
     monkeypatch.setattr(driver_class, "backup_unit", backup_unit)
     return writes

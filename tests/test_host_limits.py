@@ -4,11 +4,13 @@ session's real Prefect server, measured from the database server's side."""
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,34 +61,45 @@ def test_every_limit_name_is_one_prefect_accepts(url):
 
 class PeakConnections:
     """Samples pg_stat_activity from its own connection (to another database) while
-    the block runs: the most connections to `databases` seen open at once.
+    the block runs: the most connections to `databases` seen open at once, in all and
+    per host the client reached the server by.
 
     A backend outlives its client's disconnect by the moment it takes to exit, and the
     task that closed it has by then handed its slot on: under CI load a sample showed
     that exiting backend beside two working ones. So each backend the server lists is
     counted only while its client socket (its `client_port`, in this process, where the
-    flow's tasks run) is still open, looked up just after the server answered: a backend
-    whose client has gone is not a connection anyone holds."""
+    flow's tasks run, or in a process under it) is still open, looked up just after the
+    server answered: a backend whose client has gone is not a connection anyone holds.
 
-    def __init__(self, admin_url: str, databases: list[str]) -> None:
+    `forwarded`: the host (host:port) of a Forwarder in this process, the flow then
+    running in a process under it. A backend whose client socket is this process's own
+    is that host's (the forwarder's connection to the server, open while the flow's is:
+    it closes it as soon as the flow's side closes); one of a process under it reached
+    the server's own address."""
+
+    def __init__(self, admin_url: str, databases: list[str], forwarded: str = "") -> None:
         # Autocommit: within one transaction, pg_stat_activity is one snapshot.
         self.engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
         self.databases = databases
+        self.direct = f"{self.engine.url.host}:{self.engine.url.port}"
+        self.forwarded = forwarded
         self.peak = 0
+        self.peaks = dict.fromkeys([self.direct, *([forwarded] if forwarded else [])], 0)
         self.samples = 0
         self.exiting = 0  # backends listed after their client had closed (not counted)
         self._stop = threading.Event()
 
-    def _open_client_ports(self) -> set[int]:
+    def _open_client_ports(self) -> dict[int, str]:
         """Client sockets to the server held by this process or any under it (a CLI run
-        as a process, its Dask workers)."""
+        as a process, its Dask workers), each with the host it is a connection to."""
         server_port = self.engine.url.port
-        ports = set()
+        ports = {}
         me = psutil.Process()
         for process in [me, *me.children(recursive=True)]:
+            host = self.forwarded if process.pid == me.pid and self.forwarded else self.direct
             with contextlib.suppress(psutil.Error):
                 ports |= {
-                    c.laddr.port
+                    c.laddr.port: host
                     for c in process.net_connections(kind="tcp")
                     if c.raddr
                     and c.raddr.port == server_port
@@ -99,14 +112,22 @@ class PeakConnections:
         with self.engine.connect() as conn:
             while not self._stop.is_set():
                 listed = set(conn.execute(query, {"names": self.databases}).scalars())
-                held = listed & self._open_client_ports()
-                self.exiting += len(listed - held)
-                self.peak = max(self.peak, len(held))
+                open_ports = self._open_client_ports()
+                held = Counter(open_ports[port] for port in listed if port in open_ports)
+                self.exiting += len(listed) - held.total()
+                self.peak = max(self.peak, held.total())
+                for host, count in held.items():
+                    self.peaks[host] = max(self.peaks.get(host, 0), count)
                 self.samples += 1
                 self._stop.wait(0.01)
 
     def summary(self) -> dict:
-        return {"peak": self.peak, "samples": self.samples, "exiting": self.exiting}
+        return {
+            "peak": self.peak,
+            "peaks": self.peaks,
+            "samples": self.samples,
+            "exiting": self.exiting,
+        }
 
     def __enter__(self) -> PeakConnections:
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -119,20 +140,32 @@ class PeakConnections:
         self.engine.dispose()
 
 
-@pytest.fixture
-def fresh_limit(pg_server) -> Iterator[str]:
-    """The name of the PostgreSQL server's host limit, which backstop makes anew from
-    the setting, and removed after, so other tests get the default again."""
+@contextlib.contextmanager
+def fresh_limits(urls: list[str]) -> Iterator[list[str]]:
+    """The names of these URLs' host limits, which backstop makes anew from the
+    setting, and removed after, so other tests get the default again."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    [name] = host_limit_names([pg_server.url()])
-    # One left by an earlier test would keep its own slots.
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
-        client.delete_global_concurrency_limit_by_name(name)
-    yield name
+    names = host_limit_names(urls)
     with get_client(sync_client=True) as client:
-        client.delete_global_concurrency_limit_by_name(name)
+        for name in names:  # one left by an earlier test would keep its own slots
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_global_concurrency_limit_by_name(name)
+    try:
+        yield names
+    finally:
+        with get_client(sync_client=True) as client:
+            for name in names:
+                with contextlib.suppress(ObjectNotFound):
+                    client.delete_global_concurrency_limit_by_name(name)
+
+
+@pytest.fixture
+def fresh_limit(pg_server) -> Iterator[str]:
+    """The name of the PostgreSQL server's host limit (fresh_limits)."""
+    with fresh_limits([pg_server.url()]) as [name]:
+        yield name
 
 
 def test_never_more_shard_connections_to_one_host_than_its_limit(
@@ -261,24 +294,71 @@ def test_the_command_refuses_a_bad_host_connections_setting_before_prefect(tmp_p
     assert not (tmp_path / "ph").exists(), "Prefect was imported before the refusal"
 
 
+DASK_SHARDS_PER_HOST = 32
+DASK_CELLS = 300  # per shard: small, so 64 shards stay quick
+DASK_CAP = 4
+DASK_THREADS = 8  # 2 worker processes of 4 task threads (BACKSTOP_WORKERS) each
+
+
 def test_the_host_limit_holds_for_units_on_dask_workers(
-    pg_server, new_databases, tmp_path, fresh_limit, prefect_harness
+    pg_server, new_databases, tmp_path, prefect_harness, cli
 ):
-    """The same cap with the units on a LocalCluster's worker processes: the limit is
-    Prefect's, so it holds across processes."""
-    sources = new_databases("postgresql", 8)
-    for i, url in enumerate(sources):
-        fill(url, 1_500, seed=i)
-    names = [url.rsplit("/", 1)[1] for url in sources]
-    env = subprocess_env(prefect_harness) | {
-        HOST_CONNECTIONS_ENV: "2",
-        "BACKSTOP_DASK_WORKERS": "2",
-    }
-    argv = [str(Path(sys.executable).parent / "backstop"), "backup", "schemaless",
-            *[a for s in sources for a in ("--source", s)], "--store", str(tmp_path / "store"),
-            "--runner", "dask", "--json"]  # fmt: skip
-    with PeakConnections(pg_server.url(), names) as during:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    """64 shards on 2 hosts, a cap of 4 per host, the units on a LocalCluster's 2
+    worker processes: the limit is Prefect's, so it holds across processes, and each
+    host's is its own. The second host is the same server reached through a forwarder
+    on another port (a limit is named by host:port); which host a connection the
+    server lists is to is told by its client socket: the forwarder's, in this process,
+    or one of the backstop command's processes."""
+    from prefect.client.orchestration import get_client
+    from servers.proxy import Forwarder
+
+    forwarder = Forwarder(pg_server.port)
+    try:
+        direct = new_databases("postgresql", DASK_SHARDS_PER_HOST)
+        proxied = [
+            url.replace(f":{pg_server.port}/", f":{forwarder.port}/")
+            for url in new_databases("postgresql", DASK_SHARDS_PER_HOST)
+        ]
+        for i, url in enumerate(direct + proxied):
+            fill(url, DASK_CELLS, seed=i)
+        # Runs of one host's shards as long as the cluster has task threads: without
+        # the limit, each run would be that many connections to one host at once.
+        sources = [
+            url
+            for i in range(0, DASK_SHARDS_PER_HOST, DASK_THREADS)
+            for url in direct[i : i + DASK_THREADS] + proxied[i : i + DASK_THREADS]
+        ]
+        names = [url.rsplit("/", 1)[1] for url in sources]
+        hosts = [f"127.0.0.1:{pg_server.port}", f"127.0.0.1:{forwarder.port}"]
+        env = subprocess_env(prefect_harness) | {
+            HOST_CONNECTIONS_ENV: str(DASK_CAP),
+            "BACKSTOP_DASK_WORKERS": "2",
+        }
+        store = str(tmp_path / "store")
+        argv = [str(Path(sys.executable).parent / "backstop"), "backup", "schemaless",
+                *[a for s in sources for a in ("--source", s)], "--store", store,
+                "--runner", "dask", "--json"]  # fmt: skip
+        with fresh_limits(sources) as limit_names:
+            assert len(limit_names) == 2, limit_names
+            started = time.monotonic()
+            with PeakConnections(pg_server.url(), names, forwarded=hosts[1]) as during:
+                proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+            took = time.monotonic() - started
+            with get_client(sync_client=True) as client:
+                limits = [client.read_global_concurrency_limit_by_name(n) for n in limit_names]
+    finally:
+        forwarder.close()
+    print(f"dask backup of {len(sources)} shards: {took:.1f} s, {during.summary()}")  # -s
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # Eight shards on 2 workers of 4 threads each: without the limit, up to eight at once.
-    assert during.samples > 10 and 1 <= during.peak <= 2, during.summary()
+    backed_up = json.loads(proc.stdout)
+    assert backed_up["records"] == len(sources) * DASK_CELLS, backed_up
+    # Never more than the cap to one host, and each host saw several at once: the
+    # sampler saw the work, and the units ran side by side.
+    assert during.samples > 10, during.summary()
+    for host in hosts:
+        assert 2 <= during.peaks[host] <= DASK_CAP, (host, during.summary())
+    assert [(limit.limit, limit.active_slots) for limit in limits] == [(DASK_CAP, 0)] * 2
+    verified = cli("verify", "--store", store, "--technology", "schemaless",
+                   "--backup", backed_up["backup_id"], "--json")  # fmt: skip
+    assert verified.code == 0 and verified.json["ok"], verified.stdout + verified.stderr
+    assert verified.json["files"] == backed_up["files"], verified.json

@@ -317,7 +317,10 @@ class SchemalessDriver(Driver):
     name = "schemaless"
     version = "1.0.0"
     capabilities = Capabilities(
-        consistency=(ConsistencyKind.SNAPSHOT,), incremental=True, point_in_time=True
+        consistency=(ConsistencyKind.SNAPSHOT,),
+        incremental=True,
+        point_in_time=True,
+        resumable=True,  # each shard is read at its own watermarks
     )
     url_schemes = ("sqlite", "postgresql", "mysql", "mariadb")
     quality_suite = SUITE

@@ -12,11 +12,13 @@ import threading
 class Forwarder:
     """Accepts on 127.0.0.1:<port> and pipes every connection to `target_port`."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, port: int = 0) -> None:
         self.target_port = target_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", port))
         self.port = self._listener.getsockname()[1]
         self._closed = threading.Event()
+        self._open: list[socket.socket] = []  # for kill()
+        self.bytes_down = 0  # server -> client: how far a reader has got
         threading.Thread(target=self._accept, daemon=True, name="forwarder").start()
 
     def _accept(self) -> None:
@@ -31,18 +33,34 @@ class Forwarder:
                 client.close()
                 continue
             upstream.settimeout(None)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+            self._open += [client, upstream]
+            for a, b, counted in ((client, upstream, False), (upstream, client, True)):
+                args = (a, b, self._count if counted else None)
+                threading.Thread(target=_pipe, args=args, daemon=True).start()
+
+    def _count(self, n: int) -> None:
+        self.bytes_down += n  # one thread per connection's direction; a rough figure
 
     def close(self) -> None:
         self._closed.set()
         self._listener.close()
 
+    def kill(self) -> None:
+        """As a server that dies: no new connection, and every open one cut at once."""
+        self.close()
+        for end in self._open:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                end.close()
 
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
+
+def _pipe(source: socket.socket, sink: socket.socket, count=None) -> None:
     try:
         while data := source.recv(65536):
             sink.sendall(data)
+            if count is not None:
+                count(len(data))
     except OSError:
         pass
     finally:
