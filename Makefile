@@ -42,3 +42,13 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# The load test (benchmarks/load/run.py): backup-and-restore cycles of every technology as
+# flow runs on a real Prefect server and a process worker, 4 in flight, writers writing;
+# the servers it needs come from tests/servers/install.sh. Report: benchmarks/results/load-*.
+#   make load                                   short mode (a few minutes)
+#   make load LOAD_ARGS='--mode soak --minutes 60'
+LOAD_ARGS ?= --mode short
+.PHONY: load
+load: install
+	$(VENV)/bin/python -m benchmarks.load $(LOAD_ARGS)

@@ -8,6 +8,7 @@ what an operator's URL looks like.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -59,7 +60,7 @@ class PostgresServer:
         if bin_dir is None:
             raise RuntimeError("PostgreSQL is not installed")
         self.port = self.port or free_port()
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and not getattr(self, "_owned", False):
             # The server runs as `postgres`, which cannot enter pytest's root-only temp
             # folders: its folder lives under /tmp, removed again by stop().
             self.folder = Path(tempfile.mkdtemp(prefix="backstop-pg-"))
@@ -139,6 +140,21 @@ class PostgresServer:
         with psycopg.connect(self.url().replace("+psycopg", ""), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return name
+
+    def kill(self) -> None:
+        """As a crash of its host: SIGKILL to the postmaster and every backend, nothing
+        flushed. start() again brings the same data back on the same port."""
+        import psutil
+
+        server = psutil.Process(self.process.pid)
+        for process in [*server.children(recursive=True), server]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs([server], timeout=30)
+        self.process.wait(timeout=30)
+        if self._log:
+            self._log.close()
+            self._log = None
 
     def stop(self) -> None:
         stop(self.process, getattr(self, "_log", None))
