@@ -9,7 +9,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from faults import KillOnFirstWrite
 from sqlalchemy import create_engine, func, insert, inspect, select, text
 
 from backstop.drivers.contract import RestoreMode
@@ -19,7 +18,6 @@ from backstop.drivers.schemaless.engines import cell_table
 from backstop.flows.backup import backup
 from backstop.flows.params import BackupRequest, RestoreRequest
 from backstop.flows.restore import restore
-from backstop.tasks.progress import reporting
 from backstop.tasks.secrets import hide_secrets
 
 pytestmark = pytest.mark.integration
@@ -224,25 +222,8 @@ def test_cross_engine_postgresql_to_mariadb_to_sqlite(new_databases, local_store
     assert cells_of(pg_again) == cells_of(pg)
 
 
-def test_a_shard_killed_mid_backup_fails_the_backup_cleanly(tmp_path, new_databases, local_store):
-    from conftest import server_unavailable
-    from servers.sql import PostgresServer, postgres_installed
-
-    if not postgres_installed():
-        server_unavailable("PostgreSQL is not installed")
-    dying = PostgresServer(tmp_path / "dying").start()
-    try:
-        healthy = new_databases("postgresql", 3)
-        doomed = dying.url(dying.create_database())
-        for url in [*healthy, doomed]:
-            fill(url, 15_000)
-        killer = KillOnFirstWrite(dying.process.kill, unit="shard-003")
-        with reporting(killer), pytest.raises(BackstopError):
-            back_up([*healthy, doomed], local_store)
-        assert killer.killed
-        assert local_store.open().folders() == []  # no manifest, no partial files
-    finally:
-        dying.stop()
+# A shard killed mid-backup: tests/test_resume.py (the backup fails, keeps the shards it
+# stored, and is resumed once the server is back).
 
 
 @pytest.mark.parametrize("engine", ENGINES)
