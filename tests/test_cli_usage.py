@@ -62,6 +62,16 @@ def _store(tmp_path: Path) -> str:
 
 # (argv after `backstop`, with {store} and {db} filled in; a fragment of the message)
 BAD_INPUT = [
+    pytest.param(
+        ["backup", "schemaless", "--resume", "../20261126T120501Z-3fa2"],
+        NOT_AN_ID,
+        id="resume-dotdot",
+    ),
+    pytest.param(
+        ["backup", "zookeeper", "--resume", "20261126T120501Z-3fa2"],
+        "cannot be resumed",
+        id="resume-not-resumable",
+    ),
     pytest.param(["restore", "schemaless", "--backup", "../x"], NOT_AN_ID, id="backup-dotdot"),
     pytest.param(["restore", "schemaless", "--backup", "a/b"], NOT_AN_ID, id="backup-slash"),
     pytest.param(["restore", "schemaless", "--backup", ""], NOT_AN_ID, id="backup-empty"),
@@ -178,9 +188,18 @@ BAD_INPUT = [
         ["verify", "--identity", "{db}.no-such-key"], "cannot be read", id="identity-file"
     ),
     pytest.param(  # it backs up, then would refuse to read its own backup back
-        ["drill", "schemaless", "--source", "sqlite:///{db}", "--scratch", "sqlite:///{db}.s",
-         "--verify-key", "ed25519:" + "A" * 43 + "="],
-        "give the matching --signing-key", id="drill-verify-without-signing",
+        [
+            "drill",
+            "schemaless",
+            "--source",
+            "sqlite:///{db}",
+            "--scratch",
+            "sqlite:///{db}.s",
+            "--verify-key",
+            "ed25519:" + "A" * 43 + "=",
+        ],
+        "give the matching --signing-key",
+        id="drill-verify-without-signing",
     ),
     *[  # a key's text pasted where its file's path belongs is not echoed back
         pytest.param(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -59,6 +60,33 @@ def test_every_limit_name_is_one_prefect_accepts(url):
     GlobalConcurrencyLimitCreate(name=names[0], limit=1)
 
 
+def _connections_to(port: int) -> dict[int, int]:
+    """The established IPv4 TCP connections to `port` on this machine: socket inode ->
+    local port. /proc/net/tcp is read once a sample: each read walks the kernel's whole
+    table (psutil's net_connections reads it and tcp6 for each process, which took
+    half a second a sample under CI load). The server listens on 127.0.0.1 only."""
+    found = {}
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        for line in table:
+            _, local, remote, state, *_, inode = line.split()[:10]
+            if state == "01" and int(remote.rpartition(":")[2], 16) == port:
+                found[int(inode)] = int(local.rpartition(":")[2], 16)
+    return found
+
+
+def _sockets_of(pid: int) -> set[int]:
+    """The inodes of the sockets process `pid` has open (none once it has ended)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
+
+
 class PeakConnections:
     """Samples pg_stat_activity from its own connection (to another database) while
     the block runs: the most connections to `databases` seen open at once, in all and
@@ -92,19 +120,13 @@ class PeakConnections:
     def _open_client_ports(self) -> dict[int, str]:
         """Client sockets to the server held by this process or any under it (a CLI run
         as a process, its Dask workers), each with the host it is a connection to."""
-        server_port = self.engine.url.port
-        ports = {}
+        connected = _connections_to(self.engine.url.port)
+        ports: dict[int, str] = {}
         me = psutil.Process()
         for process in [me, *me.children(recursive=True)]:
             host = self.forwarded if process.pid == me.pid and self.forwarded else self.direct
-            with contextlib.suppress(psutil.Error):
-                ports |= {
-                    c.laddr.port: host
-                    for c in process.net_connections(kind="tcp")
-                    if c.raddr
-                    and c.raddr.port == server_port
-                    and c.status == psutil.CONN_ESTABLISHED
-                }
+            for inode in _sockets_of(process.pid) & connected.keys():
+                ports[connected[inode]] = host
         return ports
 
     def _sample(self) -> None:
