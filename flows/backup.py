@@ -42,7 +42,7 @@ from backstop.tasks.manifest import (
     totals_of,
 )
 from backstop.tasks.quality import quality_of
-from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls, shown_urls
+from backstop.tasks.secrets import refuse_literal_secrets, resolve_urls, shown_url, shown_urls
 from backstop.tasks.store import ArtifactStore
 
 
@@ -89,9 +89,11 @@ def _backup(request: BackupRequest) -> BackupOutcome:
     mark = resume.read_mark(store, technology, request.resume) if request.resume else None
     parent = None
     options = dict(request.options)
+    if mark is not None:
+        role = mark.role  # the backup that was started: a scheduled one stays so
     if request.incremental:
         parent = (
-            store.read_manifest(technology, mark.parent)
+            _resumed_parent(store, mark, source_ids)
             if mark is not None and mark.parent
             else store.newest_parent(technology, sources, source_ids)
         )
@@ -127,11 +129,12 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         source_ids=source_ids,
         options_sha256=resume.options_digest(request.options),
         parent=parent.backup_id if parent else None,
-        role=role.value,
+        role=role,
         recipients=store.keys.fingerprints if store.keys.recipients else [],
     )
     if mark is not None:
         resume.check_same_backup(mark, asked)
+        _refuse_older_than_newest(store, mark, sources, source_ids)
         started = mark.started_at
 
     # A folder of its own (ids can collide), then a lease held while it is written:
@@ -144,6 +147,13 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         if mark is None:
             discard_partial(spec, technology, backup_id)
         raise
+    if mark is not None:
+        try:  # with the lease held: no other run is at it, and it is still unfinished
+            _refuse_running(store, technology, backup_id, lease)
+            resume.check_same_backup(resume.read_mark(store, technology, backup_id), asked)
+        except BaseException:
+            lease.release()  # the folder is not this run's to remove
+            raise
     # An encrypted backup's one-time read-back key (tasks/crypto.py read_back_pair).
     read_back, read_back_recipient = (
         crypto.read_back_pair() if store.keys.recipients else (None, None)
@@ -151,9 +161,7 @@ def _backup(request: BackupRequest) -> BackupOutcome:
     planned: list[Unit] = []
     try:
         kept: list[tuple[Snapshot, list[dict[str, Any]]]] = []
-        if mark is not None:
-            _refuse_running(store, technology, backup_id, lease)
-        elif driver.capabilities.resumable:
+        if mark is None and driver.capabilities.resumable:
             resume.write_mark(store, asked.model_copy(update={"backup_id": backup_id}))
         planned = plan_backup(technology, request.sources, options)
         if mark is not None:
@@ -226,7 +234,8 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         commit_manifest(spec, manifest)
     except BaseException as exc:
         lease.release()  # first: a last heartbeat must not recreate the removed folder
-        _keep_or_discard(request, backup_id, len(planned), exc, logger)
+        # A resumed backup's folder is never removed: it holds what earlier runs stored.
+        _keep_or_discard(request, backup_id, len(planned), exc, logger, resuming=mark is not None)
         raise
     finally:
         lease.release()
@@ -306,6 +315,34 @@ def _snapshot(
     return stored, handle
 
 
+def _refuse_older_than_newest(
+    store: ArtifactStore, mark: resume.ResumeMark, sources: list[str], source_ids: list[str]
+) -> None:
+    """A resumed backup is as new as its first attempt; once a newer one of the same
+    sources is complete, finishing it would make an older state `latest`."""
+    newest = store.newest_parent(mark.technology, sources, source_ids)
+    if newest is not None and newest.started_at > mark.started_at:
+        raise BadInputError(
+            f"--resume {mark.backup_id}: backup {newest.backup_id} of the same sources was "
+            f"started later ({newest.started_at:%Y-%m-%d %H:%M:%S} UTC) and is complete; "
+            "finishing the older one would make it the latest. Take a new backup instead; "
+            "prune removes the incomplete one."
+        )
+
+
+def _resumed_parent(
+    store: ArtifactStore, mark: resume.ResumeMark, source_ids: list[str]
+) -> Manifest:
+    """The parent the first attempt built on, held to what newest_parent asks of one."""
+    parent = store.read_manifest(mark.technology, mark.parent)
+    if parent.quality.status != "passed" or (parent.source_ids and parent.source_ids != source_ids):
+        raise BadInputError(
+            f"--resume {mark.backup_id}: its parent {mark.parent} is not a validated backup "
+            "of the same sources; take a new backup instead"
+        )
+    return parent
+
+
 def _refuse_running(store: ArtifactStore, technology: str, backup_id: str, lease: Lease) -> None:
     """A resume takes its lease first, then looks for another's: of two at once, at
     least one sees the other and stops (both may), never both write."""
@@ -333,8 +370,11 @@ def _kept_units(
     technology, spec = request.technology, request.store
     store = spec.open()
     records = resume.done_units(store, technology, backup_id, logger.warning)
-    names = {u.name for u in planned}
-    candidates = [(path, s) for name, (path, s) in records.items() if name in names]
+    # A record counts for the unit planned under its name, from the same source.
+    sources = {u.name: shown_url(u.source) for u in planned}
+    candidates = [
+        (path, s) for name, (path, s) in records.items() if sources.get(name) == s.unit.source
+    ]
     checks = gather(
         validate_unit.map(
             technology, unmapped(spec), unmapped(backup_id), [s.unit for _, s in candidates],
@@ -360,7 +400,13 @@ def _kept_units(
 
 
 def _keep_or_discard(
-    request: BackupRequest, backup_id: str, units: int, exc: BaseException, logger: Any
+    request: BackupRequest,
+    backup_id: str,
+    units: int,
+    exc: BaseException,
+    logger: Any,
+    *,
+    resuming: bool,
 ) -> None:
     """A failed backup keeps its folder when units of it are stored and its driver can
     resume (the error then says how); otherwise its partial files are removed."""
@@ -372,7 +418,7 @@ def _keep_or_discard(
         except Exception as count_failed:  # the store is what failed: say so, keep it
             logger.error("counting the stored units of %s failed: %s", backup_id, count_failed)
             kept = 1
-    if not kept:
+    if not kept and not resuming:
         logger.error("backup %s failed; removing its partial files", backup_id)
         discard_partial(spec, technology, backup_id)
         return

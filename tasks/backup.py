@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
@@ -225,13 +225,18 @@ def validate_unit(
 @task(name="commit-manifest", **RETRYING)
 def commit_manifest(store: StoreSpec, manifest: Manifest) -> str:
     opened = store.open()
-    resume.remove_records(opened, manifest.technology, manifest.backup_id)
     if manifest.encryption is not None:
         # A unit's task run twice (a Dask worker died, a retry) wrote its files twice
         # under random names: only the attempt that returned is the backup's.
         named = {f.path for f in manifest.files if f.path}
         opened.remove_unnamed(manifest.technology, manifest.backup_id, named)
-    return opened.write_manifest(manifest)
+    path = opened.write_manifest(manifest)
+    try:  # the backup is complete: its resume mark and records have served
+        resume.remove_records(opened, manifest.technology, manifest.backup_id)
+    except Exception as exc:  # harmless leftovers: nothing reads them beside a manifest
+        get_run_logger().warning("removing the resume records of %s failed: %s",
+                                 manifest.backup_id, exc)  # fmt: skip
+    return path
 
 
 @task(name="discard-partial-backup", cache_policy=NO_CACHE)

@@ -36,7 +36,7 @@ from backstop.drivers.contract import StoredUnit
 from backstop.drivers.errors import BadInputError, IntegrityError
 from backstop.tasks import signing
 from backstop.tasks.leases import LEASE_PREFIX
-from backstop.tasks.manifest import MANIFEST_NAME
+from backstop.tasks.manifest import MANIFEST_NAME, Role
 from backstop.tasks.store import ArtifactStore
 
 RESUME_NAME = "resume.json"
@@ -54,7 +54,7 @@ class ResumeMark(BaseModel):
     source_ids: list[str]
     options_sha256: str
     parent: str | None = None
-    role: str
+    role: Role
     recipients: list[str] = []  # fingerprints; empty: not encrypted
 
 
@@ -75,37 +75,64 @@ def options_digest(options: Mapping[str, Any]) -> str:
 
 # -- writing -----------------------------------------------------------------------------
 def write_mark(store: ArtifactStore, mark: ResumeMark) -> None:
-    path = posixpath.join(store.backup_dir(mark.technology, mark.backup_id), RESUME_NAME)
-    store._write_small(path, mark.model_dump_json(indent=2).encode())
+    body = mark.model_dump_json(indent=2).encode()
+    record = _envelope(store, mark.technology, mark.backup_id, "mark", body, sealed=False)
+    store._write_small(_path(store, mark.technology, mark.backup_id, RESUME_NAME), record)
 
 
 def record_done(store: ArtifactStore, technology: str, backup_id: str, done: Snapshot) -> None:
     """Written by the unit's own task once its last file is stored: a process killed a
     moment later keeps the unit. A plain backup's record is named for its unit (a
     re-run replaces it); an encrypted one's name is random, as its files' names are."""
-    body = done.model_dump_json().encode()
     sealed = bool(store.keys.recipients)
+    body = done.model_dump_json().encode()
     if sealed:
         body = pyrage.encrypt(body, store.keys.recipients)
         key = secrets.token_hex(10)
     else:
         key = hashlib.sha256(done.unit.name.encode()).hexdigest()[:20]
-    record: dict[str, Any] = {"sealed": sealed, "body": base64.b64encode(body).decode()}
+    record = _envelope(store, technology, backup_id, "done", body, sealed=sealed)
+    store._write_small(_path(store, technology, backup_id, f"done-{key}.json"), record)
+
+
+def _envelope(
+    store: ArtifactStore, technology: str, backup_id: str, kind: str, body: bytes, *, sealed: bool
+) -> bytes:
+    """The file's content: the body, which backup it belongs to, and, on a host that
+    signs, a signature over all of it: a store writer can neither plant a record this
+    host then signs into a manifest, nor replay one from another backup."""
+    record: dict[str, Any] = {
+        "kind": kind,
+        "technology": technology,
+        "backup_id": backup_id,
+        "sealed": sealed,
+        "body": base64.b64encode(body).decode(),
+    }
     if store.keys.signing_key is not None:
-        # A store writer must not be able to plant a unit that this host then signs.
+        signed = _signed_bytes(kind, technology, backup_id, sealed, body)
         record["signature"] = base64.b64encode(
-            signing.signature_for(store.keys.signing_key, body)
+            signing.signature_for(store.keys.signing_key, signed)
         ).decode()
-    path = posixpath.join(store.backup_dir(technology, backup_id), f"done-{key}.json")
-    store._write_small(path, json.dumps(record).encode())
+    return json.dumps(record).encode()
+
+
+def _signed_bytes(kind: str, technology: str, backup_id: str, sealed: bool, body: bytes) -> bytes:
+    head = f"backstop-{kind}/1\0{technology}\0{backup_id}\0{int(sealed)}\0"
+    return head.encode() + body
+
+
+def _path(store: ArtifactStore, technology: str, backup_id: str, name: str) -> str:
+    return posixpath.join(store.backup_dir(technology, backup_id), name)
 
 
 # -- reading -----------------------------------------------------------------------------
 def read_mark(store: ArtifactStore, technology: str, backup_id: str) -> ResumeMark:
-    """The mark of an incomplete backup; BadInputError saying why it cannot be resumed."""
+    """The mark of an incomplete backup; BadInputError saying why it cannot be resumed.
+    Read again once the resume holds the folder's lease (another resume may have
+    finished it meanwhile)."""
     folder = store.backup_dir(technology, backup_id)
     where = f"backup {technology}/{backup_id} in {store.relative(store.root) or 'the store'}"
-    if store.fs.exists(posixpath.join(folder, MANIFEST_NAME)):
+    if has_manifest(store, technology, backup_id):
         raise BadInputError(f"--resume: {where} is complete (it has a manifest); nothing to resume")
     raw = store._read_optional(posixpath.join(folder, RESUME_NAME), 1 << 20, where)
     if raw is None:
@@ -116,14 +143,15 @@ def read_mark(store: ArtifactStore, technology: str, backup_id: str) -> ResumeMa
             "not keep finished units, or it failed before any unit was stored)"
         )
     try:
-        mark = ResumeMark.model_validate_json(raw)
-    except (ValueError, ValidationError, RecursionError) as exc:
-        raise IntegrityError(f"--resume: {where}: {RESUME_NAME} is unreadable: {exc}") from None
-    if (mark.technology, mark.backup_id) != (technology, backup_id):
-        raise IntegrityError(
-            f"--resume: {where}: its {RESUME_NAME} describes {mark.technology}/{mark.backup_id}"
-        )
-    return mark
+        body, _ = _open_envelope(store, technology, backup_id, "mark", raw)
+        return ResumeMark.model_validate_json(body)
+    except (ValueError, ValidationError, RecursionError, IntegrityError) as exc:
+        raise IntegrityError(f"--resume: {where}: {RESUME_NAME} is refused: {exc}") from None
+
+
+def has_manifest(store: ArtifactStore, technology: str, backup_id: str) -> bool:
+    folder = store.backup_dir(technology, backup_id)
+    return store.fs.exists(posixpath.join(folder, MANIFEST_NAME))
 
 
 def check_same_backup(mark: ResumeMark, asked: ResumeMark) -> None:
@@ -158,34 +186,58 @@ def done_units(
 ) -> dict[str, tuple[str, Snapshot]]:
     """The units the folder's records say are stored: unit name -> (record path, unit).
     A record that cannot be read or checked is passed over (its unit is backed up
-    again) and said through `warn`; one that the identities given cannot open stops the
-    resume (BadInputError): backing every unit up again would not be what was asked."""
+    again) and said through `warn`. Sealed records that the identities given open
+    none of stop the resume (BadInputError): backing every unit up again, or worse,
+    removing them as unkept, would not be what was asked."""
     folder = store.backup_dir(technology, backup_id)
     found: dict[str, tuple[str, Snapshot]] = {}
+    unopened: list[str] = []
     for path in sorted(store.fs.ls(folder, detail=False)):
         name = posixpath.basename(path.rstrip("/"))
         if not DONE_NAME.match(name):
             continue
         try:
-            done = _read_record(store, posixpath.join(folder, name))
+            done = _read_record(store, technology, backup_id, posixpath.join(folder, name))
+        except _Unopened:
+            unopened.append(name)
+            continue
         except IntegrityError as exc:
             warn(f"{name} is passed over, its unit is backed up again: {exc}")
             continue
         found.setdefault(done.unit.name, (posixpath.join(folder, name), done))
+    if unopened and not found:
+        raise BadInputError(
+            "--resume: the backup is encrypted and its finished units are recorded sealed: "
+            + ("give --identity to resume it" if not store.keys.identities
+               else "no identity given opens them; give the --identity of its recipients")
+        )  # fmt: skip
+    for name in unopened:
+        warn(f"{name} is passed over (no identity given opens it), its unit is backed up again")
     return found
 
 
-def _read_record(store: ArtifactStore, path: str) -> Snapshot:
-    raw = store._read_optional(path, MAX_RECORD_BYTES, path)
-    if raw is None:
-        raise IntegrityError("it is gone")
+class _Unopened(Exception):
+    """A sealed record that the identities given do not open."""
+
+
+def _open_envelope(
+    store: ArtifactStore, technology: str, backup_id: str, kind: str, raw: bytes
+) -> tuple[bytes, bool]:
+    """(body, sealed) of a mark or record written by _envelope for this very backup;
+    IntegrityError naming what is wrong. A host that signs accepts only its own
+    signature over it."""
     try:
         record = json.loads(raw)
         body = base64.b64decode(record["body"], validate=True)
-        signature = record.get("signature")
         sealed = record["sealed"] is True
+        signature = record.get("signature")
+        belongs = (record["kind"], record["technology"], record["backup_id"])
     except (ValueError, TypeError, KeyError, RecursionError):
         raise IntegrityError("it is unreadable") from None
+    if belongs != (kind, technology, backup_id):
+        raise IntegrityError(
+            f"it is a {belongs[0]} of {belongs[1]}/{belongs[2]}, not of this backup"
+        )
     if store.keys.signing_key is not None:
         if not isinstance(signature, str):
             raise IntegrityError("it is not signed, and this host signs")
@@ -193,23 +245,26 @@ def _read_record(store: ArtifactStore, path: str) -> Snapshot:
             raw_signature = base64.b64decode(signature, validate=True)
         except ValueError:
             raise IntegrityError("its signature is unreadable") from None
+        signed = _signed_bytes(kind, technology, backup_id, sealed, body)
         own = signing.verify_key_of(store.keys.signing_key)
-        signing.check_signature(own, body, raw_signature, "the record")
+        signing.check_signature(own, signed, raw_signature, "it")
+    return body, sealed
+
+
+def _read_record(store: ArtifactStore, technology: str, backup_id: str, path: str) -> Snapshot:
+    raw = store._read_optional(path, MAX_RECORD_BYTES, path)
+    if raw is None:
+        raise IntegrityError("it is gone")
+    body, sealed = _open_envelope(store, technology, backup_id, "done", raw)
     if sealed != bool(store.keys.recipients):
         raise IntegrityError("it is sealed" if sealed else "it is not sealed, and the backup is")
     if sealed:
         if not store.keys.identities:
-            raise BadInputError(
-                "--resume: the backup is encrypted: give --identity to resume it (its "
-                "finished units are recorded sealed)"
-            )
+            raise _Unopened
         try:
             body = pyrage.decrypt(body, store.keys.identities)
         except pyrage.DecryptError:
-            raise BadInputError(
-                f"--resume: no identity given opens {posixpath.basename(path)}, a record of "
-                "the backup's finished units: give the --identity of its recipients"
-            ) from None
+            raise _Unopened from None
     try:
         return Snapshot.model_validate_json(body)
     except (ValueError, ValidationError, RecursionError) as exc:
@@ -222,6 +277,13 @@ def clear_unkept(store: ArtifactStore, technology: str, backup_id: str, keep: se
     but the kept units' files and records (`keep`, relative to the folder), the mark
     and the leases. What a failed unit left half written goes; nothing of a kept one."""
     folder = store.backup_dir(technology, backup_id)
+    names = {posixpath.basename(p.rstrip("/")) for p in store.fs.ls(folder, detail=False)}
+    if RESUME_NAME not in names or MANIFEST_NAME in names:
+        # Another resume finished (or is finishing) it: nothing here is ours to remove.
+        raise BadInputError(
+            f"--resume {backup_id}: the backup was completed or changed by another run "
+            "meanwhile; nothing was removed"
+        )
     removed = 0
     for path in store.fs.find(folder):
         relative = posixpath.relpath(path, folder)
@@ -234,9 +296,9 @@ def clear_unkept(store: ArtifactStore, technology: str, backup_id: str, keep: se
 
 
 def remove_records(store: ArtifactStore, technology: str, backup_id: str) -> None:
-    """The mark and the records go before the manifest is written: a complete backup
-    holds no more than its manifest names (a crash between the two leaves an
-    incomplete folder that is no longer resumable, which prune removes)."""
+    """The mark and the records go once the manifest is written (a complete backup
+    holds no more than its manifest names); a crash before leaves them in a complete
+    folder, where nothing reads them and --resume refuses (it has a manifest)."""
     folder = store.backup_dir(technology, backup_id)
     for path in store.fs.ls(folder, detail=False):
         name = posixpath.basename(path.rstrip("/"))

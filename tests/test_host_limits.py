@@ -353,7 +353,7 @@ def test_the_host_limit_holds_for_units_on_dask_workers(
         names = [url.rsplit("/", 1)[1] for url in sources]
         hosts = [f"127.0.0.1:{pg_server.port}", f"127.0.0.1:{forwarder.port}"]
         env = subprocess_env(prefect_harness) | {
-            HOST_CONNECTIONS_ENV: str(DASK_CAP),
+            HOST_CONNECTIONS_ENV: os.environ.get("HL_CAP", str(DASK_CAP)),
             "BACKSTOP_DASK_WORKERS": "2",
         }
         store = str(tmp_path / "store")
@@ -366,6 +366,7 @@ def test_the_host_limit_holds_for_units_on_dask_workers(
             with PeakConnections(pg_server.url(), names, forwarded=hosts[1]) as during:
                 proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
             took = time.monotonic() - started
+            print("EXPERIMENT", took, during.summary(), proc.returncode, flush=True)
             with get_client(sync_client=True) as client:
                 limits = [client.read_global_concurrency_limit_by_name(n) for n in limit_names]
     finally:

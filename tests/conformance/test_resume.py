@@ -14,6 +14,7 @@ from faults import fail_backup_writes
 
 from backstop.drivers.errors import PermanentError
 from backstop.flows.keys import FILES, generate_keys
+from backstop.tasks.leases import Lease
 from backstop.tasks.store import StoreSpec
 
 pytestmark = pytest.mark.integration
@@ -134,7 +135,28 @@ def test_resume_refuses_what_is_not_the_same_backup(harness, run, local_store, m
         refused = run.backup(*argv)
         assert refused.code == 2, refused.stdout + refused.stderr
         assert why in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+    # The first attempt still running (its lease fresh): refused, and nothing removed.
+    folder = Path(local_store.url.removeprefix("file://")) / harness.technology / backup_id
+    before = _files(folder)
+    other = Lease(local_store.open(), harness.technology, backup_id, "backup").acquire()
+    try:
+        refused = run.backup(source, "--resume", backup_id)
+    finally:
+        other.release()
+    assert refused.code == 2 and "still being written" in refused.stdout, refused.stdout
+    assert _files(folder) == before
+
     # Nothing was lost by the refusals: it still resumes, and then is complete.
     assert run.backup(source, "--resume", backup_id).code == 0
     again = run.backup(source, "--resume", backup_id)
     assert again.code == 2 and "is complete" in again.stdout, again.stdout
+
+    # A failed backup older than a complete one: finishing it would make it `latest`.
+    with monkeypatch.context() as patch:
+        fail_backup_writes(patch, harness.driver_class,
+                           lambda: PermanentError("injected: gone"),
+                           chosen=lambda unit: _database(unit.source) == _database(source[-1]))  # fmt: skip
+        older = re.search(r"--resume (\S+) ", run.backup(source).stdout)[1]
+    assert run.backup(source).code == 0
+    stale = run.backup(source, "--resume", older)
+    assert stale.code == 2 and "started later" in stale.stdout, stale.stdout
