@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from backstop.drivers.contract import Driver
-from backstop.drivers.errors import BadInputError, PermanentError
+from backstop.drivers.errors import BackstopError, BadInputError, PermanentError, TransientError
 from backstop.drivers.stop import STOP, check_stop
 
 HOST_CONNECTIONS_ENV = "BACKSTOP_HOST_CONNECTIONS"
@@ -88,8 +88,7 @@ def host_connections() -> int:
 def host_limit_names(urls: Sequence[str]) -> list[str]:
     """The global concurrency limits the connections to these URLs occupy: one per
     host:port, from the URL's authority only (no secret, stable across runs), sorted
-    and without repeats. The one place limit names are made (a Dask runner's resource
-    keys use them too)."""
+    and without repeats. The one place limit names are made."""
     names = set()
     for url in urls:
         scheme, sep, rest = url.partition("://")
@@ -127,11 +126,23 @@ def host_slots(urls: Sequence[str], connections: int = 1) -> Iterator[None]:
         return
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client:
-        with _creating:
-            sizes = _create_missing(client, names, slots)
-        occupy = max(1, min([connections, *sizes]))
-        lease_id = _acquire(client, names, occupy)
+    try:
+        with get_client(sync_client=True) as client:
+            with _creating:
+                sizes = _create_missing(client, names, slots)
+            occupy = max(1, min([connections, *sizes]))
+            lease_id = _acquire(client, names, occupy)
+    except BackstopError:
+        raise
+    except Exception as exc:
+        # The Prefect API failed (a 5xx under load, a reset): the unit has not started,
+        # so it is retried. Raised as backstop's own error: an httpx error does not
+        # survive the pickling that carries a Dask worker's failure back to the flow.
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        raise TransientError(
+            f"taking a connection slot of {', '.join(names)} from the Prefect API failed: "
+            f"{type(exc).__name__}{f' {status}' if status else ''}"
+        ) from None
     renewing = threading.Event()
     renewer = threading.Thread(
         target=_renew, args=(lease_id, renewing), name=f"host-slots-{lease_id}", daemon=True

@@ -190,6 +190,32 @@ def fresh_limit(pg_server) -> Iterator[str]:
         yield name
 
 
+def test_a_prefect_api_failure_while_taking_a_slot_is_retried_and_crosses_to_the_flow(
+    monkeypatch,
+):
+    """A 5xx from a loaded Prefect server while a unit waits for its slot: a transient
+    error the task retries, and one that survives the pickling that carries a Dask
+    worker's failure back (httpx's own errors do not)."""
+    import pickle
+
+    import httpx
+
+    from backstop.drivers.errors import TransientError, is_transient
+    from backstop.tasks import host_limits
+
+    def busy(*_args, **_kwargs):
+        request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment")
+        response = httpx.Response(503, request=request)
+        raise httpx.HTTPStatusError("503", request=request, response=response)
+
+    monkeypatch.setenv(HOST_CONNECTIONS_ENV, "2")
+    monkeypatch.setattr(host_limits, "_acquire", busy)
+    with pytest.raises(TransientError) as failed, host_limits.host_slots(["postgresql://h:5432/x"]):
+        pass
+    assert "503" in str(failed.value) and is_transient(failed.value)
+    assert str(pickle.loads(pickle.dumps(failed.value))) == str(failed.value)
+
+
 def test_never_more_shard_connections_to_one_host_than_its_limit(
     pg_server, new_databases, local_store, fresh_limit, monkeypatch
 ):
