@@ -90,6 +90,7 @@ def test_256_shards_back_up_list_verify_and_restore_exactly(prefect_harness, tmp
     load_s = time.perf_counter() - started
     assert len(manifest.units) == SHARDS
     assert len({u.name for u in manifest.units}) == SHARDS
+    assert [u.source for u in manifest.units] == sources  # shard i is the i-th --source
     assert [u.records for u in manifest.units] == [CELLS_PER_SHARD] * SHARDS
     assert all(u.files for u in manifest.units)
     names = [f.name for f in manifest.files]
