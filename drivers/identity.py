@@ -67,16 +67,47 @@ def file_identity(kind: str, path: Path) -> str:
     return f"{kind}://{real}"
 
 
+def _enclosing(identity: str) -> list[str]:
+    """Every identity that holds this one (a path prefix ending at a `/`)."""
+    return [identity[:k] for k, char in enumerate(identity) if char == "/" and k > 0]
+
+
+class _Places:
+    """Identities by place, so that `same_place` against all of them is a few set
+    lookups, not a comparison per pair (4,096 shards made the pairwise check 8 million
+    comparisons)."""
+
+    def __init__(self) -> None:
+        self._at: dict[str, int] = {}  # identity -> its first index
+        self._holding: dict[str, int] = {}  # an identity holding one added -> that one's index
+
+    def add(self, identity: str, index: int) -> None:
+        key = identity.rstrip("/")
+        self._at.setdefault(key, index)
+        for outer in _enclosing(key):
+            self._holding.setdefault(outer, index)
+
+    def find(self, identity: str) -> int | None:
+        """The index of an identity added in the same place (same_place), or None."""
+        key = identity.rstrip("/")
+        for candidate in (key, *_enclosing(key)):
+            if candidate in self._at:
+                return self._at[candidate]
+        return self._holding.get(key)
+
+
 def check_distinct(identities: Sequence[str], urls: Sequence[str], role: str) -> None:
     """Refuse two URLs of one list that name the same place (one would overwrite the
     other's restore, or a shard would be read twice)."""
-    for i, first in enumerate(identities):
-        for j in range(i + 1, len(identities)):
-            if same_place(first, identities[j]):
-                raise BadInputError(
-                    f"--{role} {redact_url(urls[i])} and --{role} {redact_url(urls[j])} are the "
-                    f"same place ({identities[j]}); each --{role} must be a different one"
-                )
+    places = _Places()
+    for j, identity in enumerate(identities):
+        i = places.find(identity)
+        if i is not None:
+            raise BadInputError(
+                f"--{role} {redact_url(urls[i])} and --{role} {redact_url(urls[j])} are the "
+                f"same place ({identity}); each --{role} must be a different one"
+            )
+        places.add(identity, j)
 
 
 def check_apart(
@@ -84,11 +115,14 @@ def check_apart(
     read_urls: Sequence[str], written_role: str, read_role: str,
 ) -> None:  # fmt: skip
     """Refuse writing into a place that is (or holds, or lies inside) one being read."""
-    for target, target_url in zip(written, written_urls, strict=True):
-        for source, source_url in zip(read, read_urls, strict=True):
-            if same_place(target, source):
-                raise BadInputError(
-                    f"--{written_role} {redact_url(target_url)} is also a --{read_role} "
-                    f"({redact_url(source_url)}: the same place, {target}); it would be "
-                    "overwritten, so it must be another server, database or path"
-                )
+    places = _Places()
+    for j, identity in enumerate(read):
+        places.add(identity, j)
+    for i, identity in enumerate(written):
+        j = places.find(identity)
+        if j is not None:
+            raise BadInputError(
+                f"--{written_role} {redact_url(written_urls[i])} is also a --{read_role} "
+                f"({redact_url(read_urls[j])}: the same place, {identity}); it would be "
+                "overwritten, so it must be another server, database or path"
+            )

@@ -16,6 +16,7 @@ never credentials.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -27,15 +28,27 @@ from prefect.events import emit_event
 
 from backstop.drivers.redact import mask_secrets, redact_url
 
+# A resource id is indexed by Prefect's event store: PostgreSQL refuses an index entry
+# past 2,704 bytes, and 4,096 shards' URLs joined are ~224 KB. Longer lists are shown
+# by their first URLs and named by a digest of them all: stable for the same sources,
+# so an automation grouping by resource still sees one source per fleet.
+MAX_RESOURCE_ID = 600  # characters: at most 2,400 bytes in UTF-8
+
 
 def source_resource(
     technology: str, sources: Sequence[str], role: str | None = None
 ) -> dict[str, str]:
     shown = ",".join(redact_url(s) for s in sources)
+    prefix = f"backstop.source.{technology}."
+    if len(prefix) + len(shown) > MAX_RESOURCE_ID:
+        digest = hashlib.sha256(shown.encode()).hexdigest()[:32]
+        tail = f",...({len(sources)} sources, sha256 {digest})"
+        shown = shown[: MAX_RESOURCE_ID - len(prefix) - len(tail)] + tail
     resource = {
-        "prefect.resource.id": f"backstop.source.{technology}.{shown}",
+        "prefect.resource.id": prefix + shown,
         "prefect.resource.name": f"{technology} {shown}",
         "backstop.technology": technology,
+        "backstop.sources": str(len(sources)),
     }
     if role:
         resource["backstop.role"] = str(role)

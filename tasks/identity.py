@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from prefect import task
 
+from backstop.drivers.contract import Driver
 from backstop.drivers.errors import BadInputError
 from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
@@ -44,14 +45,19 @@ def probe_apart(
     """After the identities: ask the servers whether any place written is one read
     (Driver.reaches_same), for what identities cannot tell (one server, many addresses).
     With one role for both (`written` is `read`: distinct targets), a URL is not
-    compared with itself."""
+    compared with itself. A driver that trusts its identities (the default
+    reaches_same) is not asked: with 4,096 targets that was 8 million calls."""
     driver = get_driver(technology)
+    if type(driver).reaches_same is Driver.reaches_same:
+        return
+    resolved_read = [resolve_url(url) for url in read]
     for i, target in enumerate(written):
+        resolved = resolve_url(target)
         for j, source in enumerate(read):
             if written_role == read_role and j <= i:
                 continue
             with classified(driver, f"comparing {redact_url(target)} with {redact_url(source)}"):
-                same = driver.reaches_same(resolve_url(target), resolve_url(source))
+                same = driver.reaches_same(resolved, resolved_read[j])
             if same:
                 raise BadInputError(
                     f"--{written_role} {redact_url(target)} is also a --{read_role} "

@@ -89,3 +89,28 @@ def test_failures_emit_failed_events_naming_the_source_without_its_password(
     [restore_failed] = [e for e in events if e.event == "backstop.restore.failed"]
     assert shards[0] in restore_failed.resource.id  # about the backed-up source
     assert "failed verification" in restore_failed.payload["error"]
+
+
+def test_a_fleets_event_names_its_sources_in_a_resource_id_an_index_can_hold(
+    local_store, captured_events
+):
+    """Prefect indexes the resource id, and PostgreSQL refuses an index entry past 2,704
+    bytes: a fleet's event names its sources by a digest, the same for the same fleet."""
+
+    def fleet(count: int) -> list[str]:
+        return [
+            f"postgresql+psycopg://backstop:hunter2-pw@127.0.0.1:1/shard_{i:04d}"
+            for i in range(count)
+        ]
+
+    for sources in (fleet(300), fleet(300), fleet(301)):
+        with pytest.raises(BackstopError):
+            backup(
+                request=BackupRequest(technology="schemaless", sources=sources, store=local_store)
+            )
+    first, again, other = [e for e in captured_events() if e.event == "backstop.backup.failed"]
+    assert len(first.resource.id.encode()) <= 2400
+    assert first.resource.id == again.resource.id != other.resource.id
+    assert first.resource.id.startswith("backstop.source.schemaless.postgresql+psycopg://")
+    assert first.resource["backstop.sources"] == "300"
+    assert "hunter2" not in first.model_dump_json()

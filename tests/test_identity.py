@@ -10,8 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from backstop.drivers.identity import same_place
+from backstop.drivers.errors import BadInputError
+from backstop.drivers.identity import check_apart, check_distinct, same_place
 from backstop.drivers.registry import get_driver
 from backstop.flows.backup import backup
 from backstop.flows.demo import compare_shards, make_schemaless_datastore
@@ -289,3 +292,37 @@ def test_prune_never_counts_a_safety_backup_among_a_sources_newest(cli, shards, 
     assert local_store.open().resolve("schemaless").backup_id == ordinary.json["backup_id"]
     rows = cli("status", "--store", local_store.url, "--json").json["sources"]
     assert sorted(r["role"] for r in rows) == ["adhoc", "safety"]
+
+
+_PATHS = st.lists(st.sampled_from(["a", "b", "a-b", "ab", ""]), min_size=0, max_size=3)
+_IDENTITIES = st.builds(
+    lambda kind, parts, slash: f"{kind}://" + "/".join(parts) + ("/" if slash else ""),
+    st.sampled_from(["sqlite", "zookeeper"]),
+    _PATHS,
+    st.booleans(),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_IDENTITIES, max_size=6), st.lists(_IDENTITIES, min_size=1, max_size=6))
+def test_the_place_checks_refuse_exactly_what_a_comparison_of_every_pair_refuses(written, read):
+    """check_distinct and check_apart look places up (not pair by pair, which took 8
+    million comparisons at 4,096 shards); they must refuse exactly the same lists."""
+    urls = [f"url{i}" for i in range(len(written))]
+    read_urls = [f"read{j}" for j in range(len(read))]
+    pairwise_apart = any(same_place(w, r) for w in written for r in read)
+    pairwise_distinct = any(
+        same_place(a, b) for i, a in enumerate(written) for b in written[i + 1 :]
+    )
+    try:
+        check_apart(written, urls, read, read_urls, "scratch", "source")
+    except BadInputError as exc:
+        assert pairwise_apart, exc
+    else:
+        assert not pairwise_apart
+    try:
+        check_distinct(written, urls, "target")
+    except BadInputError as exc:
+        assert pairwise_distinct, exc
+    else:
+        assert not pairwise_distinct
