@@ -338,7 +338,12 @@ def prepare(command: str, technology: str | None) -> dict[str, float]:
         from backstop.drivers.registry import get_driver
 
         driver = get_driver(technology)
-    if command in _RUN_SUITES and (driver is None or driver.quality_suite is not None):
+    on_dask = os.environ.get(RUNNER_ENV, "").strip().lower() == "dask"
+    if (
+        command in _RUN_SUITES
+        and not on_dask  # the suites run on the Dask workers: a validator here is ~230 MB idle
+        and (driver is None or driver.quality_suite is not None)
+    ):
         # First: Great Expectations imports in its own process while Prefect does here.
         from backstop.tasks.gx_worker import validator
 

@@ -77,17 +77,22 @@ def test_units_on_dask_workers_round_trip_and_read_back_in_full(prefect_harness,
     assert len(read_back) == SHARDS and not any(c.get("stored_bytes_only") for c in read_back)
 
 
-def _workers(proc: subprocess.Popen) -> list[psutil.Process]:
-    """The Dask worker processes of the CLI's LocalCluster (its nannies, in the CLI's
-    process, start each with multiprocessing)."""
+def _children(proc: subprocess.Popen, running: str) -> list[psutil.Process]:
+    """The CLI's own child processes whose command line holds `running`."""
     found = []
     for child in psutil.Process(proc.pid).children(recursive=False):
         try:
-            if "multiprocessing" in " ".join(child.cmdline()):
+            if running in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.Error:
             continue
     return found
+
+
+def _workers(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The Dask worker processes of the CLI's LocalCluster (its nannies, in the CLI's
+    process, start each with multiprocessing)."""
+    return _children(proc, "multiprocessing")
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
@@ -104,15 +109,18 @@ def test_a_worker_killed_mid_backup_leaves_a_whole_backup_or_none(
                      "--store", str(store), "--runner", "dask", *write, "--json")  # fmt: skip
     deadline = time.monotonic() + 300
     killed = None
+    validators_in_cli = set()  # the suites run on the workers: none in the CLI itself
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
         written = [p for p in store.rglob("*.zst*") if p.stat().st_size > 0]
         workers = _workers(proc)
+        validators_in_cli |= {c.pid for c in _children(proc, "backstop.tasks.gx_worker")}
         if written and workers:
             killed = workers[0]
             killed.send_signal(signal.SIGKILL)
         time.sleep(0.05)
     out, err = proc.communicate(timeout=600)
     assert killed is not None, f"no worker was killed (exit {proc.returncode}): {out}{err}"
+    assert not validators_in_cli, "the CLI started a validator that the Dask workers do not use"
     assert [_cells(s) for s in sources] == before, "the source changed"
     manifests = list(store.rglob("manifest.json"))
     print(f"after the kill: exit {proc.returncode}")  # which of the two outcomes (-s)
