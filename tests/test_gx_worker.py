@@ -3,7 +3,9 @@ request it was sent for, even after a request was cut short."""
 
 from __future__ import annotations
 
+import random
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -37,3 +39,64 @@ def test_a_request_cut_short_does_not_hand_its_reply_to_the_next() -> None:
     outcomes = gx_worker.validator().validate({"b": ["x", "x"]}, regex_rule)
     assert [o["type"] for o in outcomes] == ["expect_column_values_to_match_regex"]
     assert outcomes[0]["success"] and outcomes[0]["kwargs"]["column"] == "b"
+
+
+def _requests(seed: int, count: int) -> list[gx_worker.Request]:
+    """Small chunks of one shape, as many shards send them: keys (some missing), texts
+    (some not matching), each chunk with its own upper bound; some chunks fail."""
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(count):
+        rows = rng.randint(1, 30)
+        keys = [rng.choice([None, *range(1, 60)]) if rng.random() < 0.05 else rng.randint(1, 50)
+                for _ in range(rows)]  # fmt: skip
+        texts = [rng.choice(["x", "x", "x", "y"]) if rng.random() < 0.1 else "x" for _ in keys]
+        bound = rng.choice([None, 50, 55, 100]) if rng.random() < 0.3 else 50
+        requests.append((
+            {"k": keys, "t": texts},
+            [("ExpectColumnValuesToNotBeNull", {"column": "t"}),
+             ("ExpectColumnValuesToMatchRegex", {"column": "t", "regex": "^x$"}),
+             ("ExpectColumnValuesToBeBetween", {"column": "k", "min_value": 1, "max_value": bound})],
+        ))  # fmt: skip
+    return requests
+
+
+@pytest.fixture(scope="module")
+def in_process() -> gx_worker.Validator:
+    return gx_worker.Validator()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_requests_validated_together_report_what_each_reports_alone(in_process, seed) -> None:
+    """Small shards' chunks are validated together (Validator.validate_many): the
+    verdicts, counts and samples must be those of each chunk validated alone, whether
+    all pass, some fail, or their bounds differ."""
+    requests = _requests(seed, 12)
+    alone = [("ok", in_process.validate(*request)) for request in requests]
+    assert in_process.validate_many(requests) == alone
+    passing = [
+        r
+        for r, (_, outcomes) in zip(requests, alone, strict=True)
+        if all(o["success"] for o in outcomes)
+    ]
+    assert passing, "no passing chunk: the test would not see them validated together"
+    before = in_process.passed_together
+    assert in_process.validate_many(passing) == [
+        ("ok", in_process.validate(*request)) for request in passing
+    ]
+    assert in_process.passed_together - before == len(passing) > 1  # in one validation
+
+
+def test_threads_waiting_for_the_validator_share_one_exchange(in_process) -> None:
+    """Units that finish together send their chunks as one message, and each thread
+    gets its own chunk's verdicts back."""
+    requests = _requests(7, 96)
+    expected = [in_process.validate(*request) for request in requests]
+    process = gx_worker.ValidatorProcess()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            got = list(pool.map(lambda request: process.validate(*request), requests))
+        assert got == expected
+        assert process.exchanges < len(requests)
+    finally:
+        process.stop()

@@ -187,12 +187,18 @@ def test_key_ledger_spills_to_disk_and_counts_missing_keys(tmp_path):
         return key_hashes(pd.DataFrame({"path": values}))
 
     paths, parents = KeyLedger(tmp_path, "paths"), KeyLedger(tmp_path, "parents")
-    for start in range(0, 100_000, 20_000):
+    total = 300_000  # two spills of 140,000 (7 adds past BUFFERED), 20,000 in memory
+    for start in range(0, total, 20_000):
         paths.add(hashed([f"/n{i}" for i in range(start, start + 20_000)]))
-    parents.add(hashed(["/n5", "/n99999", "/gone", "/also-gone"]))
-    assert paths.count == 100_000 and paths.duplicates() == 0
+    parents.add(hashed(["/n5", f"/n{total - 1}", "/gone", "/also-gone"]))
+    assert paths.count == total and paths.duplicates() == 0
     assert parents.missing_from(paths) == 2
-    assert sum(p.stat().st_size for p in tmp_path.glob("paths-*.u64")) == 800_000
+    on_disk = sum(p.stat().st_size for p in tmp_path.glob("paths-*.u64"))
+    assert KeyLedger.BUFFERED == 131_072 and on_disk == 8 * 280_000
+    assert not list(tmp_path.glob("parents-*"))  # a small ledger never touches the disk
+    # A key seen on disk and again in memory, and one seen twice in memory only.
+    paths.add(hashed(["/n5", "/again", "/again"]))
+    assert paths.duplicates() == 2
 
 
 def test_a_failed_overwrite_rolls_the_target_back_to_its_safety_backup(
