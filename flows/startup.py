@@ -368,10 +368,46 @@ def exit_now(code: int) -> None:
     events, the temporary server's stop), output is flushed; what is skipped is freeing
     every module's objects one by one, which took 2-9 s after Great Expectations,
     pandas and Prefect were loaded, with nothing left to do.
+
+    Those last deliveries get EXIT_GRACE_ENV seconds (default 120): a Prefect server that
+    went away as the command ended made Prefect's flush retry without end, and the
+    command, its work done, never exited. Past the grace the command says so and ends
+    with its own exit code; only the undelivered logs and events are lost.
     """
+    _exit_anyway_after(exit_grace(), code)
     threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize runs first
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(code)
+
+
+EXIT_GRACE_ENV = "BACKSTOP_EXIT_GRACE"
+DEFAULT_EXIT_GRACE_S = 120.0
+
+
+def exit_grace() -> float:
+    """Seconds a finished command waits for its last logs and events to be delivered."""
+    value = os.environ.get(EXIT_GRACE_ENV, "").strip()
+    try:
+        seconds = float(value) if value else DEFAULT_EXIT_GRACE_S
+    except ValueError:
+        seconds = DEFAULT_EXIT_GRACE_S  # read as the command ends: too late to refuse it
+    return seconds if seconds > 0 else DEFAULT_EXIT_GRACE_S
+
+
+def _exit_anyway_after(seconds: float, code: int) -> None:
+    def give_up() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(
+                f"backstop: the command is done, but its last logs and events were not "
+                f"delivered to Prefect within {seconds:g} s (is the Prefect API still "
+                f"reachable?); exiting without them ({EXIT_GRACE_ENV} sets the wait)\n"
+            )
+            sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True  # not waited for by the shutdown it watches
+    timer.start()

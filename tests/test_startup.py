@@ -244,3 +244,23 @@ def test_the_startup_wait_is_generous_and_settable(monkeypatch: pytest.MonkeyPat
     assert startup.startup_timeout() == 90
     monkeypatch.setenv(startup.STARTUP_TIMEOUT_ENV, "1200")
     assert startup.startup_timeout() == 1200
+
+
+def test_a_finished_command_exits_with_its_code_when_its_last_logs_cannot_be_delivered() -> None:
+    """Prefect's flush of its last logs and events, retrying against a server that went
+    away, held a finished command forever (found by the scale benchmarks). Here an exit
+    handler and a worker thread that never end stand in for that flush."""
+    script = (
+        "import atexit, threading, time\n"
+        "from backstop.flows.startup import exit_now\n"
+        "atexit.register(time.sleep, 3600)\n"
+        "threading.Thread(target=time.sleep, args=(3600,)).start()\n"
+        "exit_now(3)\n"
+    )
+    env = {**os.environ, startup.EXIT_GRACE_ENV: "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 3
+    assert "last logs and events were not delivered" in done.stderr
+    assert startup.EXIT_GRACE_ENV in done.stderr
