@@ -668,6 +668,18 @@ def cmd_drill(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return outcome.model_dump(mode="json"), text
 
 
+def _resumable(store: Any, incomplete: list[Any]) -> dict[str, dict[str, int]]:
+    """The incomplete folders a failed backup left to resume (tasks/resume.py)."""
+    from backstop.tasks.resume import stored_units
+
+    found = {}
+    for folder in incomplete:
+        units = stored_units(store, folder.technology, folder.backup_id)
+        if units is not None:
+            found[f"{folder.technology}/{folder.backup_id}"] = {"units_stored": units}
+    return found
+
+
 def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from datetime import UTC, datetime, timedelta
 
@@ -682,9 +694,10 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         "sources": rows,
         "stale": sum(r["stale"] for r in rows),
         "incomplete": [f"{f.technology}/{f.backup_id}" for f in inventory.incomplete],
+        "resumable": _resumable(store, inventory.incomplete),
         "unreadable": {f"{f.technology}/{f.backup_id}": p for f, p in inventory.unreadable.items()},
     }
-    if not rows and not data["unreadable"]:
+    if not rows and not data["unreadable"] and not data["resumable"]:
         return data, "no complete backups"
     lines = [
         f"{'TECHNOLOGY':<11} {'NEWEST BACKUP':<22} {'ROLE':<9} {'AGE':>8} {'SIZE':>10}  STATE  "
@@ -710,6 +723,11 @@ def cmd_status(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         )
     if data["incomplete"]:
         lines.append(f"incomplete backup folders: {', '.join(data['incomplete'])}")
+    for name, found in data["resumable"].items():
+        lines.append(
+            f"resumable: {name} ({found['units_stored']} units stored): run the same backup "
+            f"with --resume {name.split('/', 1)[1]} once its cause is fixed"
+        )
     for name, problem in data["unreadable"].items():  # with --verify-key: failed signatures
         lines.append(f"UNREADABLE {name}: {problem}")
     for r in rows:

@@ -149,6 +149,20 @@ def read_mark(store: ArtifactStore, technology: str, backup_id: str) -> ResumeMa
         raise IntegrityError(f"--resume: {where}: {RESUME_NAME} is refused: {exc}") from None
 
 
+def stored_units(store: ArtifactStore, technology: str, backup_id: str) -> int | None:
+    """How many units an incomplete folder's records say are stored, by their file names
+    alone (nothing is opened or trusted: status only points at `--resume`, which checks
+    everything); None when the folder has no mark, so cannot be resumed."""
+    folder = store.backup_dir(technology, backup_id)
+    try:
+        names = {posixpath.basename(p.rstrip("/")) for p in store.fs.ls(folder, detail=False)}
+    except OSError:
+        return None
+    if RESUME_NAME not in names or MANIFEST_NAME in names:
+        return None
+    return sum(1 for name in names if DONE_NAME.match(name))
+
+
 def has_manifest(store: ArtifactStore, technology: str, backup_id: str) -> bool:
     folder = store.backup_dir(technology, backup_id)
     return store.fs.exists(posixpath.join(folder, MANIFEST_NAME))

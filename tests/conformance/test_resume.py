@@ -77,6 +77,13 @@ def test_a_failed_shard_is_resumed_alone_into_the_same_backup(
     assert (folder / "resume.json").is_file()
     listed = run("list", "--store", run.store, "--json", *reading[:2])
     assert listed.code == 0 and backup_id not in listed.stdout
+    status = run("status", "--store", run.store, "--json", *reading[:2])
+    assert status.code == 0, status.stdout + status.stderr
+    name = f"{harness.technology}/{backup_id}"
+    assert status.json["resumable"] == {name: {"units_stored": len(source) - 1}}
+    said = run("status", "--store", run.store, *reading[:2]).stdout
+    assert f"resumable: {name} ({len(source) - 1} units stored)" in said
+    assert f"--resume {backup_id}" in said
     kept = {k: v for k, v in _files(folder).items() if not k.startswith(".lease")}
 
     if keys != "plain":  # the records are sealed: without the identity, refused, nothing lost
