@@ -227,6 +227,7 @@ def report_a(part: dict) -> list[str]:
         ),
         "",
         *markdown_table(A_COLUMNS, part["rows"]),
+        *(["", part["note"]] if part.get("note") else []),
     ]
 
 
