@@ -69,7 +69,7 @@ def file_identity(kind: str, path: Path) -> str:
 
 def _enclosing(identity: str) -> list[str]:
     """Every identity that holds this one (a path prefix ending at a `/`)."""
-    return [identity[:k] for k, char in enumerate(identity) if char == "/" and k > 0]
+    return [identity[:k] for k, char in enumerate(identity) if char == "/"]
 
 
 class _Places:

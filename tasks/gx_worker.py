@@ -101,20 +101,24 @@ class Validator:
 
     def validate_many(self, requests: list[Request]) -> list[Reply]:
         """Several requests' verdicts, each as if validated alone. Requests of one shape
-        (the same columns and rules; the bounds of ExpectColumnValuesToBeBetween may
-        differ) are validated together first: Great Expectations costs ~50 ms a call
-        whatever the rows, which made it the queue every small shard waited in. All of
-        them pass, or each is validated alone for its own counts and samples."""
+        (the same columns with the same dtypes, and the same rules; the bounds of
+        ExpectColumnValuesToBeBetween may differ) are validated together first: Great
+        Expectations costs ~50 ms a call whatever the rows, which made it the queue
+        every small shard waited in. All of them pass, or each is validated alone for
+        its own counts and samples. Only what provably passes together exactly when
+        each passes alone is grouped (_shape); anything else is validated alone."""
         replies: list[Reply | None] = [None] * len(requests)
         shapes: dict[Any, list[int]] = {}
         for index, (columns, expectations) in enumerate(requests):
             shapes.setdefault(_shape(columns, expectations), []).append(index)
         for members in shapes.values():
-            if len(members) > 1 and self._all_pass([requests[i] for i in members]):
-                self.passed_together += len(members)
-                for i in members:
-                    replies[i] = ("ok", self._passed(requests[i][1]))
-                continue
+            if len(members) > 1:
+                together = self._together([requests[i] for i in members])
+                if together is not None:
+                    self.passed_together += len(members)
+                    for i, outcomes in zip(members, together, strict=True):
+                        replies[i] = ("ok", outcomes)
+                    continue
             for i in members:
                 try:
                     replies[i] = ("ok", self.validate(*requests[i]))
@@ -122,11 +126,11 @@ class Validator:
                     replies[i] = ("error", f"{type(exc).__name__}: {exc}")
         return [r for r in replies if r is not None]
 
-    def _all_pass(self, group: list[Request]) -> bool:
-        """Whether every request of one shape passes, asked in one validation of their
-        records together. A bound that differs between them becomes a column (each
-        row's own bound) checked by a pair rule; a request without that bound gets each
-        row's own value, which always passes. Any doubt (an error) is a no."""
+    def _together(self, group: list[Request]) -> list[list[dict[str, Any]]] | None:
+        """Every request's outcomes, when one validation of their records together
+        passes; None when it does not (or any doubt: an error). A bound that differs
+        between them becomes a column (each row's own bound) checked by a pair rule; a
+        request without that bound gets each row's own value, which always passes."""
         import pandas as pd
 
         first = group[0][1]
@@ -135,6 +139,10 @@ class Validator:
             for e, (name, kwargs) in enumerate(first)
             if name == _BETWEEN and any(other[e][1] != kwargs for _, other in group[1:])
         }
+        taken = set(group[0][0])
+        helper = {(e, side): f"__backstop_{side}_{e}" for e in differs for side in _BOUNDS}
+        if taken & set(helper.values()):
+            return None
         try:
             frames = []
             for columns, expectations in group:
@@ -142,23 +150,24 @@ class Validator:
                 for e in differs:
                     kwargs = expectations[e][1]
                     values = frame[kwargs["column"]]
-                    for side in ("min_value", "max_value"):
+                    for side in _BOUNDS:
                         bound = kwargs.get(side)
-                        frame[f"__{side}_{e}"] = values if bound is None else bound
+                        frame[helper[e, side]] = values if bound is None else bound
                 frames.append(frame)
             combined = pd.concat(frames, ignore_index=True)
+            if any(
+                combined[c].dtype != frames[0][c].dtype for c in taken
+            ):  # concat changed a column's type: not the values each was judged on
+                return None
             suite: list[Expectation] = []
             for e, (name, kwargs) in enumerate(first):
                 if e not in differs:
                     suite.append((name, kwargs))
                     continue
                 column = kwargs["column"]
-                for a, b, strict in (
-                    (column, f"__min_value_{e}", kwargs.get("strict_min")),
-                    (f"__max_value_{e}", column, kwargs.get("strict_max")),
-                ):
+                for a, b in ((column, helper[e, "min_value"]), (helper[e, "max_value"], column)):
                     suite.append(("ExpectColumnPairValuesAToBeGreaterThanB", {
-                        "column_A": a, "column_B": b, "or_equal": not strict,
+                        "column_A": a, "column_B": b, "or_equal": True,
                         "ignore_row_if": "either_value_is_missing",
                     }))  # fmt: skip
             with self._lock:
@@ -166,9 +175,11 @@ class Validator:
                 result = batch.validate(
                     self._suite(suite), result_format={"result_format": "BOOLEAN_ONLY"}
                 )
-            return bool(result.success) and all(o.success for o in result.results)
+            if not (result.success and all(o.success for o in result.results)):
+                return None
+            return [self._passed(expectations) for _, expectations in group]
         except Exception:
-            return False
+            return None
 
     def _passed(self, expectations: list[Expectation]) -> list[dict[str, Any]]:
         """The outcomes of a suite that passed, as its own validation reports them."""
@@ -189,21 +200,65 @@ class Validator:
 Request = tuple[dict[str, Any], list[Expectation]]  # a chunk's columns and its rules
 Reply = tuple[str, Any]  # ("ok", outcomes) or ("error", text)
 _BETWEEN = "ExpectColumnValuesToBeBetween"
-# Rules that judge each record alone, so that records pass together iff each passes.
-_ROW_WISE = {"ExpectColumnValuesToNotBeNull", "ExpectColumnValuesToMatchRegex", _BETWEEN}
+_BOUNDS = ("min_value", "max_value")
+# Rules that judge each record alone, so that records pass together iff each passes,
+# with the arguments they may have to be grouped (no `mostly`, no strict bounds).
+_ROW_WISE = {
+    "ExpectColumnValuesToNotBeNull": {"column"},
+    "ExpectColumnValuesToMatchRegex": {"column", "regex"},
+    _BETWEEN: {"column", *_BOUNDS},
+}
 
 
 def _shape(columns: dict[str, Any], expectations: list[Expectation]) -> Any:
-    """What requests validated together share: the columns and the rules, bounds of
-    Between aside. A request with other rules (or none) is its own shape."""
-    if not expectations or any(name not in _ROW_WISE for name, _ in expectations):
-        return object()
+    """What requests validated together share: the columns, each with one dtype and
+    rows, and the rules, bounds of Between aside. A request that cannot be grouped
+    safely is a shape of its own: other rules or arguments, a column a rule names that
+    is missing, a bound that is not a finite number, or min above max (alone, GX
+    refuses those; together, rows would be skipped)."""
+    import math
+
+    import pandas as pd
+
+    alone = object()
+    if not expectations:
+        return alone
+    for name, kwargs in expectations:
+        if name not in _ROW_WISE or not set(kwargs) <= _ROW_WISE[name]:
+            return alone
+        if kwargs.get("column") not in columns:
+            return alone
+        if name == _BETWEEN:
+            bounds = [kwargs.get(side) for side in _BOUNDS]
+            for bound in bounds:
+                if bound is not None and (
+                    isinstance(bound, bool)
+                    or not isinstance(bound, int | float)
+                    or not math.isfinite(bound)
+                ):
+                    return alone
+            if None not in bounds and bounds[0] > bounds[1]:
+                return alone
+    try:
+        frame = pd.DataFrame(columns)
+    except Exception:
+        return alone
+    if not len(frame):
+        return alone
+    dtypes = tuple(sorted((str(c), str(frame[c].dtype)) for c in frame.columns))
+    for column in frame.columns:
+        # Python objects compare and print as their own types do: only text (and
+        # nulls, which every rule skips) is grouped.
+        if frame[column].dtype == object and not all(
+            v is None or isinstance(v, str) for v in frame[column]
+        ):
+            return alone
     rules = tuple(
         (name, repr(sorted((k, v) for k, v in kwargs.items()
-                           if name != _BETWEEN or k not in ("min_value", "max_value"))))
+                           if name != _BETWEEN or k not in _BOUNDS)))
         for name, kwargs in expectations
     )  # fmt: skip
-    return tuple(sorted(columns)), rules
+    return dtypes, rules
 
 
 def _outcome(outcome: Any) -> dict[str, Any]:
@@ -219,8 +274,8 @@ def _outcome(outcome: Any) -> dict[str, Any]:
 
 
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """The child's loop: ("validate", [(columns, expectations), ...]) -> one reply per
-    request, ("ok", outcomes) or ("error", text); EOF ends it."""
+    """The child's loop: ("validate", [pickled (columns, expectations), ...]) -> one
+    reply per request, ("ok", outcomes) or ("error", text); EOF ends it."""
     try:
         validator = Validator()
     except BaseException as exc:  # reported on the first request
@@ -236,15 +291,21 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
                 replies, [("error", f"Great Expectations could not start: {failure}")] * len(batch)
             )
             continue
-        _send(replies, validator.validate_many(batch))
+        try:
+            asked = [pickle.loads(each) for each in batch]  # pickled by our parent
+            answer = validator.validate_many(asked)
+        except Exception as exc:  # one bad request must not end the process for all
+            answer = [("error", f"{type(exc).__name__}: {exc}")] * len(batch)
+        _send(replies, answer)
 
 
 # -- the parent ---------------------------------------------------------------------------
 class _Pending:
-    """A request waiting in the queue for whichever thread talks to the child next."""
+    """A request waiting in the queue for whichever thread talks to the child next;
+    pickled by its own thread, so that a value that cannot be sent fails there."""
 
     def __init__(self, request: Request) -> None:
-        self.request = request
+        self.request = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         self.rows = len(next(iter(request[0].values()), ()))
         self.reply: Reply | None = None
         self.orphaned = False  # its exchange was cut short: ask again
@@ -278,22 +339,27 @@ class ValidatorProcess:
         with self._lock:
             if pending.reply is None and not pending.orphaned:
                 if self.alive():
-                    self._exchange(self._take_batch())
+                    self._exchange(self._take_batch(pending))
                 else:  # killed under an earlier exchange: every request waiting asks anew
-                    for other in self._take_batch():
+                    with self._queue_lock:
+                        waiting, self._queue = self._queue, []
+                    for other in waiting:
                         other.orphaned = True
-        if pending.orphaned:  # another thread's exchange was cut short, not this one
+        if pending.orphaned:  # an exchange was cut short, or its process died
             return validator().validate(columns, expectations)
-        assert pending.reply is not None  # answered by this exchange or an earlier one
+        if pending.reply is None:  # cannot happen: this thread's own batch holds it
+            raise RuntimeError("data-quality validation: a request went unanswered")
         status, value = pending.reply
         if status != "ok":
             raise RuntimeError(f"data-quality validation failed: {value}")
         return value
 
-    def _take_batch(self) -> list[_Pending]:
+    def _take_batch(self, own: _Pending) -> list[_Pending]:
+        """This thread's own request, and others waiting behind it up to _BATCH_ROWS."""
         with self._queue_lock:
-            batch, rows = [], 0
-            while self._queue and (not batch or rows + self._queue[0].rows <= _BATCH_ROWS):
+            self._queue.remove(own)
+            batch, rows = [own], own.rows
+            while self._queue and rows + self._queue[0].rows <= _BATCH_ROWS:
                 rows += self._queue[0].rows
                 batch.append(self._queue.pop(0))
             return batch

@@ -50,9 +50,9 @@ def probe_apart(
     driver = get_driver(technology)
     if type(driver).reaches_same is Driver.reaches_same:
         return
-    resolved_read = [resolve_url(url) for url in read]
+    resolved_read = [_resolved(driver, url) for url in read]
     for i, target in enumerate(written):
-        resolved = resolve_url(target)
+        resolved = _resolved(driver, target)
         for j, source in enumerate(read):
             if written_role == read_role and j <= i:
                 continue
@@ -65,3 +65,8 @@ def probe_apart(
                     "another address; it would be overwritten, so it must be another "
                     "server or path"
                 )
+
+
+def _resolved(driver: Driver, url: str) -> str:
+    with classified(driver, f"resolving {redact_url(url)}"):
+        return resolve_url(url)

@@ -38,19 +38,22 @@ class KeyLedger:
     """64-bit hashes of a part's keys, spilled to BUCKETS files by their top bits, so
     duplicates and missing keys are found one bucket (1/64 of the keys) at a time.
 
-    Hashes wait in memory until BUFFERED of them (1 MiB) have come, and a part that
-    never holds as many never touches the disk: a small shard's 50 keys had made up to
-    50 files per ledger, the largest cost of a small shard's backup (py-spy, 256 shards).
+    Hashes wait in memory until the ledgers sharing a LedgerBudget (one suite run's:
+    every part and key of a unit) hold BUFFERED of them (1 MiB) together, and a unit
+    that never holds as many never touches the disk: a small shard's 50 keys had made
+    up to 50 files per ledger, the largest cost of a small shard's backup (py-spy,
+    256 shards).
     """
 
     BUCKET_BITS = 6
     BUCKETS = 1 << BUCKET_BITS
     BUFFERED = 1 << 17
 
-    def __init__(self, folder: Path, name: str) -> None:
+    def __init__(self, folder: Path, name: str, budget: LedgerBudget | None = None) -> None:
         self._paths = [folder / f"{name}-{i:02d}.u64" for i in range(self.BUCKETS)]
         self._waiting: list[np.ndarray] = []
-        self._waiting_count = 0
+        self._budget = budget if budget is not None else LedgerBudget()
+        self._budget.ledgers.append(self)
         self.count = 0
 
     def add(self, hashes: np.ndarray) -> None:
@@ -58,14 +61,16 @@ class KeyLedger:
         if not len(hashes):
             return
         self._waiting.append(hashes)
-        self._waiting_count += len(hashes)
         self.count += len(hashes)
-        if self._waiting_count >= self.BUFFERED:
-            self._spill()
+        self._budget.waiting += len(hashes)
+        if self._budget.waiting >= self.BUFFERED:
+            self._budget.spill()
 
     def _spill(self) -> None:
         hashes = self._in_memory()
-        self._waiting, self._waiting_count = [], 0
+        self._waiting = []
+        if not len(hashes):
+            return
         buckets = self._buckets_of(hashes)
         order = np.argsort(buckets, kind="stable")
         bounds = np.concatenate(([0], np.cumsum(np.bincount(buckets, minlength=self.BUCKETS))))
@@ -103,6 +108,20 @@ class KeyLedger:
             int(np.count_nonzero(~np.isin(self.bucket(i), other.bucket(i))))
             for i in range(self.BUCKETS)
         )
+
+
+class LedgerBudget:
+    """The hashes that a group of ledgers hold in memory, counted together: past
+    KeyLedger.BUFFERED, every ledger of the group spills to its files."""
+
+    def __init__(self) -> None:
+        self.ledgers: list[KeyLedger] = []
+        self.waiting = 0
+
+    def spill(self) -> None:
+        for ledger in self.ledgers:
+            ledger._spill()
+        self.waiting = 0
 
 
 def key_hashes(frame: Any) -> np.ndarray:
@@ -215,6 +234,7 @@ class SuiteRun:
         self._parts = dict(parts or {})
         self._bounds_later = bounds_later
         self._folder = tempfile.TemporaryDirectory(prefix="backstop-quality-")
+        self._ledgers = LedgerBudget()  # every part's ledgers: memory stays one buffer
         self._states: dict[str, _PartState] = {}
         self.records = 0  # in every chunk added so far
 
@@ -264,7 +284,7 @@ class SuiteRun:
             suite = expectations(self._suite, spec, bounded=not self._bounds_later)
             index = len(self._states)
             ledgers = {
-                name: KeyLedger(Path(self._folder.name), f"part{index}-{name}")
+                name: KeyLedger(Path(self._folder.name), f"part{index}-{name}", self._ledgers)
                 for name in self._suite.ledger_names
             }
             spills = {

@@ -100,3 +100,118 @@ def test_threads_waiting_for_the_validator_share_one_exchange(in_process) -> Non
         assert process.exchanges < len(requests)
     finally:
         process.stop()
+
+
+def _alone(validator: gx_worker.Validator, request: gx_worker.Request) -> gx_worker.Reply:
+    try:
+        return ("ok", validator.validate(*request))
+    except Exception as exc:
+        return ("error", f"{type(exc).__name__}: {exc}")
+
+
+_GOOD = ({"k": [1, 2, 3]}, [("ExpectColumnValuesToBeBetween", {"column": "k", "min_value": 1,
+                                                                 "max_value": 10})])  # fmt: skip
+_NULLS = [None, None]
+# What a review found passing together while failing alone (or failing for all).
+_NOT_TOGETHER = {
+    "min above max on null rows": [
+        (
+            {"k": _NULLS},
+            [("ExpectColumnValuesToBeBetween", {"column": "k", "min_value": 5, "max_value": 1})],
+        ),
+        (
+            {"k": [1.0, None]},
+            [("ExpectColumnValuesToBeBetween", {"column": "k", "min_value": 1, "max_value": 3})],
+        ),
+    ],
+    "a NaN bound": [
+        (
+            {"k": [1.0, 2.0]},
+            [
+                (
+                    "ExpectColumnValuesToBeBetween",
+                    {"column": "k", "min_value": 0, "max_value": float("nan")},
+                )
+            ],
+        ),
+        (
+            {"k": [1.0, 2.0]},
+            [("ExpectColumnValuesToBeBetween", {"column": "k", "min_value": 0, "max_value": 5})],
+        ),
+    ],
+    "mostly": [
+        ({"t": [None, "x"]}, [("ExpectColumnValuesToNotBeNull", {"column": "t", "mostly": 0.9})]),
+        ({"t": ["x"] * 100}, [("ExpectColumnValuesToNotBeNull", {"column": "t", "mostly": 0.9})]),
+    ],
+    "bools and ints under a regex": [
+        (
+            {"t": [True, False]},
+            [("ExpectColumnValuesToMatchRegex", {"column": "t", "regex": r"^\d+$"})],
+        ),
+        ({"t": [1, 0]}, [("ExpectColumnValuesToMatchRegex", {"column": "t", "regex": r"^\d+$"})]),
+    ],
+    "ints and missing ints under a regex": [
+        (
+            {"t": [1, None]},
+            [("ExpectColumnValuesToMatchRegex", {"column": "t", "regex": r"^\d+$"})],
+        ),
+        ({"t": [1, 2]}, [("ExpectColumnValuesToMatchRegex", {"column": "t", "regex": r"^\d+$"})]),
+    ],
+    "no rows": [
+        ({"t": []}, [("ExpectColumnValuesToMatchRegex", {"column": "t", "regex": r"^\d+$"})]),
+        ({"t": [1, 2]}, [("ExpectColumnValuesToMatchRegex", {"column": "t", "regex": r"^\d+$"})]),
+    ],
+    "a column named as a helper": [
+        (
+            {"k": [1], "__backstop_max_value_0": [None]},
+            [
+                ("ExpectColumnValuesToBeBetween", {"column": "k", "min_value": 0, "max_value": 5}),
+                ("ExpectColumnValuesToNotBeNull", {"column": "__backstop_max_value_0"}),
+            ],
+        ),
+        (
+            {"k": [2], "__backstop_max_value_0": [None]},
+            [
+                ("ExpectColumnValuesToBeBetween", {"column": "k", "min_value": 0, "max_value": 9}),
+                ("ExpectColumnValuesToNotBeNull", {"column": "__backstop_max_value_0"}),
+            ],
+        ),
+    ],
+    "a bound GX refuses": [
+        (
+            {"k": [1]},
+            [("ExpectColumnValuesToBeBetween", {"column": "k", "min_value": "", "max_value": 5})],
+        ),
+        (
+            {"k": [1]},
+            [("ExpectColumnValuesToBeBetween", {"column": "k", "min_value": 0, "max_value": 5})],
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(_NOT_TOGETHER))
+def test_what_cannot_be_judged_together_is_judged_alone(in_process, case) -> None:
+    requests = [*_NOT_TOGETHER[case], _GOOD, _GOOD]
+    assert in_process.validate_many(requests) == [_alone(in_process, r) for r in requests]
+
+
+def test_threads_whose_requests_exceed_one_message_each_get_their_own_verdicts(
+    in_process,
+) -> None:
+    """Requests of 30,000 rows: a message holds one of them, so most threads wait
+    behind others' messages (a thread once found its request sent by none)."""
+    requests = [
+        ({"k": list(range(i, i + 30_000))}, [("ExpectColumnValuesToBeBetween",
+                                               {"column": "k", "min_value": 0,
+                                                "max_value": 30_000 + i % 3})])
+        for i in range(12)
+    ]  # fmt: skip
+    expected = [in_process.validate(*request) for request in requests]
+    process = gx_worker.ValidatorProcess()
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            got = list(pool.map(lambda request: process.validate(*request), requests))
+        assert got == expected
+    finally:
+        process.stop()

@@ -15,7 +15,7 @@ import zstandard
 
 from backstop.drivers.contract import QualityChunk, QualityPart
 from backstop.drivers.schemaless.cells import pack_cells, read_cells
-from backstop.tasks.quality import KeyLedger, key_hashes, run_suite
+from backstop.tasks.quality import KeyLedger, LedgerBudget, key_hashes, run_suite
 
 
 def rewrite_backup_file(store: Path, technology: str, backup_id: str, edit) -> None:
@@ -199,6 +199,21 @@ def test_key_ledger_spills_to_disk_and_counts_missing_keys(tmp_path):
     # A key seen on disk and again in memory, and one seen twice in memory only.
     paths.add(hashed(["/n5", "/again", "/again"]))
     assert paths.duplicates() == 2
+
+
+def test_a_units_ledgers_hold_one_buffer_in_memory_together(tmp_path):
+    """One ledger per part and key: a shard of many tables must not hold a buffer per
+    ledger (100 parts of 130,000 keys held 99 MiB)."""
+    budget = LedgerBudget()
+    ledgers = [KeyLedger(tmp_path, f"part{i}", budget) for i in range(40)]
+    for i, ledger in enumerate(ledgers):
+        ledger.add(key_hashes(pd.DataFrame({"k": range(i * 10_000, (i + 1) * 10_000)})))
+        assert sum(len(each._in_memory()) for each in ledgers) < KeyLedger.BUFFERED
+    assert [ledger.count for ledger in ledgers] == [10_000] * 40
+    assert sum(ledger.duplicates() for ledger in ledgers) == 0
+    assert (
+        ledgers[0].missing_from(ledgers[0]) == 0 and ledgers[1].missing_from(ledgers[0]) == 10_000
+    )
 
 
 def test_a_failed_overwrite_rolls_the_target_back_to_its_safety_backup(
