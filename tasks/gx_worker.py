@@ -110,7 +110,11 @@ class Validator:
         replies: list[Reply | None] = [None] * len(requests)
         shapes: dict[Any, list[int]] = {}
         for index, (columns, expectations) in enumerate(requests):
-            shapes.setdefault(_shape(columns, expectations), []).append(index)
+            try:
+                shape = _shape(columns, expectations)
+            except Exception:  # e.g. a bound too large for a float: judged alone, by GX
+                shape = object()
+            shapes.setdefault(shape, []).append(index)
         for members in shapes.values():
             if len(members) > 1:
                 together = self._together([requests[i] for i in members])
@@ -291,12 +295,26 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
                 replies, [("error", f"Great Expectations could not start: {failure}")] * len(batch)
             )
             continue
+        _send(replies, _answer(validator, batch))
+
+
+def _answer(validator: Validator, batch: list[bytes]) -> list[Reply]:
+    """One reply per pickled request: a request that cannot be read, or that breaks
+    the grouping, gets its own error and leaves the others' verdicts alone."""
+    answers: list[Reply | None] = [None] * len(batch)
+    asked: list[tuple[int, Request]] = []
+    for index, each in enumerate(batch):
         try:
-            asked = [pickle.loads(each) for each in batch]  # pickled by our parent
-            answer = validator.validate_many(asked)
-        except Exception as exc:  # one bad request must not end the process for all
-            answer = [("error", f"{type(exc).__name__}: {exc}")] * len(batch)
-        _send(replies, answer)
+            asked.append((index, pickle.loads(each)))  # pickled by our parent
+        except Exception as exc:
+            answers[index] = ("error", f"{type(exc).__name__}: {exc}")
+    try:
+        verdicts = validator.validate_many([request for _, request in asked])
+    except Exception as exc:  # validate_many answers each; this is a last belt
+        verdicts = [("error", f"{type(exc).__name__}: {exc}")] * len(asked)
+    for (index, _), verdict in zip(asked, verdicts, strict=True):
+        answers[index] = verdict
+    return [a for a in answers if a is not None]
 
 
 # -- the parent ---------------------------------------------------------------------------

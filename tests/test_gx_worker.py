@@ -3,6 +3,7 @@ request it was sent for, even after a request was cut short."""
 
 from __future__ import annotations
 
+import pickle
 import random
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -177,6 +178,10 @@ _NOT_TOGETHER = {
             ],
         ),
     ],
+    "a bound too large for a float": [
+        ({"k": [1]}, [("ExpectColumnValuesToBeBetween", {"column": "k", "max_value": 10**400})]),
+        ({"k": [1]}, [("ExpectColumnValuesToBeBetween", {"column": "k", "max_value": 5})]),
+    ],
     "a bound GX refuses": [
         (
             {"k": [1]},
@@ -215,3 +220,12 @@ def test_threads_whose_requests_exceed_one_message_each_get_their_own_verdicts(
         assert got == expected
     finally:
         process.stop()
+
+
+def test_a_request_that_cannot_be_read_fails_alone(in_process) -> None:
+    """The child answers each request of a message on its own: one that cannot be
+    unpickled is an error for it, not for the requests sent with it."""
+    good = pickle.dumps(_GOOD)
+    replies = gx_worker._answer(in_process, [good, b"not a pickle", good])
+    assert [status for status, _ in replies] == ["ok", "error", "ok"]
+    assert replies[0] == replies[2] == _alone(in_process, _GOOD)
