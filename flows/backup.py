@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
+from pydantic import SecretStr
 
 import backstop
 from backstop.drivers.contract import StoredUnit, Unit
@@ -21,6 +23,7 @@ from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.backup import (
     READ_BACK,
     Snapshot,
+    backup_unit,
     commit_manifest,
     discard_partial,
     plan_backup,
@@ -167,23 +170,14 @@ def _backup(request: BackupRequest) -> BackupOutcome:
         if mark is not None:
             kept = _kept_units(request, backup_id, planned, logger)
         taken = {s.unit.name for s, _ in kept}
-        snapshots, handle = _snapshot(
+        snapshots, read_back_checks, handle, phases = _snapshot_and_read_back(
             request,
             [u for u in planned if u.name not in taken],
             options,
             backup_id,
-            read_back_recipient,
+            (read_back_recipient, read_back),
+            clock,
         )
-        phases = {"snapshot": clock.seconds}
-        # Where the suite ran as a unit was packaged, the read-back checks its bytes only.
-        checked = [s.checks is not None for s in snapshots]
-        read_back_checks = gather(
-            validate_unit.map(
-                technology, unmapped(spec), unmapped(backup_id), [s.unit for s in snapshots],
-                checked, unmapped(read_back),
-            )
-        )  # fmt: skip
-        phases["validate"] = round(clock.seconds - phases["snapshot"], 3)
         done = {
             s.unit.name: (s, more)
             for s, more in [*kept, *zip(snapshots, read_back_checks, strict=True)]
@@ -290,21 +284,33 @@ def default_role() -> Role:
     return Role.SCHEDULED if deployment.id else Role.ADHOC
 
 
-def _snapshot(
+def _snapshot_and_read_back(
     request: BackupRequest,
     units: list[Unit],
     options: dict[str, Any],
     backup_id: str,
-    read_back: str | None,
-) -> tuple[list[Snapshot], Any]:
-    """Quiesce, stream the units into the store, and release the quiesce on every path."""
+    read_back_key: tuple[str | None, SecretStr | None],
+    clock: Stopwatch,
+) -> tuple[list[Snapshot], list[list[dict[str, Any]]], Any, dict[str, float]]:
+    """Quiesce, stream the units into the store, release the quiesce on every path, and
+    read every unit back: (snapshots, read-back checks, quiesce handle, phases).
+
+    Without a quiesce, each unit is read back as soon as it is stored, in the same task
+    run (backup_unit): one task run per unit, not two. With one, the read-backs wait
+    for its release, so that the source is held no longer than its snapshots take."""
     technology, spec = request.technology, request.store
+    recipient, identity = read_back_key
+    started = time.time() - clock.seconds
     handle = quiesce(technology, request.sources, options)
     if handle is not None:  # e.g. the cluster time every unit's snapshot reads at
         units = [dataclasses.replace(u, options={**u.options, "quiesce": handle}) for u in units]
     try:
-        stored = gather(snapshot_unit.map(technology, unmapped(spec), unmapped(backup_id), units,
-                                          unmapped(read_back)))  # fmt: skip
+        if handle is None:
+            backed_up = gather(backup_unit.map(technology, unmapped(spec), unmapped(backup_id),
+                                               units, unmapped(recipient), unmapped(identity)))  # fmt: skip
+        else:
+            stored = gather(snapshot_unit.map(technology, unmapped(spec), unmapped(backup_id),
+                                              units, unmapped(recipient)))  # fmt: skip
     except BaseException:
         try:
             release_quiesce(technology, request.sources, handle)
@@ -312,7 +318,22 @@ def _snapshot(
             get_run_logger().error("releasing the quiesce failed too: %s", exc)
         raise
     release_quiesce(technology, request.sources, handle)
-    return stored, handle
+    if handle is None:
+        # The snapshot phase lasts until the last unit was stored, whatever read-backs
+        # overlapped it; the validate phase is what the flow waited for after that.
+        stored_at = max((b.snapshot_done_at - started for b in backed_up), default=0.0)
+        snapshot_s = round(min(max(stored_at, 0.0), clock.seconds), 3)
+        phases = {"snapshot": snapshot_s, "validate": round(clock.seconds - snapshot_s, 3)}
+        return [b.snapshot for b in backed_up], [b.read_back for b in backed_up], None, phases
+    phases = {"snapshot": clock.seconds}
+    # Where the suite ran as a unit was packaged, the read-back checks its bytes only.
+    checked = [s.checks is not None for s in stored]
+    read_back_checks = gather(
+        validate_unit.map(technology, unmapped(spec), unmapped(backup_id), [s.unit for s in stored],
+                          checked, unmapped(identity))
+    )  # fmt: skip
+    phases["validate"] = round(clock.seconds - phases["snapshot"], 3)
+    return stored, read_back_checks, handle, phases
 
 
 def _refuse_older_than_newest(

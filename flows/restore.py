@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -11,7 +12,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction, transaction
 
-from backstop.drivers.contract import RestoreMode, RestorePlan, StoredUnit
+from backstop.drivers.contract import RestoreMode, RestorePlan, RestoreResult, StoredUnit
 from backstop.drivers.errors import (
     BackstopError,
     IntegrityError,
@@ -37,6 +38,7 @@ from backstop.tasks.restore import (
     absent_parts,
     drop_parts,
     prepare_targets,
+    restore_and_verify_unit,
     restore_parts,
     restore_unit,
     safety_options,
@@ -190,39 +192,19 @@ def _load_and_verify(
     clock: Stopwatch,
 ) -> RestoreOutcome:
     logger = get_run_logger()
-    technology, spec, mode = request.technology, request.store, plan.mode
+    technology, mode = request.technology, plan.mode
     backup_id = outcome.backup_id
     targets = outcome.targets
     # One target per unit (Schemaless shards), or one target for every unit (a
     # deployment's collections); prepare_targets has checked which applies.
-    unit_targets = (
-        request.targets if len(request.targets) == len(units) else request.targets[:1] * len(units)
-    )
+    own_targets = len(request.targets) == len(units)
+    unit_targets = request.targets if own_targets else request.targets[:1] * len(units)
     shown_targets = [redact_url(t) for t in unit_targets]
     logger.info("restoring %s/%s into %s (mode %s)", technology, backup_id, targets, mode.value)
-    results = gather(
-        restore_unit.map(
-            technology,
-            unmapped(spec),
-            unmapped(backup_id),
-            units,
-            unit_targets,
-            unmapped(plan),
-        )
-    )
-    phases["load"] = round(clock.seconds - sum(phases.values()), 3)
-    verdicts = gather(
-        verify_target.map(
-            technology,
-            unmapped(spec),
-            unmapped(backup_id),
-            units,
-            unit_targets,
-            unmapped(plan),
-        )
+    results, verdicts = _load_and_verify_units(
+        request, units, unit_targets, own_targets, plan, backup_id, phases, clock
     )
     checks = [v.check for v in verdicts]
-    phases["verify"] = round(clock.seconds - sum(phases.values()), 3)
     rows = [
         {
             "unit": unit.name,
@@ -275,6 +257,40 @@ def _load_and_verify(
     outcome.phases_s = phases
     logger.info("restore of %s verified: %s records written", backup_id, outcome.records)
     return outcome
+
+
+def _load_and_verify_units(
+    request: RestoreRequest,
+    units: list[StoredUnit],
+    unit_targets: list[str],
+    own_targets: bool,
+    plan: RestorePlan,
+    backup_id: str,
+    phases: dict[str, float],
+    clock: Stopwatch,
+) -> tuple[list[RestoreResult], list[TargetVerdict]]:
+    """Load every unit and verify its target; `phases` gains `load` and `verify`.
+
+    A unit with a target of its own (a shard) is verified as soon as it is loaded, in
+    the same task run (restore_and_verify_unit): one task run per unit, not two. Units
+    that share a target are verified once all are loaded."""
+    technology, spec = request.technology, request.store
+    args = (technology, unmapped(spec), unmapped(backup_id), units, unit_targets, unmapped(plan))
+    began = sum(phases.values())
+    if own_targets:
+        started = time.time() - clock.seconds
+        restored = gather(restore_and_verify_unit.map(*args))
+        # The load phase lasts until the last unit was loaded, whatever verifications
+        # overlapped it; the verify phase is what the flow waited for after that.
+        loaded_at = max((r.loaded_at - started for r in restored), default=began)
+        phases["load"] = round(min(max(loaded_at, began), clock.seconds) - began, 3)
+        phases["verify"] = round(clock.seconds - began - phases["load"], 3)
+        return [r.result for r in restored], [r.verdict for r in restored]
+    results = gather(restore_unit.map(*args))
+    phases["load"] = round(clock.seconds - began, 3)
+    verdicts = gather(verify_target.map(*args))
+    phases["verify"] = round(clock.seconds - sum(phases.values()), 3)
+    return results, verdicts
 
 
 def _target_quality_checks(

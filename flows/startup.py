@@ -345,7 +345,7 @@ def prepare(command: str, technology: str | None) -> dict[str, float]:
         and (driver is None or driver.quality_suite is not None)
     ):
         # First: Great Expectations imports in its own process while Prefect does here.
-        from backstop.tasks.gx_worker import validator
+        from backstop.tasks.gx_client import validator
 
         validator()
     step("start_quality_s")

@@ -10,23 +10,31 @@ The protocol is pickle over the child's stdin/stdout, one request at a time: the
 expectations as (class name, keyword arguments) pairs and the chunk's columns; back
 come plain dicts per expectation. Only backstop's own process talks to the child.
 BACKSTOP_QUALITY_PROCESS=0 validates in the calling process instead.
+
+Great Expectations holds the bounds of ExpectColumnValuesToBeBetween as floats, which
+past 2**53 cannot tell one integer from the next: 2**53 + 1 passed `max_value=2**53`.
+Integer columns against integer bounds are judged with integer arithmetic there
+(tasks/gx_exact.py), alone and grouped.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import pickle
 import struct
-import subprocess
 import sys
 import threading
+from collections import OrderedDict
 from typing import IO, Any
+
+from backstop.tasks.gx_exact import BOUNDS as _BOUNDS
+from backstop.tasks.gx_exact import SAMPLE, exactly
 
 Expectation = tuple[str, dict[str, Any]]  # ("ExpectColumnValuesToNotBeNull", {"column": ...})
 _LENGTH = struct.Struct(">Q")
-_SAMPLE = 20  # unexpected values sent back per expectation
+
+_SUITES_KEPT = 256  # suites kept built (Validator._suite)
 _BATCH_ROWS = 50_000  # records sent in one message at most (unless one request is more)
 
 
@@ -72,18 +80,36 @@ class Validator:
         self._batch = source.add_dataframe_asset("records").add_batch_definition_whole_dataframe(
             "chunk"
         )
-        self._suites: dict[str, Any] = {}
+        self._suites: OrderedDict[str, Any] = OrderedDict()
+        self._built = 0
+        self._suites_lock = threading.Lock()
         self.passed_together = 0  # requests whose verdicts one validation gave (tests)
         self._lock = threading.Lock()  # GX contexts are not made for concurrent use
 
     def _suite(self, expectations: list[Expectation]) -> Any:
+        """The suite of these expectations, built once while it is in use: each shard's
+        bounds (its watermark) make a suite of their own, so the cache keeps the
+        _SUITES_KEPT most recently used, and memory stays flat in the shards."""
+        return self._built_suite(expectations)[0]
+
+    def _built_suite(self, expectations: list[Expectation]) -> tuple[Any, list[Any]]:
+        """(suite, each expectation as Great Expectations holds it)."""
         key = repr(expectations)
-        if key not in self._suites:
-            suite = self._gx.ExpectationSuite(name=f"backstop-{len(self._suites)}")
+        with self._suites_lock:  # threads share it when validating in their own process
+            if key in self._suites:
+                self._suites.move_to_end(key)
+                return self._suites[key]
+            self._built += 1
+            suite = self._gx.ExpectationSuite(name=f"backstop-{self._built}")
+            forms = []
             for name, kwargs in expectations:
-                suite.add_expectation(getattr(self._gx.expectations, name)(**kwargs))
-            self._suites[key] = suite
-        return self._suites[key]
+                expectation = getattr(self._gx.expectations, name)(**kwargs)
+                forms.append((expectation.expectation_type, _kwargs(expectation.configuration)))
+                suite.add_expectation(expectation)
+            self._suites[key] = (suite, forms)
+            while len(self._suites) > _SUITES_KEPT:
+                self._suites.popitem(last=False)
+            return suite, forms
 
     def validate(
         self, columns: dict[str, Any], expectations: list[Expectation]
@@ -97,7 +123,33 @@ class Validator:
             result = batch.validate(
                 self._suite(expectations), result_format={"result_format": "SUMMARY"}
             )
-        return [_outcome(o) for o in result.results]
+        return self._judged(columns, expectations, [_outcome(o) for o in result.results])
+
+    def _judged(
+        self,
+        columns: dict[str, Any],
+        expectations: list[Expectation],
+        outcomes: list[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """Great Expectations' outcomes, each of ExpectColumnValuesToBeBetween for the
+        rules as asked (tasks/gx_exact.py). Its bounds are floats: of two rules whose bounds are
+        one float it kept one, and both are reported, each judged on its own bounds."""
+        forms = self._built_suite(expectations)[1]
+        judged: list[dict[str, Any]] = []
+        for outcome in outcomes:
+            form = (outcome["type"], outcome["kwargs"])
+            asked = [
+                kwargs
+                for (name, kwargs), each in zip(expectations, forms, strict=True)
+                if name == _BETWEEN and each == form
+            ]
+            if not asked:
+                judged.append(outcome)
+            for kwargs in asked:
+                one = exactly(outcome, kwargs, columns.get(kwargs.get("column")))
+                if one not in judged:  # the same rule twice: once, as GX reports it
+                    judged.append(one)
+        return judged
 
     def validate_many(self, requests: list[Request]) -> list[Reply]:
         """Several requests' verdicts, each as if validated alone. Requests of one shape
@@ -106,7 +158,10 @@ class Validator:
         Expectations costs ~50 ms a call whatever the rows, which made it the queue
         every small shard waited in. All of them pass, or each is validated alone for
         its own counts and samples. Only what provably passes together exactly when
-        each passes alone is grouped (_shape); anything else is validated alone."""
+        each passes alone is grouped (_shape); anything else is validated alone, and so
+        is a message of one request (nothing to group it with: no _shape)."""
+        if len(requests) == 1:
+            return [self._alone(requests[0])]
         replies: list[Reply | None] = [None] * len(requests)
         shapes: dict[Any, list[int]] = {}
         for index, (columns, expectations) in enumerate(requests):
@@ -124,17 +179,22 @@ class Validator:
                         replies[i] = ("ok", outcomes)
                     continue
             for i in members:
-                try:
-                    replies[i] = ("ok", self.validate(*requests[i]))
-                except Exception as exc:
-                    replies[i] = ("error", f"{type(exc).__name__}: {exc}")
+                replies[i] = self._alone(requests[i])
         return [r for r in replies if r is not None]
+
+    def _alone(self, request: Request) -> Reply:
+        try:
+            return ("ok", self.validate(*request))
+        except Exception as exc:
+            return ("error", f"{type(exc).__name__}: {exc}")
 
     def _together(self, group: list[Request]) -> list[list[dict[str, Any]]] | None:
         """Every request's outcomes, when one validation of their records together
         passes; None when it does not (or any doubt: an error). A bound that differs
         between them becomes a column (each row's own bound) checked by a pair rule; a
-        request without that bound gets each row's own value, which always passes."""
+        request without that bound gets each row's own value, which always passes.
+        Integers past a float's reach are judged first, each request on its own bounds
+        (tasks/gx_exact.py): one that fails there is not grouped."""
         import pandas as pd
 
         first = group[0][1]
@@ -148,6 +208,12 @@ class Validator:
         if taken & set(helper.values()):
             return None
         try:
+            judged = [
+                self._judged(columns, expectations, self._passed(expectations))
+                for columns, expectations in group
+            ]
+            if not all(o["success"] for outcomes in judged for o in outcomes):
+                return None
             frames = []
             for columns, expectations in group:
                 frame = pd.DataFrame(columns)
@@ -181,7 +247,7 @@ class Validator:
                 )
             if not (result.success and all(o.success for o in result.results)):
                 return None
-            return [self._passed(expectations) for _, expectations in group]
+            return judged
         except Exception:
             return None
 
@@ -190,9 +256,7 @@ class Validator:
         return [
             {
                 "type": expectation.expectation_type,
-                "kwargs": {
-                    k: v for k, v in expectation.configuration.kwargs.items() if k != "batch_id"
-                },
+                "kwargs": _kwargs(expectation.configuration),
                 "success": True,
                 "unexpected_count": 0,
                 "sample": [],
@@ -204,7 +268,6 @@ class Validator:
 Request = tuple[dict[str, Any], list[Expectation]]  # a chunk's columns and its rules
 Reply = tuple[str, Any]  # ("ok", outcomes) or ("error", text)
 _BETWEEN = "ExpectColumnValuesToBeBetween"
-_BOUNDS = ("min_value", "max_value")
 # Rules that judge each record alone, so that records pass together iff each passes,
 # with the arguments they may have to be grouped (no `mostly`, no strict bounds).
 _ROW_WISE = {
@@ -265,15 +328,20 @@ def _shape(columns: dict[str, Any], expectations: list[Expectation]) -> Any:
     return dtypes, rules
 
 
+def _kwargs(config: Any) -> dict[str, Any]:
+    """An expectation's arguments as Great Expectations holds them (bounds as floats)."""
+    return {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+
+
 def _outcome(outcome: Any) -> dict[str, Any]:
     config = outcome.expectation_config
     found = outcome.result or {}
     return {
         "type": config.type,
-        "kwargs": {k: v for k, v in config.kwargs.items() if k != "batch_id"},
+        "kwargs": _kwargs(config),
         "success": bool(outcome.success),
         "unexpected_count": found.get("unexpected_count"),
-        "sample": [str(v)[:80] for v in (found.get("partial_unexpected_list") or [])[:_SAMPLE]],
+        "sample": [str(v)[:80] for v in (found.get("partial_unexpected_list") or [])[:SAMPLE]],
     }
 
 
@@ -318,130 +386,6 @@ def _answer(validator: Validator, batch: list[bytes]) -> list[Reply]:
 
 
 # -- the parent ---------------------------------------------------------------------------
-class _Pending:
-    """A request waiting in the queue for whichever thread talks to the child next;
-    pickled by its own thread, so that a value that cannot be sent fails there."""
-
-    def __init__(self, request: Request) -> None:
-        self.request = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-        self.rows = len(next(iter(request[0].values()), ()))
-        self.reply: Reply | None = None
-        self.orphaned = False  # its exchange was cut short: ask again
-
-
-class ValidatorProcess:
-    """The parent's handle on the child: started at once (the import runs while the
-    caller goes on). Threads queue their requests; whichever holds the pipe sends all
-    that wait (up to _BATCH_ROWS records) as one message, so that units finishing
-    together share a validation (Validator.validate_many)."""
-
-    def __init__(self) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "backstop.tasks.gx_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self._lock = threading.Lock()  # the pipe: one exchange at a time
-        self._queue: list[_Pending] = []
-        self._queue_lock = threading.Lock()
-        self._ready = False
-        self.exchanges = 0  # messages sent, for the tests
-
-    def validate(
-        self, columns: dict[str, Any], expectations: list[Expectation]
-    ) -> list[dict[str, Any]]:
-        pending = _Pending((columns, expectations))
-        with self._queue_lock:
-            self._queue.append(pending)
-        with self._lock:
-            if pending.reply is None and not pending.orphaned:
-                if self.alive():
-                    self._exchange(self._take_batch(pending))
-                else:  # killed under an earlier exchange: every request waiting asks anew
-                    with self._queue_lock:
-                        waiting, self._queue = self._queue, []
-                    for other in waiting:
-                        other.orphaned = True
-        if pending.orphaned:  # an exchange was cut short, or its process died
-            return validator().validate(columns, expectations)
-        if pending.reply is None:  # cannot happen: this thread's own batch holds it
-            raise RuntimeError("data-quality validation: a request went unanswered")
-        status, value = pending.reply
-        if status != "ok":
-            raise RuntimeError(f"data-quality validation failed: {value}")
-        return value
-
-    def _take_batch(self, own: _Pending) -> list[_Pending]:
-        """This thread's own request, and others waiting behind it up to _BATCH_ROWS."""
-        with self._queue_lock:
-            self._queue.remove(own)
-            batch, rows = [own], own.rows
-            while self._queue and rows + self._queue[0].rows <= _BATCH_ROWS:
-                rows += self._queue[0].rows
-                batch.append(self._queue.pop(0))
-            return batch
-
-    def _exchange(self, batch: list[_Pending]) -> None:
-        try:
-            if not self._ready:
-                _receive(self._process.stdout)
-                self._ready = True
-            self.exchanges += 1
-            _send(self._process.stdin, ("validate", [p.request for p in batch]))
-            replies = _receive(self._process.stdout)
-        except (EOFError, OSError) as exc:
-            failure = (
-                f"the data-quality process ended unexpectedly (exit code "
-                f"{self._process.poll()}): {exc}"
-            )
-            replies = [("error", failure)] * len(batch)
-        except BaseException:
-            # Cut short (a signal, a cancellation): its reply, or the rest of its
-            # request, is still in a pipe, where the next request would take it for
-            # its own. This child is done; validator() starts another, where the other
-            # threads of this batch ask again.
-            self._process.kill()
-            self._process.wait()
-            for other in batch:
-                other.orphaned = True
-            raise
-        for other, reply in zip(batch, replies, strict=True):
-            other.reply = reply
-
-    def alive(self) -> bool:
-        return self._process.poll() is None
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            try:
-                self._process.stdin.close()
-                self._process.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self._process.kill()
-                self._process.wait()
-
-
-_shared: ValidatorProcess | Validator | None = None
-_shared_lock = threading.Lock()
-
-
-def validator() -> ValidatorProcess | Validator:
-    """This process's validator: a child process (started on first use), or Great
-    Expectations in this process when BACKSTOP_QUALITY_PROCESS=0."""
-    global _shared
-    with _shared_lock:
-        if isinstance(_shared, ValidatorProcess) and not _shared.alive():
-            _shared = None  # it died (killed, out of memory): start another
-        if _shared is None:
-            if enabled():
-                _shared = ValidatorProcess()
-                atexit.register(_shared.stop)
-            else:
-                _shared = Validator()
-        return _shared
-
-
 def main() -> None:
     import signal
 

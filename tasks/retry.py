@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect.cache_policies import NO_CACHE
 
@@ -17,6 +19,8 @@ from backstop.drivers.errors import (
     TransientError,
     is_transient,
 )
+
+T = TypeVar("T")
 
 
 def _delays() -> list[float]:
@@ -59,3 +63,39 @@ def classified(driver: Driver, what: str) -> Iterator[None]:
         error = TransientError if kind is ErrorKind.TRANSIENT else PermanentError
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise error(f"{what}: {type(exc).__name__}: {detail}") from None
+
+
+# The first step of a task that runs two (a snapshot then its read-back, a load then its
+# verification), kept for the task run's retries: a transient failure of the second step
+# retries that step alone. Running the first again would be safe but not free: a snapshot
+# writes its files again, a load re-run after its commit counts its cells as skipped.
+# Bounded: a unit that failed for good leaves its entry, evicted oldest first (a retry
+# that finds none runs the first step again, which is idempotent).
+_FIRST_STEPS: OrderedDict[str, Any] = OrderedDict()
+_FIRST_STEPS_KEPT = 1024
+_FIRST_STEPS_LOCK = threading.Lock()
+
+
+def first_step(run: Callable[[], T]) -> T:
+    """`run()`, or what it returned in an earlier attempt of this task run."""
+    from prefect.runtime import task_run
+
+    key = task_run.id
+    with _FIRST_STEPS_LOCK:
+        if key in _FIRST_STEPS:
+            return _FIRST_STEPS[key]
+    result = run()
+    if key is not None:
+        with _FIRST_STEPS_LOCK:
+            _FIRST_STEPS[key] = result
+            while len(_FIRST_STEPS) > _FIRST_STEPS_KEPT:
+                _FIRST_STEPS.popitem(last=False)
+    return result
+
+
+def both_steps_done() -> None:
+    """The task run has returned: its first step's result is no longer needed."""
+    from prefect.runtime import task_run
+
+    with _FIRST_STEPS_LOCK:
+        _FIRST_STEPS.pop(task_run.id, None)

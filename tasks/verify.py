@@ -108,6 +108,18 @@ def verify_target(
     target: str,
     plan: RestorePlan,
 ) -> TargetVerdict:
+    """One unit's target, verified once every unit is loaded (verified_target)."""
+    return verified_target(technology, store, backup_id, unit, target, plan)
+
+
+def verified_target(
+    technology: str,
+    store: StoreSpec,
+    backup_id: str,
+    unit: StoredUnit,
+    target: str,
+    plan: RestorePlan,
+) -> TargetVerdict:
     """Compare the target with the backup; where the driver reads the target once for
     both (verify_with_quality), run the quality suite on the chunks of that same read."""
     driver = get_driver(technology)

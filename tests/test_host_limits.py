@@ -300,8 +300,9 @@ def test_a_command_killed_outright_leaves_no_slot_held_on_the_temporary_server(
         # The snapshot task running (the plan's connection is closed by then) and a
         # connection to the source: the snapshot's, made once it holds its slots.
         with contextlib.suppress(sqlite3.Error), sqlite3.connect(home / "prefect.db") as db:
-            running = "SELECT count(*) FROM task_run WHERE state_type = 'RUNNING' AND name LIKE ?"
-            if not db.execute(running, ("snapshot-%",)).fetchone()[0]:
+            running = ("SELECT count(*) FROM task_run WHERE state_type = 'RUNNING' "
+                       "AND (name LIKE 'backup-%' OR name LIKE 'snapshot-%')")  # fmt: skip
+            if not db.execute(running).fetchone()[0]:
                 return False
             with admin.connect() as conn:
                 return conn.execute(query, {"name": source.rsplit("/", 1)[1]}).scalar_one() > 0
