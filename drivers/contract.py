@@ -196,7 +196,9 @@ class FileSink(Protocol):
         files again. Once it has observed one chunk of a unit, it must observe every
         record of that unit, as `quality_chunks` would read them back: the suite's
         verdicts then stand for the stored files, whose read-back checks only their
-        bytes. A unit that observes nothing gets the read-back pass."""
+        bytes. A unit that observes nothing gets the read-back pass. The chunk's lists
+        are handed over: the suite checks them later, on its own thread, so the driver
+        starts new lists rather than clearing or refilling these."""
 
 
 class FileSource(Protocol):

@@ -321,9 +321,10 @@ def _snapshot_and_read_back(
     if handle is None:
         # The snapshot phase lasts until the last unit was stored, whatever read-backs
         # overlapped it; the validate phase is what the flow waited for after that.
-        stored_at = max((b.snapshot_done_at - started for b in backed_up), default=0.0)
-        snapshot_s = round(min(max(stored_at, 0.0), clock.seconds), 3)
-        phases = {"snapshot": snapshot_s, "validate": round(clock.seconds - snapshot_s, 3)}
+        now = clock.seconds
+        stored_at = max((b.snapshot_done_at - started for b in backed_up), default=now)
+        snapshot_s = round(min(max(0.0, stored_at), now), 3)
+        phases = {"snapshot": snapshot_s, "validate": round(max(0.0, now - snapshot_s), 3)}
         return [b.snapshot for b in backed_up], [b.read_back for b in backed_up], None, phases
     phases = {"snapshot": clock.seconds}
     # Where the suite ran as a unit was packaged, the read-back checks its bytes only.

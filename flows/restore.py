@@ -282,9 +282,11 @@ def _load_and_verify_units(
         restored = gather(restore_and_verify_unit.map(*args))
         # The load phase lasts until the last unit was loaded, whatever verifications
         # overlapped it; the verify phase is what the flow waited for after that.
-        loaded_at = max((r.loaded_at - started for r in restored), default=began)
-        phases["load"] = round(min(max(loaded_at, began), clock.seconds) - began, 3)
-        phases["verify"] = round(clock.seconds - began - phases["load"], 3)
+        now = clock.seconds
+        loaded_at = max((r.loaded_at - started for r in restored), default=now)
+        load_s = min(max(began, loaded_at), now) - began
+        phases["load"] = round(max(0.0, load_s), 3)
+        phases["verify"] = round(max(0.0, now - began - load_s), 3)
         return [r.result for r in restored], [r.verdict for r in restored]
     results = gather(restore_unit.map(*args))
     phases["load"] = round(clock.seconds - began, 3)

@@ -157,10 +157,10 @@ def backup_unit(
     def snapshot() -> tuple[Snapshot, float]:
         return take_snapshot(technology, store, backup_id, unit, read_back_recipient), time.time()
 
-    taken, done_at = first_step(snapshot)
+    taken, done_at = first_step("snapshot", unit.name, snapshot)
     checks = read_back(technology, store, backup_id, taken.unit, taken.checks is not None,
                        read_back_identity)  # fmt: skip
-    both_steps_done()
+    both_steps_done("snapshot", unit.name)
     return BackedUp(snapshot=taken, read_back=checks, snapshot_done_at=done_at)
 
 

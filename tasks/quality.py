@@ -32,6 +32,7 @@ from backstop.tasks.manifest import QualityResult
 
 _SAMPLE = 5
 _BOUND_FRAME = 1_000_000  # values per Great Expectations run of a deferred rule (~8 MB)
+_HELD_ROWS = 50_000  # records of first chunks held for their bounds, all parts together
 
 
 # -- whole-part checks on disk ------------------------------------------------------------
@@ -220,8 +221,9 @@ class SuiteRun:
     backup's packaging pass (`bounds_later=True`) learns them only once the driver is
     done: the rules bounded by a value of the part (the Schemaless watermark) keep their
     column on disk, and `verdicts` checks it against the bound. A part's first chunk waits
-    for its bounds, so that a part of one chunk is validated in one call: memory stays
-    two chunks at most; close() removes the temporary folder.
+    for its bounds, so that a part of one chunk is validated in one call; held chunks
+    hold at most _HELD_ROWS records in all, so memory stays about two chunks however many
+    parts. close() removes the temporary folder.
     """
 
     def __init__(
@@ -243,6 +245,7 @@ class SuiteRun:
         self._folder = tempfile.TemporaryDirectory(prefix="backstop-quality-")
         self._ledgers = LedgerBudget()  # every part's ledgers: memory stays one buffer
         self._states: dict[str, _PartState] = {}
+        self._held_rows = 0  # in the parts' held first chunks (add)
         self.records = 0  # in every chunk added so far
 
     def __enter__(self) -> SuiteRun:
@@ -263,10 +266,11 @@ class SuiteRun:
         state.records += len(frame)
         self.records += len(frame)
         state.chunks += 1
-        if self._bounds_later and state.chunks == 1:
-            # Held until the part's bounds are known (verdicts) or its next chunk comes.
-            # The columns are copied: the driver's lists are its own.
-            state.held = QualityChunk(chunk.part, {c: list(v) for c, v in chunk.columns.items()})
+        if self._bounds_later and state.chunks == 1 and self._held_rows + len(frame) <= _HELD_ROWS:
+            # Held until the part's bounds are known (verdicts) or its next chunk comes,
+            # within one budget for all the unit's parts (a shard of many small tables).
+            state.held = chunk
+            self._held_rows += len(frame)
         else:
             self._release_held(state)
             self._validate_unbounded(state, chunk)
@@ -282,6 +286,7 @@ class SuiteRun:
         without the deferred rules, which are checked over the spill (_check_bounds)."""
         if state.held is not None:
             held, state.held = state.held, None
+            self._held_rows -= _rows(held)
             self._validate_unbounded(state, held)
 
     def verdicts(self, parts: dict[str, QualityPart] | None = None) -> list[dict[str, Any]]:
@@ -296,6 +301,7 @@ class SuiteRun:
             state.spec = self._parts.get(part) or QualityPart()
             if state.held is not None:  # the part's only chunk: the whole suite at once
                 held, state.held = state.held, None
+                self._held_rows -= _rows(held)
                 whole = expectations(self._suite, state.spec, bounded=True)
                 _record_gx(state, _validate(held.columns, whole))
             elif self._bounds_later:
@@ -341,6 +347,10 @@ class SuiteRun:
             for values in _spilled_frames(path):
                 _record_gx(state, _validate({rule.column: values}, between))
             path.unlink()  # checked once, however often verdicts is asked
+
+
+def _rows(chunk: QualityChunk) -> int:
+    return len(next(iter(chunk.columns.values()), ()))
 
 
 def _spilled_frames(path: Path) -> Iterator[list[Any]]:

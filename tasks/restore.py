@@ -114,9 +114,9 @@ def restore_and_verify_unit(
     def load() -> tuple[RestoreResult, float]:
         return load_unit(technology, store, backup_id, unit, target, plan), time.time()
 
-    result, loaded_at = first_step(load)
+    result, loaded_at = first_step("load", unit.name, load)
     verdict = verified_target(technology, store, backup_id, unit, target, plan)
-    both_steps_done()
+    both_steps_done("load", unit.name)
     return Restored(result=result, verdict=verdict, loaded_at=loaded_at)
 
 

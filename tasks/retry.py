@@ -69,21 +69,34 @@ def classified(driver: Driver, what: str) -> Iterator[None]:
 # verification), kept for the task run's retries: a transient failure of the second step
 # retries that step alone. Running the first again would be safe but not free: a snapshot
 # writes its files again, a load re-run after its commit counts its cells as skipped.
-# Bounded: a unit that failed for good leaves its entry, evicted oldest first (a retry
-# that finds none runs the first step again, which is idempotent).
-_FIRST_STEPS: OrderedDict[str, Any] = OrderedDict()
+# Kept in this process only: a task that Dask re-runs on another worker (its worker died)
+# runs both steps again. Bounded: a unit that failed for good leaves its entry, evicted
+# oldest first (a retry that finds none runs the first step again, which is idempotent).
+_FIRST_STEPS: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
 _FIRST_STEPS_KEPT = 1024
 _FIRST_STEPS_LOCK = threading.Lock()
 
 
-def first_step(run: Callable[[], T]) -> T:
-    """`run()`, or what it returned in an earlier attempt of this task run."""
-    from prefect.runtime import task_run
+def _attempt(step: str, unit: str) -> tuple[tuple[str, str, str] | None, bool]:
+    """(this task run's key for `step` of `unit`, whether this is a retry). The key is
+    the run's own id as Prefect's engine holds it (not prefect.runtime, which an
+    environment variable overrides), with the unit and the step: a task function called
+    inside another task's run never finds that run's entries."""
+    from prefect.context import TaskRunContext
 
-    key = task_run.id
-    with _FIRST_STEPS_LOCK:
-        if key in _FIRST_STEPS:
-            return _FIRST_STEPS[key]
+    context = TaskRunContext.get()
+    if context is None:
+        return None, False
+    return (str(context.task_run.id), unit, step), context.task_run.run_count > 1
+
+
+def first_step(step: str, unit: str, run: Callable[[], T]) -> T:
+    """`run()`, or what it returned in an earlier attempt of this task run."""
+    key, retry = _attempt(step, unit)
+    if retry:
+        with _FIRST_STEPS_LOCK:
+            if key in _FIRST_STEPS:
+                return _FIRST_STEPS[key]
     result = run()
     if key is not None:
         with _FIRST_STEPS_LOCK:
@@ -93,9 +106,8 @@ def first_step(run: Callable[[], T]) -> T:
     return result
 
 
-def both_steps_done() -> None:
+def both_steps_done(step: str, unit: str) -> None:
     """The task run has returned: its first step's result is no longer needed."""
-    from prefect.runtime import task_run
-
+    key, _ = _attempt(step, unit)
     with _FIRST_STEPS_LOCK:
-        _FIRST_STEPS.pop(task_run.id, None)
+        _FIRST_STEPS.pop(key, None)

@@ -340,3 +340,32 @@ def test_a_part_of_one_chunk_is_validated_in_one_call_with_the_same_verdicts(mon
         "gx:expect_column_values_to_be_between(column=ref_key, min_value=0.0)": 1,
         "added_id strictly increasing": 1,
     }
+
+
+def test_held_first_chunks_stay_within_one_budget_however_many_parts(monkeypatch):
+    """A shard of many small tables: each table's first chunk waits for its bounds, but
+    all of them together hold at most _HELD_ROWS records; the others are validated as
+    they come. The verdicts are the read-back's either way."""
+    from backstop.tasks import quality
+
+    monkeypatch.setattr(quality, "_HELD_ROWS", 25)
+    columns = {
+        "added_id": list(range(1, 11)),
+        "row_key": [f"{i:08d}-0000-4000-8000-000000000000" for i in range(10)],
+        "column_name": ["c"] * 10,
+        "ref_key": list(range(10)),
+    }
+    tables = [f"t{i}" for i in range(12)]
+    parts = {t: QualityPart(records=10, max_values={"added_id": 9}) for t in tables}  # 10 fails
+    with quality.SuiteRun("schemaless", "shard-000", bounds_later=True) as run:
+        for table in tables:
+            run.add(QualityChunk(part=table, columns=columns))
+            held = [s.held for s in run._states.values() if s.held is not None]
+            assert run._held_rows == 10 * len(held) <= 25
+        assert len(held) == 2
+        packaged = run.verdicts(parts)
+    read_back = run_suite(
+        "schemaless", (QualityChunk(part=t, columns=columns) for t in tables), parts, "shard-000"
+    )
+    assert packaged == read_back
+    assert sum(not c["passed"] for c in packaged) == len(tables)  # each table's added_id 10

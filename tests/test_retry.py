@@ -72,3 +72,34 @@ def test_sqlite_lock_is_transient_and_missing_table_permanent(tmp_path):
         engine.connect() as conn,
     ):
         conn.execute(text("SELECT * FROM missing")).all()
+
+
+def test_a_first_step_is_reused_by_its_own_unit_on_a_retry_only(monkeypatch):
+    """A task of two steps (tasks/retry.py first_step): on a retry of its run, the first
+    step's result is reused, never run again; and it belongs to that run and unit alone.
+    A unit that failed for good leaves its entry: the next run, with Prefect's runtime
+    id forced to one value by its environment variable, still takes its own."""
+    from backstop.tasks.retry import both_steps_done, first_step
+
+    monkeypatch.setenv("PREFECT__RUNTIME__TASK_RUN__ID", "00000000-0000-0000-0000-000000000000")
+    ran: list[str] = []
+    second_step = {"shard-X": [PermanentError("read-back: the stored bytes differ")],
+                   "shard-A": [TransientError("read-back: connection reset")]}  # fmt: skip
+
+    @task(**RETRYING)
+    def two_steps(unit: str) -> str:
+        first = first_step("snapshot", "shard", lambda: ran.append(unit) or f"snapshot of {unit}")
+        if second_step.get(unit):
+            raise second_step[unit].pop()
+        both_steps_done("snapshot", "shard")
+        return first
+
+    @flow
+    def run() -> list[object]:
+        return [two_steps(u, return_state=True) for u in ("shard-X", "shard-A", "shard-B")]
+
+    failed, *states = run()
+    assert failed.is_failed()
+    assert [s.result() for s in states] == ["snapshot of shard-A", "snapshot of shard-B"]
+    assert ran == ["shard-X", "shard-A", "shard-B"]  # shard-A's snapshot once, across its retry
+    assert first_step("snapshot", "shard", lambda: "outside any task") == "outside any task"
