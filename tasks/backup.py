@@ -24,7 +24,7 @@ from backstop.tasks.packaging import ReadBackSource, Stage, StoreSink, StoreSour
 from backstop.tasks.progress import reporter
 from backstop.tasks.quality import SuiteRun, checked_parts, run_suite
 from backstop.tasks.resume import Snapshot
-from backstop.tasks.retry import RETRYING, both_steps_done, classified, first_step
+from backstop.tasks.retry import RETRYING, classified, two_steps
 from backstop.tasks.secrets import resolve_options, resolve_url, shown_url
 from backstop.tasks.store import ArtifactStore, StoreSpec
 
@@ -152,15 +152,14 @@ def backup_unit(
     """One unit's snapshot and then its read-back, in one task run, where no quiesce is
     held (nothing to release first): one task run per unit instead of two, which is
     most of a small shard's cost on the Prefect server (docs/scale.md). A transient
-    failure of the read-back retries the read-back alone (first_step)."""
-
-    def snapshot() -> tuple[Snapshot, float]:
-        return take_snapshot(technology, store, backup_id, unit, read_back_recipient), time.time()
-
-    taken, done_at = first_step("snapshot", unit.name, snapshot)
-    checks = read_back(technology, store, backup_id, taken.unit, taken.checks is not None,
-                       read_back_identity)  # fmt: skip
-    both_steps_done("snapshot", unit.name)
+    failure of the read-back retries the read-back alone (two_steps)."""
+    taken, done_at, checks = two_steps(
+        "snapshot",
+        unit.name,
+        lambda: take_snapshot(technology, store, backup_id, unit, read_back_recipient),
+        lambda snapshot: read_back(technology, store, backup_id, snapshot.unit,
+                                   snapshot.checks is not None, read_back_identity),
+    )  # fmt: skip
     return BackedUp(snapshot=taken, read_back=checks, snapshot_done_at=done_at)
 
 

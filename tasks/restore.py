@@ -20,7 +20,7 @@ from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import StoreSource
 from backstop.tasks.progress import reporter
-from backstop.tasks.retry import RETRYING, both_steps_done, classified, first_step
+from backstop.tasks.retry import RETRYING, classified, two_steps
 from backstop.tasks.secrets import resolve_url, shown_url
 from backstop.tasks.store import StoreSpec
 from backstop.tasks.verify import TargetVerdict, verified_target
@@ -109,14 +109,13 @@ def restore_and_verify_unit(
     """One unit's load and then its target's verification, in one task run, where the
     unit has a target of its own (a shard): one task run per unit instead of two
     (docs/scale.md). A transient failure of the verification retries it alone
-    (first_step): a load re-run after its commit would count its cells as skipped."""
-
-    def load() -> tuple[RestoreResult, float]:
-        return load_unit(technology, store, backup_id, unit, target, plan), time.time()
-
-    result, loaded_at = first_step("load", unit.name, load)
-    verdict = verified_target(technology, store, backup_id, unit, target, plan)
-    both_steps_done("load", unit.name)
+    (two_steps): a load re-run after its commit would count its cells as skipped."""
+    result, loaded_at, verdict = two_steps(
+        "load",
+        unit.name,
+        lambda: load_unit(technology, store, backup_id, unit, target, plan),
+        lambda _: verified_target(technology, store, backup_id, unit, target, plan),
+    )
     return Restored(result=result, verdict=verdict, loaded_at=loaded_at)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from backstop.drivers.errors import (
 )
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 def _delays() -> list[float]:
@@ -90,7 +92,7 @@ def _attempt(step: str, unit: str) -> tuple[tuple[str, str, str] | None, bool]:
     return (str(context.task_run.id), unit, step), context.task_run.run_count > 1
 
 
-def first_step(step: str, unit: str, run: Callable[[], T]) -> T:
+def _first_step(step: str, unit: str, run: Callable[[], T]) -> T:
     """`run()`, or what it returned in an earlier attempt of this task run."""
     key, retry = _attempt(step, unit)
     if retry:
@@ -106,8 +108,20 @@ def first_step(step: str, unit: str, run: Callable[[], T]) -> T:
     return result
 
 
-def both_steps_done(step: str, unit: str) -> None:
+def _both_steps_done(step: str, unit: str) -> None:
     """The task run has returned: its first step's result is no longer needed."""
     key, _ = _attempt(step, unit)
     with _FIRST_STEPS_LOCK:
         _FIRST_STEPS.pop(key, None)
+
+
+def two_steps(
+    step: str, unit: str, first: Callable[[], T], second: Callable[[T], U]
+) -> tuple[T, float, U]:
+    """`first()`, then `second(its result)`, in one task run: (first's result, when it
+    finished (epoch seconds, to time the flow's phases), second's result). A retry of
+    the run after `second` failed reuses first's result (_first_step)."""
+    result, finished = _first_step(step, unit, lambda: (first(), time.time()))
+    after = second(result)
+    _both_steps_done(step, unit)
+    return result, finished, after

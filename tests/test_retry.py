@@ -75,11 +75,11 @@ def test_sqlite_lock_is_transient_and_missing_table_permanent(tmp_path):
 
 
 def test_a_first_step_is_reused_by_its_own_unit_on_a_retry_only(monkeypatch):
-    """A task of two steps (tasks/retry.py first_step): on a retry of its run, the first
+    """A task of two steps (tasks/retry.py two_steps): on a retry of its run, the first
     step's result is reused, never run again; and it belongs to that run and unit alone.
     A unit that failed for good leaves its entry: the next run, with Prefect's runtime
     id forced to one value by its environment variable, still takes its own."""
-    from backstop.tasks.retry import both_steps_done, first_step
+    from backstop.tasks.retry import two_steps
 
     monkeypatch.setenv("PREFECT__RUNTIME__TASK_RUN__ID", "00000000-0000-0000-0000-000000000000")
     ran: list[str] = []
@@ -87,19 +87,29 @@ def test_a_first_step_is_reused_by_its_own_unit_on_a_retry_only(monkeypatch):
                    "shard-A": [TransientError("read-back: connection reset")]}  # fmt: skip
 
     @task(**RETRYING)
-    def two_steps(unit: str) -> str:
-        first = first_step("snapshot", "shard", lambda: ran.append(unit) or f"snapshot of {unit}")
-        if second_step.get(unit):
-            raise second_step[unit].pop()
-        both_steps_done("snapshot", "shard")
-        return first
+    def snapshot_and_read_back(unit: str) -> str:
+        def read_back(snapshot: str) -> str:
+            if second_step.get(unit):
+                raise second_step[unit].pop()
+            return f"{snapshot}, read back"
+
+        # One unit name for all: as a task called inside another task's run would see.
+        *_, checked = two_steps(
+            "snapshot", "shard", lambda: ran.append(unit) or f"snapshot of {unit}", read_back
+        )
+        return checked
 
     @flow
     def run() -> list[object]:
-        return [two_steps(u, return_state=True) for u in ("shard-X", "shard-A", "shard-B")]
+        units = ("shard-X", "shard-A", "shard-B")
+        return [snapshot_and_read_back(u, return_state=True) for u in units]
 
     failed, *states = run()
     assert failed.is_failed()
-    assert [s.result() for s in states] == ["snapshot of shard-A", "snapshot of shard-B"]
+    assert [s.result() for s in states] == [
+        "snapshot of shard-A, read back",
+        "snapshot of shard-B, read back",
+    ]
     assert ran == ["shard-X", "shard-A", "shard-B"]  # shard-A's snapshot once, across its retry
-    assert first_step("snapshot", "shard", lambda: "outside any task") == "outside any task"
+    outside = two_steps("snapshot", "shard", lambda: "outside any task", lambda first: first)
+    assert outside[0] == outside[2] == "outside any task"
