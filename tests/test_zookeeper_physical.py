@@ -39,7 +39,9 @@ def start_server(version: str, folder: Path, *options: str, admin: bool = True) 
     return ZooKeeperServer(version, folder, admin=admin, java_options=list(options)).start()
 
 
-def newest_snapshot(data_dir: Path, after_zxid: int, timeout: float = 30) -> Path:
+def newest_snapshot(data_dir: Path, after_zxid: int, timeout: float = 120) -> Path:
+    # The server writes snapshots in the background: under 4 test workers on 2 cores a
+    # 30 s wait once ran out (CI of c185b20). A wait for a condition, not a timing check.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         snaps = sorted(
