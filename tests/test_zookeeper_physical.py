@@ -39,19 +39,28 @@ def start_server(version: str, folder: Path, *options: str, admin: bool = True) 
     return ZooKeeperServer(version, folder, admin=admin, java_options=list(options)).start()
 
 
-def newest_snapshot(data_dir: Path, after_zxid: int, timeout: float = 120) -> Path:
-    # The server writes snapshots in the background: under 4 test workers on 2 cores a
-    # 30 s wait once ran out (CI of c185b20). A wait for a condition, not a timing check.
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        snaps = sorted(
-            (int(p.name.split(".")[1], 16), p) for p in (data_dir / "version-2").glob("snapshot.*")
-        )
-        if snaps and snaps[-1][0] >= after_zxid:
-            time.sleep(0.5)  # the server writes it in the background
-            return snaps[-1][1]
-        time.sleep(0.2)
-    raise AssertionError(f"no snapshot after zxid {after_zxid:#x}")
+def snapshot_files(data_dir: Path) -> list[tuple[int, Path]]:
+    return sorted(
+        (int(p.name.split(".")[1], 16), p) for p in (data_dir / "version-2").glob("snapshot.*")
+    )
+
+
+def completed_snapshot(client, data_dir: Path, after_zxid: int, snap_count: int) -> Path:
+    """A snapshot the server has finished writing, taken after `after_zxid`.
+
+    ZooKeeper snapshots in the background after snapCount/2 to snapCount transactions, and
+    skips a trigger while a snapshot is still being written. Waiting for a time ran out in
+    CI under load twice; instead, keep writing until two snapshots past the mark exist. The
+    server writes one snapshot at a time, so the older of the two is complete.
+    """
+    for batch in range(40):
+        done = [path for zxid, path in snapshot_files(data_dir) if zxid >= after_zxid]
+        if len(done) >= 2:
+            return done[-2]
+        for i in range(snap_count // 2):
+            client.set("/data", f"{batch}.{i}".encode())
+        time.sleep(0.2)  # let the snapshot thread start before counting files
+    raise AssertionError(f"no two snapshots after zxid {after_zxid:#x} in {40 * snap_count // 2} writes")
 
 
 def formatter_paths(version: str, path: Path) -> tuple[int, set[str]]:
@@ -86,10 +95,8 @@ def test_validator_agrees_with_snapshot_formatter(version, compression, tmp_path
         client.ensure_path("/data")
         build_tree(client, "/data", nodes=3000)
         zxid = client.last_zxid
-        for i in range(1200):  # push past snapCount so a snapshot covers the tree
-            client.set("/data", str(i).encode())
+        path = completed_snapshot(client, server.data_dir, zxid, snap_count=1000)
         client.stop()
-        path = newest_snapshot(server.data_dir, zxid)
     finally:
         server.stop()
     assert compression == "none" or path.name.endswith("." + compression)
@@ -115,9 +122,9 @@ def test_corrupted_and_truncated_snapshots_are_rejected_with_offset(version, tmp
         client.ensure_path("/data")
         build_tree(client, "/data", nodes=300)
         zxid = client.last_zxid
+        path = completed_snapshot(client, server.data_dir, zxid // 2, snap_count=100)
         client.stop()
         client.close()
-        path = newest_snapshot(server.data_dir, zxid // 2)
         data = path.read_bytes()
     finally:
         server.stop()
