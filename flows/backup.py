@@ -16,14 +16,14 @@ from backstop.drivers.contract import StoredUnit, Unit
 from backstop.drivers.errors import BackstopError, BadInputError, IntegrityError, QualityError
 from backstop.drivers.registry import get_driver
 from backstop.flows.params import BackupOutcome, BackupRequest
-from backstop.flows.runtime import Stopwatch, gather, task_runner
+from backstop.flows.runtime import Stopwatch, per_task, run_each, task_runner
 from backstop.flows.timeouts import flow_timeout
 from backstop.tasks import crypto, resume
 from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.backup import (
     READ_BACK,
     Snapshot,
-    backup_unit,
+    backup_units,
     commit_manifest,
     discard_partial,
     plan_backup,
@@ -296,7 +296,7 @@ def _snapshot_and_read_back(
     read every unit back: (snapshots, read-back checks, quiesce handle, phases).
 
     Without a quiesce, each unit is read back as soon as it is stored, in the same task
-    run (backup_unit): one task run per unit, not two. With one, the read-backs wait
+    run (backup_units): one task run per unit (or per pack of small units), not two. With one, the read-backs wait
     for its release, so that the source is held no longer than its snapshots take."""
     technology, spec = request.technology, request.store
     recipient, identity = read_back_key
@@ -306,11 +306,12 @@ def _snapshot_and_read_back(
         units = [dataclasses.replace(u, options={**u.options, "quiesce": handle}) for u in units]
     try:
         if handle is None:
-            backed_up = gather(backup_unit.map(technology, unmapped(spec), unmapped(backup_id),
-                                               units, unmapped(recipient), unmapped(identity)))  # fmt: skip
+            backed_up = run_each(backup_units, technology, unmapped(spec), unmapped(backup_id),
+                                 units, unmapped(recipient), unmapped(identity),
+                                 packs_of=per_task(len(units)))  # fmt: skip
         else:
-            stored = gather(snapshot_unit.map(technology, unmapped(spec), unmapped(backup_id),
-                                              units, unmapped(recipient)))  # fmt: skip
+            stored = run_each(snapshot_unit, technology, unmapped(spec), unmapped(backup_id),
+                                              units, unmapped(recipient))  # fmt: skip
     except BaseException:
         try:
             release_quiesce(technology, request.sources, handle)
@@ -329,9 +330,9 @@ def _snapshot_and_read_back(
     phases = {"snapshot": clock.seconds}
     # Where the suite ran as a unit was packaged, the read-back checks its bytes only.
     checked = [s.checks is not None for s in stored]
-    read_back_checks = gather(
-        validate_unit.map(technology, unmapped(spec), unmapped(backup_id), [s.unit for s in stored],
-                          checked, unmapped(identity))
+    read_back_checks = run_each(
+        validate_unit, technology, unmapped(spec), unmapped(backup_id), [s.unit for s in stored],
+        checked, unmapped(identity),
     )  # fmt: skip
     phases["validate"] = round(clock.seconds - phases["snapshot"], 3)
     return stored, read_back_checks, handle, phases
@@ -397,11 +398,10 @@ def _kept_units(
     candidates = [
         (path, s) for name, (path, s) in records.items() if sources.get(name) == s.unit.source
     ]
-    checks = gather(
-        validate_unit.map(
-            technology, unmapped(spec), unmapped(backup_id), [s.unit for _, s in candidates],
-            [s.checks is not None for _, s in candidates], unmapped(None),
-        )
+    checks = run_each(
+        validate_unit, technology, unmapped(spec), unmapped(backup_id),
+        [s.unit for _, s in candidates], [s.checks is not None for _, s in candidates],
+        unmapped(None),
     )  # fmt: skip
     kept = []
     for (path, snapshot), more in zip(candidates, checks, strict=True):

@@ -24,7 +24,7 @@ from backstop.drivers.redact import redact_url
 from backstop.drivers.registry import get_driver
 from backstop.flows.backup import backup
 from backstop.flows.params import BackupRequest, RestoreOutcome, RestoreRequest
-from backstop.flows.runtime import Stopwatch, gather, task_runner
+from backstop.flows.runtime import Stopwatch, per_task, run_each, task_runner
 from backstop.flows.timeouts import flow_timeout
 from backstop.tasks.artifacts import publish_quality, publish_table
 from backstop.tasks.events import Report, emit, reported
@@ -38,7 +38,7 @@ from backstop.tasks.restore import (
     absent_parts,
     drop_parts,
     prepare_targets,
-    restore_and_verify_unit,
+    restore_and_verify_units,
     restore_parts,
     restore_unit,
     safety_options,
@@ -272,14 +272,14 @@ def _load_and_verify_units(
     """Load every unit and verify its target; `phases` gains `load` and `verify`.
 
     A unit with a target of its own (a shard) is verified as soon as it is loaded, in
-    the same task run (restore_and_verify_unit): one task run per unit, not two. Units
-    that share a target are verified once all are loaded."""
+    the same task run (restore_and_verify_units): one task run per unit (or per pack of
+    small units), not two. Units that share a target are verified once all are loaded."""
     technology, spec = request.technology, request.store
     args = (technology, unmapped(spec), unmapped(backup_id), units, unit_targets, unmapped(plan))
     began = sum(phases.values())
     if own_targets:
         started = time.time() - clock.seconds
-        restored = gather(restore_and_verify_unit.map(*args))
+        restored = run_each(restore_and_verify_units, *args, packs_of=per_task(len(units)))
         # The load phase lasts until the last unit was loaded, whatever verifications
         # overlapped it; the verify phase is what the flow waited for after that.
         now = clock.seconds
@@ -288,9 +288,9 @@ def _load_and_verify_units(
         phases["load"] = round(max(0.0, load_s), 3)
         phases["verify"] = round(max(0.0, now - began - load_s), 3)
         return [r.result for r in restored], [r.verdict for r in restored]
-    results = gather(restore_unit.map(*args))
+    results = run_each(restore_unit, *args)
     phases["load"] = round(clock.seconds - began, 3)
-    verdicts = gather(verify_target.map(*args))
+    verdicts = run_each(verify_target, *args)
     phases["verify"] = round(clock.seconds - sum(phases.values()), 3)
     return results, verdicts
 
@@ -306,13 +306,12 @@ def _target_quality_checks(
     from a read of their own (a driver that reads the target twice)."""
     unread = [i for i, v in enumerate(verdicts) if v.quality is None]
     if unread:
-        read = gather(
-            target_quality.map(
-                technology,
-                [units[i] for i in unread],
-                [unit_targets[i] for i in unread],
-                unmapped(plan),
-            )
+        read = run_each(
+            target_quality,
+            technology,
+            [units[i] for i in unread],
+            [unit_targets[i] for i in unread],
+            unmapped(plan),
         )
         verdicts = list(verdicts)
         for i, checks in zip(unread, read, strict=True):
@@ -347,7 +346,7 @@ def _outside_transaction() -> Iterator[None]:
     safety restore racing the other units still loading (Docstore: the mutated
     documents back under the new ones; "index ... already exists"). Only the restore's
     own failure, raised out of `with transaction()`, once every unit has stopped (see
-    `gather`), may roll the targets back."""
+    `run_each`), may roll the targets back."""
     token = Transaction.__var__.set(None)
     try:
         yield

@@ -4,17 +4,22 @@ aware of stopping (backstop.flows.signals, backstop.drivers.stop)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import queue
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from prefect.futures import PrefectFuture, wait
+from prefect import Task, unmapped
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.collections import isiterable
 
-from backstop.drivers.stop import STOP
+from backstop.drivers.stop import STOP, check_stop
 from backstop.flows.signals import STOP_GRACE_S
 from backstop.flows.startup import DASK_ADDRESS_ENV, DASK_WORKERS_ENV, RUNNER_ENV
+from backstop.tasks.packs import UnitFailed
 
 # Units (shards, collections) run concurrently, but never more than this many.
 WORKERS = int(os.environ.get("BACKSTOP_WORKERS", "4"))
@@ -58,19 +63,104 @@ def task_runner() -> Any:
     )
 
 
-def gather(futures: Sequence[PrefectFuture[Any]]) -> list[Any]:
-    """Wait for all, then return results or raise the first failure.
+def in_flight() -> int:
+    """How many units are submitted at once: twice the threads that run them, so that
+    none waits for work (BACKSTOP_IN_FLIGHT overrides).
 
-    Waiting for every future first matters: a failed backup is cleaned up only once
-    no other unit can still be writing into it. Interrupted (a signal), the units are
-    told to stop and given STOP_GRACE_S to do so before the cleanup runs.
+    Not all of them: each submitted unit holds its parameters and Prefect's serialized
+    context (the flow's parameters included) until it finishes, and under Dask its
+    result until its future is released. Submitted all at once, 1,024 shards held
+    0.4 GB in the flow's process and 1.3 GB more in the workers (docs/scale.md)."""
+    override = os.environ.get("BACKSTOP_IN_FLIGHT", "").strip()
+    if override:
+        return max(1, int(override))
+    threads = WORKERS
+    context = FlowRunContext.get()
+    client = getattr(getattr(context, "task_runner", None), "_client", None)
+    if client is not None:  # a Dask cluster: every worker's threads
+        with contextlib.suppress(Exception):  # a scheduler that cannot say: the local figure
+            threads = max(threads, sum(client.nthreads().values()))
+    return 2 * threads
+
+
+def per_task(count: int) -> int:
+    """How many of `count` units a pack task runs in one task run (tasks/packs.py):
+    enough that a task run's own cost is shared when the units are thousands, while
+    every thread still gets 8 task runs or more to balance the units' sizes; at most 16,
+    one alone for a few units (BACKSTOP_UNITS_PER_TASK overrides)."""
+    override = os.environ.get("BACKSTOP_UNITS_PER_TASK", "").strip()
+    if override:
+        return max(1, int(override))
+    threads = in_flight() // 2
+    return max(1, min(16, count // (8 * threads)))
+
+
+def run_each(task: Task[..., Any], *args: Any, packs_of: int | None = None) -> list[Any]:
+    """`task.map(*args)`, waited for: every unit's result, in order, or the first
+    failure (in order) once every unit has finished.
+
+    `packs_of`: `task` is a pack task (tasks/packs.py), given each mapped argument as a
+    list of up to that many units and returning one result, or UnitFailed, per unit.
+
+    Waiting for every unit first matters: a failed backup is cleaned up only once no
+    other unit can still be writing into it. A failure does not stop the other units
+    (a resumed backup keeps what they stored). At most `in_flight()` task runs are
+    submitted at a time, and each result is taken as its run finishes and the future
+    dropped, so the flow holds as much per unit as the results themselves. Interrupted
+    (a signal), the units are told to stop and given STOP_GRACE_S to do so before the
+    cleanup runs; no further unit starts.
     """
+    # As task.map does: an iterable is mapped (not a string), anything else passed whole.
+    args = tuple(a if isinstance(a, unmapped) or isiterable(a) else unmapped(a) for a in args)
+    args = tuple(a if isinstance(a, unmapped) else list(a) for a in args)
+    mapped = [len(a) for a in args if not isinstance(a, unmapped)]
+    count = mapped[0] if mapped else 0
+    if any(n != count for n in mapped):
+        raise ValueError(f"mapped arguments differ in length: {mapped}")
+    size = packs_of or 1
+    calls = [(start, min(start + size, count)) for start in range(0, count, size)]
+
+    def call(start: int, end: int) -> list[Any]:
+        if packs_of is None:
+            return [a.value if isinstance(a, unmapped) else a[start] for a in args]
+        return [a.value if isinstance(a, unmapped) else a[start:end] for a in args]
+
+    finished: queue.SimpleQueue[tuple[int, PrefectFuture[Any]]] = queue.SimpleQueue()
+    pending: set[int] = set()
+    outcomes: list[tuple[bool, Any]] = [(False, None)] * len(calls)
+    window, submitted = in_flight(), 0
+
+    def take(index: int, future: PrefectFuture[Any]) -> None:
+        pending.discard(index)
+        try:
+            outcomes[index] = (True, future.result())
+        except BaseException as exc:  # kept, raised in order once all have finished
+            outcomes[index] = (False, exc)
+
+    def take_one() -> None:
+        take(*finished.get())
+
     try:
-        wait(list(futures))
+        for index, (start, end) in enumerate(calls):
+            while len(pending) >= window:
+                take_one()
+            if STOP.is_set():
+                break
+            future = task.submit(*call(start, end))
+            submitted += 1
+            pending.add(index)
+            future.add_done_callback(lambda f, i=index: finished.put((i, f)))
+        while pending:
+            take_one()
     except BaseException as exc:
         signalled = STOP.is_set()  # a signal sets STOP before it raises
         STOP.set()
-        _, pending = wait(list(futures), timeout=STOP_GRACE_S)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while pending and time.monotonic() < deadline:
+            try:
+                take(*finished.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
         if isinstance(exc, asyncio.CancelledError) and not signalled and not pending:
             # The flow's timeout (Prefect raises it as a cancellation in the flow):
             # these units have stopped, but the run's cleanup still has work to do (a
@@ -78,7 +168,20 @@ def gather(futures: Sequence[PrefectFuture[Any]]) -> list[Any]:
             # stop at its first block as if the process had been told to exit.
             STOP.clear()
         raise
-    return [future.result() for future in futures]
+    if submitted < len(calls):
+        check_stop()  # stopped before every unit started: the run fails as stopped
+    results: list[Any] = []
+    for ok, value in outcomes:
+        if not ok:
+            raise value
+        if packs_of is None:
+            results.append(value)
+            continue
+        for each in value:
+            if isinstance(each, UnitFailed):
+                raise each.error
+            results.append(each)
+    return results
 
 
 class Stopwatch:

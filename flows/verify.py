@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, unmapped
 
 from backstop.drivers.errors import BadInputError, PermanentError
 from backstop.flows.params import VerifyOutcome, VerifyRequest
-from backstop.flows.runtime import Stopwatch, gather, task_runner
+from backstop.flows.runtime import Stopwatch, run_each, task_runner
 from backstop.flows.timeouts import flow_timeout
 from backstop.tasks.artifacts import publish_table
 from backstop.tasks.events import emit
@@ -43,7 +43,7 @@ def verify(request: VerifyRequest) -> VerifyOutcome:
         scan = spec.open().scan(request.technology)
         manifests, unreadable = scan.manifests, scan.unreadable
 
-    checked = gather(check_backup_files.map(unmapped(spec), manifests)) if manifests else []
+    checked = run_each(check_backup_files, unmapped(spec), manifests) if manifests else []
     results = [found for found, _ in checked]
     problems = [p for found in results for p in found]
     problems += broken_chains(spec.open(), manifests)

@@ -21,6 +21,7 @@ from backstop.tasks.host_limits import connection_slots
 from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import ReadBackSource, Stage, StoreSink, StoreSource, check_file
+from backstop.tasks.packs import UnitFailed, each_in_pack, pack_run_name
 from backstop.tasks.progress import reporter
 from backstop.tasks.quality import SuiteRun, checked_parts, run_suite
 from backstop.tasks.resume import Snapshot
@@ -140,27 +141,33 @@ class BackedUp:
     snapshot_done_at: float
 
 
-@task(name="backup-unit", task_run_name="backup-{unit.name}", **RETRYING)
-def backup_unit(
+@task(name="backup-units", task_run_name=pack_run_name("backup"), **RETRYING)
+def backup_units(
     technology: str,
     store: StoreSpec,
     backup_id: str,
-    unit: Unit,
+    units: list[Unit],
     read_back_recipient: str | None = None,
     read_back_identity: SecretStr | None = None,
-) -> BackedUp:
-    """One unit's snapshot and then its read-back, in one task run, where no quiesce is
-    held (nothing to release first): one task run per unit instead of two, which is
-    most of a small shard's cost on the Prefect server (docs/scale.md). A transient
-    failure of the read-back retries the read-back alone (two_steps)."""
-    taken, done_at, checks = two_steps(
-        "snapshot",
-        unit.name,
-        lambda: take_snapshot(technology, store, backup_id, unit, read_back_recipient),
-        lambda snapshot: read_back(technology, store, backup_id, snapshot.unit,
-                                   snapshot.checks is not None, read_back_identity),
-    )  # fmt: skip
-    return BackedUp(snapshot=taken, read_back=checks, snapshot_done_at=done_at)
+) -> list[BackedUp | UnitFailed]:
+    """Each unit's snapshot and then its read-back, in one task run, where no quiesce is
+    held (nothing to release first): one task run per unit, or per pack of small units
+    (tasks/packs.py), instead of two per unit; a task run is most of a small shard's
+    cost (docs/scale.md). A transient failure of a read-back retries that read-back
+    alone (two_steps)."""
+
+    def back_up(index: int) -> BackedUp:
+        unit = units[index]
+        taken, done_at, checks = two_steps(
+            "snapshot",
+            unit.name,
+            lambda: take_snapshot(technology, store, backup_id, unit, read_back_recipient),
+            lambda snapshot: read_back(technology, store, backup_id, snapshot.unit,
+                                       snapshot.checks is not None, read_back_identity),
+        )  # fmt: skip
+        return BackedUp(snapshot=taken, read_back=checks, snapshot_done_at=done_at)
+
+    return each_in_pack("backup", [u.name for u in units], back_up)
 
 
 def take_snapshot(

@@ -19,6 +19,7 @@ from backstop.tasks.identity import identities
 from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import StoreSource
+from backstop.tasks.packs import UnitFailed, each_in_pack, pack_run_name
 from backstop.tasks.progress import reporter
 from backstop.tasks.retry import RETRYING, classified, two_steps
 from backstop.tasks.secrets import resolve_url, shown_url
@@ -97,26 +98,32 @@ class Restored:
     loaded_at: float
 
 
-@task(name="restore-and-verify-unit", task_run_name="restore-{unit.name}", **RETRYING)
-def restore_and_verify_unit(
+@task(name="restore-and-verify-units", task_run_name=pack_run_name("restore"), **RETRYING)
+def restore_and_verify_units(
     technology: str,
     store: StoreSpec,
     backup_id: str,
-    unit: StoredUnit,
-    target: str,
+    units: list[StoredUnit],
+    targets: list[str],
     plan: RestorePlan,
-) -> Restored:
-    """One unit's load and then its target's verification, in one task run, where the
-    unit has a target of its own (a shard): one task run per unit instead of two
-    (docs/scale.md). A transient failure of the verification retries it alone
-    (two_steps): a load re-run after its commit would count its cells as skipped."""
-    result, loaded_at, verdict = two_steps(
-        "load",
-        unit.name,
-        lambda: load_unit(technology, store, backup_id, unit, target, plan),
-        lambda _: verified_target(technology, store, backup_id, unit, target, plan),
-    )
-    return Restored(result=result, verdict=verdict, loaded_at=loaded_at)
+) -> list[Restored | UnitFailed]:
+    """Each unit's load and then its target's verification, in one task run, where each
+    unit has a target of its own (a shard): one task run per unit, or per pack of small
+    units (tasks/packs.py), instead of two per unit (docs/scale.md). A transient failure
+    of a verification retries it alone (two_steps): a load re-run after its commit
+    would count its cells as skipped."""
+
+    def restore(index: int) -> Restored:
+        unit, target = units[index], targets[index]
+        result, loaded_at, verdict = two_steps(
+            "load",
+            unit.name,
+            lambda: load_unit(technology, store, backup_id, unit, target, plan),
+            lambda _: verified_target(technology, store, backup_id, unit, target, plan),
+        )
+        return Restored(result=result, verdict=verdict, loaded_at=loaded_at)
+
+    return each_in_pack("restore", [u.name for u in units], restore)
 
 
 def load_unit(

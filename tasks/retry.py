@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -67,16 +67,18 @@ def classified(driver: Driver, what: str) -> Iterator[None]:
         raise error(f"{what}: {type(exc).__name__}: {detail}") from None
 
 
-# The first step of a task that runs two (a snapshot then its read-back, a load then its
-# verification), kept for the task run's retries: a transient failure of the second step
-# retries that step alone. Running the first again would be safe but not free: a snapshot
-# writes its files again, a load re-run after its commit counts its cells as skipped.
-# Kept in this process only: a task that Dask re-runs on another worker (its worker died)
-# runs both steps again. Bounded: a unit that failed for good leaves its entry, evicted
-# oldest first (a retry that finds none runs the first step again, which is idempotent).
-_FIRST_STEPS: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
-_FIRST_STEPS_KEPT = 1024
-_FIRST_STEPS_LOCK = threading.Lock()
+# What a task run's attempt finished, kept for the run's retries: the first step of a
+# task that runs two (a snapshot then its read-back, a load then its verification), so
+# that a transient failure of the second retries that step alone, and the units of a
+# pack that finished (tasks/packs.py), so that a retry runs only those that failed.
+# Running them again would be safe but not free: a snapshot writes its files again, a
+# load re-run after its commit counts its cells as skipped. Kept in this process only:
+# a task that Dask re-runs on another worker (its worker died) runs again in full.
+# Bounded: a task run that failed for good leaves its entries, evicted oldest first (a
+# retry that finds none runs the step again, which is idempotent).
+_KEPT: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+_KEPT_MAX = 4096
+_KEPT_LOCK = threading.Lock()
 
 
 def _attempt(step: str, unit: str) -> tuple[tuple[str, str, str] | None, bool]:
@@ -92,27 +94,32 @@ def _attempt(step: str, unit: str) -> tuple[tuple[str, str, str] | None, bool]:
     return (str(context.task_run.id), unit, step), context.task_run.run_count > 1
 
 
-def _first_step(step: str, unit: str, run: Callable[[], T]) -> T:
-    """`run()`, or what it returned in an earlier attempt of this task run."""
+def recall(step: str, unit: str) -> tuple[bool, Any]:
+    """(found, what) an earlier attempt of this task run remembered; never on a first
+    attempt."""
     key, retry = _attempt(step, unit)
     if retry:
-        with _FIRST_STEPS_LOCK:
-            if key in _FIRST_STEPS:
-                return _FIRST_STEPS[key]
-    result = run()
-    if key is not None:
-        with _FIRST_STEPS_LOCK:
-            _FIRST_STEPS[key] = result
-            while len(_FIRST_STEPS) > _FIRST_STEPS_KEPT:
-                _FIRST_STEPS.popitem(last=False)
-    return result
+        with _KEPT_LOCK:
+            if key in _KEPT:
+                return True, _KEPT[key]
+    return False, None
 
 
-def _both_steps_done(step: str, unit: str) -> None:
-    """The task run has returned: its first step's result is no longer needed."""
+def remember(step: str, unit: str, value: Any) -> None:
     key, _ = _attempt(step, unit)
-    with _FIRST_STEPS_LOCK:
-        _FIRST_STEPS.pop(key, None)
+    if key is not None:
+        with _KEPT_LOCK:
+            _KEPT[key] = value
+            while len(_KEPT) > _KEPT_MAX:
+                _KEPT.popitem(last=False)
+
+
+def forget(step: str, units: Sequence[str]) -> None:
+    """The task run has returned: what it remembered is no longer needed."""
+    keys = [_attempt(step, unit)[0] for unit in units]
+    with _KEPT_LOCK:
+        for key in keys:
+            _KEPT.pop(key, None)
 
 
 def two_steps(
@@ -120,8 +127,12 @@ def two_steps(
 ) -> tuple[T, float, U]:
     """`first()`, then `second(its result)`, in one task run: (first's result, when it
     finished (epoch seconds, to time the flow's phases), second's result). A retry of
-    the run after `second` failed reuses first's result (_first_step)."""
-    result, finished = _first_step(step, unit, lambda: (first(), time.time()))
+    the run after `second` failed reuses first's result."""
+    found, done = recall(step, unit)
+    if not found:
+        done = (first(), time.time())
+        remember(step, unit, done)
+    result, finished = done
     after = second(result)
-    _both_steps_done(step, unit)
+    forget(step, [unit])
     return result, finished, after

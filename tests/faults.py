@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 
@@ -215,3 +216,16 @@ class RunOnFirstProgress:
 
     def finish(self, label: str) -> None:
         pass
+
+
+def counting(monkeypatch, driver_class, method: str) -> Counter:
+    """Count the driver's `method` calls per unit."""
+    calls: Counter = Counter()
+    original = getattr(driver_class, method)
+
+    def wrapped(self, unit, *args, **kwargs):
+        calls[unit.name] += 1
+        return original(self, unit, *args, **kwargs)
+
+    monkeypatch.setattr(driver_class, method, wrapped)
+    return calls

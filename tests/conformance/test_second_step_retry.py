@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 
 import pytest
+from faults import counting
 
 from backstop.drivers.errors import TransientError
 from backstop.tasks import backup as backup_tasks
@@ -33,19 +34,6 @@ class FailFirstCall:
         if first:
             raise TransientError(f"injected fault in the second step of {unit.name}")
         return self.step(technology, store, backup_id, unit, *args)
-
-
-def counting(monkeypatch, driver_class, method: str) -> Counter:
-    """Count the driver's `method` calls per unit."""
-    calls: Counter = Counter()
-    original = getattr(driver_class, method)
-
-    def wrapped(self, unit, *args, **kwargs):
-        calls[unit.name] += 1
-        return original(self, unit, *args, **kwargs)
-
-    monkeypatch.setattr(driver_class, method, wrapped)
-    return calls
 
 
 def test_a_failed_read_back_is_retried_alone(harness, run, monkeypatch):
