@@ -99,8 +99,16 @@ def _check_input(args: argparse.Namespace) -> None:
 def _choose_runner(args: argparse.Namespace) -> None:
     """--runner and --dask-address become the environment the flows read when they are
     imported (flows/runtime.py task_runner), as a deployment's job variables do."""
-    from backstop.flows.startup import DASK_ADDRESS_ENV, RUNNER_ENV
+    from backstop.flows.startup import (
+        DASK_ADDRESS_ENV,
+        IN_FLIGHT_ENV,
+        RUNNER_ENV,
+        UNITS_PER_TASK_ENV,
+        count_from_env,
+    )
 
+    for name in (IN_FLIGHT_ENV, UNITS_PER_TASK_ENV):
+        count_from_env(name)  # a bad value: refused here, not once the flow runs
     runner = getattr(args, "runner", None)
     address = getattr(args, "dask_address", None)
     if address and runner not in (None, "dask"):

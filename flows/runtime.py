@@ -18,7 +18,14 @@ from prefect.utilities.collections import isiterable
 
 from backstop.drivers.stop import STOP, check_stop
 from backstop.flows.signals import STOP_GRACE_S
-from backstop.flows.startup import DASK_ADDRESS_ENV, DASK_WORKERS_ENV, RUNNER_ENV
+from backstop.flows.startup import (
+    DASK_ADDRESS_ENV,
+    DASK_WORKERS_ENV,
+    IN_FLIGHT_ENV,
+    RUNNER_ENV,
+    UNITS_PER_TASK_ENV,
+    count_from_env,
+)
 from backstop.tasks.packs import UnitFailed
 
 # Units (shards, collections) run concurrently, but never more than this many.
@@ -71,9 +78,9 @@ def in_flight() -> int:
     context (the flow's parameters included) until it finishes, and under Dask its
     result until its future is released. Submitted all at once, 1,024 shards held
     0.4 GB in the flow's process and 1.3 GB more in the workers (docs/scale.md)."""
-    override = os.environ.get("BACKSTOP_IN_FLIGHT", "").strip()
-    if override:
-        return max(1, int(override))
+    override = count_from_env(IN_FLIGHT_ENV)
+    if override is not None:
+        return override
     threads = WORKERS
     context = FlowRunContext.get()
     client = getattr(getattr(context, "task_runner", None), "_client", None)
@@ -88,9 +95,9 @@ def per_task(count: int) -> int:
     enough that a task run's own cost is shared when the units are thousands, while
     every thread still gets 8 task runs or more to balance the units' sizes; at most 16,
     one alone for a few units (BACKSTOP_UNITS_PER_TASK overrides)."""
-    override = os.environ.get("BACKSTOP_UNITS_PER_TASK", "").strip()
-    if override:
-        return max(1, int(override))
+    override = count_from_env(UNITS_PER_TASK_ENV)
+    if override is not None:
+        return override
     threads = in_flight() // 2
     return max(1, min(16, count // (8 * threads)))
 

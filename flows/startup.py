@@ -45,6 +45,19 @@ _PREFECT_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 RUNNER_ENV = "BACKSTOP_TASK_RUNNER"  # threads (default) | dask
 DASK_ADDRESS_ENV = "BACKSTOP_DASK_ADDRESS"  # a scheduler's address; empty: a LocalCluster
 DASK_WORKERS_ENV = "BACKSTOP_DASK_WORKERS"  # the LocalCluster's worker processes
+IN_FLIGHT_ENV = "BACKSTOP_IN_FLIGHT"  # task runs submitted at once (runtime.in_flight)
+UNITS_PER_TASK_ENV = "BACKSTOP_UNITS_PER_TASK"  # units per task run (runtime.per_task)
+
+
+def count_from_env(name: str) -> int | None:
+    """A whole number of at least 1 from the environment, or None when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadInputError(f"{name} must be a whole number of at least 1, not {raw!r}")
+    return int(raw)
+
 
 # What each command imports before its flow runs, beyond Prefect itself.
 _FLOW_MODULES = {

@@ -428,3 +428,19 @@ def test_an_id_under_two_technologies_is_refused_naming_both(no_prefect, backed_
         assert "kvdir and schemaless" in said, said
     assert not home.exists()
     assert json.loads((store / "kvdir" / backup_id / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["BACKSTOP_UNITS_PER_TASK", "BACKSTOP_IN_FLIGHT"])
+@pytest.mark.parametrize("value", ["0", "-3", "four", "1.5"])
+def test_a_bad_unit_knob_exits_2_before_prefect(tmp_path, name, value):
+    home = tmp_path / "prefect-home"
+    env = quiet_env(os.environ) | {"PREFECT_API_URL": UNREACHABLE_API, "PREFECT_HOME": str(home)}
+    env[name] = value
+    argv = ["backup", "schemaless", "--source", f"sqlite:///{tmp_path / 'a.db'}",
+            "--store", _store(tmp_path)]  # fmt: skip
+    result = run(argv, env, timeout=120)
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"backstop backup: {name} must be a whole number of at least 1, not {value!r}"
+    )
+    assert not home.exists(), "Prefect was imported for a usage error"
