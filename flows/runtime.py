@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
+import threading
 import time
 from typing import Any
 
 from prefect import Task, unmapped
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.collections import isiterable
 
@@ -26,7 +26,6 @@ from backstop.flows.startup import (
     UNITS_PER_TASK_ENV,
     count_from_env,
 )
-from backstop.tasks.packs import UnitFailed
 
 # Units (shards, collections) run concurrently, but never more than this many.
 WORKERS = int(os.environ.get("BACKSTOP_WORKERS", "4"))
@@ -70,24 +69,28 @@ def task_runner() -> Any:
     )
 
 
-def in_flight() -> int:
-    """How many units are submitted at once: twice the threads that run them, so that
-    none waits for work (BACKSTOP_IN_FLIGHT overrides).
+def runner_threads() -> int:
+    """The threads that run this flow's units: BACKSTOP_WORKERS, or every Dask worker's
+    threads. The Dask client is made on first use, not at the runner's start: asked
+    for here, so that the first units are sized for the cluster too."""
+    threads = WORKERS
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    if runner is not None and hasattr(type(runner), "client"):  # prefect-dask's runner
+        with contextlib.suppress(Exception):  # a scheduler that cannot say: the local figure
+            threads = max(threads, sum(runner.client.nthreads().values()))
+    return threads
 
-    Not all of them: each submitted unit holds its parameters and Prefect's serialized
+
+def in_flight() -> int:
+    """How many task runs are submitted at once: twice the threads that run them, so
+    that none waits for work (BACKSTOP_IN_FLIGHT overrides).
+
+    Not all of them: each submitted run holds its parameters and Prefect's serialized
     context (the flow's parameters included) until it finishes, and under Dask its
     result until its future is released. Submitted all at once, 1,024 shards held
     0.4 GB in the flow's process and 1.3 GB more in the workers (docs/scale.md)."""
     override = count_from_env(IN_FLIGHT_ENV)
-    if override is not None:
-        return override
-    threads = WORKERS
-    context = FlowRunContext.get()
-    client = getattr(getattr(context, "task_runner", None), "_client", None)
-    if client is not None:  # a Dask cluster: every worker's threads
-        with contextlib.suppress(Exception):  # a scheduler that cannot say: the local figure
-            threads = max(threads, sum(client.nthreads().values()))
-    return 2 * threads
+    return override if override is not None else 2 * runner_threads()
 
 
 def per_task(count: int) -> int:
@@ -98,8 +101,7 @@ def per_task(count: int) -> int:
     override = count_from_env(UNITS_PER_TASK_ENV)
     if override is not None:
         return override
-    threads = in_flight() // 2
-    return max(1, min(16, count // (8 * threads)))
+    return max(1, min(16, count // (8 * runner_threads())))
 
 
 def run_each(task: Task[..., Any], *args: Any, packs_of: int | None = None) -> list[Any]:
@@ -107,7 +109,7 @@ def run_each(task: Task[..., Any], *args: Any, packs_of: int | None = None) -> l
     failure (in order) once every unit has finished.
 
     `packs_of`: `task` is a pack task (tasks/packs.py), given each mapped argument as a
-    list of up to that many units and returning one result, or UnitFailed, per unit.
+    list of up to that many units and returning one result per unit.
 
     Waiting for every unit first matters: a failed backup is cleaned up only once no
     other unit can still be writing into it. A failure does not stop the other units
@@ -132,43 +134,47 @@ def run_each(task: Task[..., Any], *args: Any, packs_of: int | None = None) -> l
             return [a.value if isinstance(a, unmapped) else a[start] for a in args]
         return [a.value if isinstance(a, unmapped) else a[start:end] for a in args]
 
-    finished: queue.SimpleQueue[tuple[int, PrefectFuture[Any]]] = queue.SimpleQueue()
-    pending: set[int] = set()
+    pending: dict[int, PrefectFuture[Any]] = {}
     outcomes: list[tuple[bool, Any]] = [(False, None)] * len(calls)
+    finishing = threading.Event()  # set by each run's done-callback
     window, submitted = in_flight(), 0
 
-    def take(index: int, future: PrefectFuture[Any]) -> None:
-        pending.discard(index)
-        try:
-            outcomes[index] = (True, future.result())
-        except BaseException as exc:  # kept, raised in order once all have finished
-            outcomes[index] = (False, exc)
-
-    def take_one() -> None:
-        take(*finished.get())
+    def take_finished() -> None:
+        """Wait for a run to finish (a second at most), then record every finished one.
+        A run leaves `pending` only once its outcome is recorded: an interruption
+        arriving meanwhile (a signal, Prefect's timeout) leaves it there to wait for."""
+        finishing.wait(timeout=1.0)
+        finishing.clear()  # a run finishing after this is seen by this scan or the next
+        for index, future in list(pending.items()):
+            if _finished(future):
+                # A failed run's exception is returned, not raised: anything raised
+                # here is an interruption of this flow, not the unit's outcome.
+                value = future.result(raise_on_failure=False)
+                outcomes[index] = (not isinstance(value, BaseException), value)
+                del pending[index]
 
     try:
         for index, (start, end) in enumerate(calls):
             while len(pending) >= window:
-                take_one()
+                take_finished()
             if STOP.is_set():
                 break
             future = task.submit(*call(start, end))
             submitted += 1
-            pending.add(index)
-            future.add_done_callback(lambda f, i=index: finished.put((i, f)))
+            pending[index] = future
+            future.add_done_callback(lambda _: finishing.set())
         while pending:
-            take_one()
+            take_finished()
     except BaseException as exc:
+        interrupted = STOP.is_set() or not isinstance(exc, Exception)
+        if not interrupted:  # the flow's own error: its running units finish first
+            wait(list(pending.values()))
+            raise
         signalled = STOP.is_set()  # a signal sets STOP before it raises
         STOP.set()
-        deadline = time.monotonic() + STOP_GRACE_S
-        while pending and time.monotonic() < deadline:
-            try:
-                take(*finished.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                break
-        if isinstance(exc, asyncio.CancelledError) and not signalled and not pending:
+        wait(list(pending.values()), timeout=STOP_GRACE_S)
+        running = [i for i, future in pending.items() if not _finished(future)]
+        if isinstance(exc, asyncio.CancelledError) and not signalled and not running:
             # The flow's timeout (Prefect raises it as a cancellation in the flow):
             # these units have stopped, but the run's cleanup still has work to do (a
             # rollback restores the targets' safety backup), which a set STOP would
@@ -181,14 +187,15 @@ def run_each(task: Task[..., Any], *args: Any, packs_of: int | None = None) -> l
     for ok, value in outcomes:
         if not ok:
             raise value
-        if packs_of is None:
-            results.append(value)
-            continue
-        for each in value:
-            if isinstance(each, UnitFailed):
-                raise each.error
-            results.append(each)
+        results.extend(value if packs_of is not None else [value])
     return results
+
+
+def _finished(future: PrefectFuture[Any]) -> bool:
+    wrapped = getattr(future, "wrapped_future", None)  # a thread's or Dask's future
+    if wrapped is not None:
+        return wrapped.done()
+    return future.state.is_final()
 
 
 class Stopwatch:

@@ -21,7 +21,7 @@ from backstop.tasks.host_limits import connection_slots
 from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import ReadBackSource, Stage, StoreSink, StoreSource, check_file
-from backstop.tasks.packs import UnitFailed, each_in_pack, pack_run_name
+from backstop.tasks.packs import each_in_pack, pack_run_name
 from backstop.tasks.progress import reporter
 from backstop.tasks.quality import SuiteRun, checked_parts, run_suite
 from backstop.tasks.resume import Snapshot
@@ -149,7 +149,7 @@ def backup_units(
     units: list[Unit],
     read_back_recipient: str | None = None,
     read_back_identity: SecretStr | None = None,
-) -> list[BackedUp | UnitFailed]:
+) -> list[BackedUp]:
     """Each unit's snapshot and then its read-back, in one task run, where no quiesce is
     held (nothing to release first): one task run per unit, or per pack of small units
     (tasks/packs.py), instead of two per unit; a task run is most of a small shard's

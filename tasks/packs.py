@@ -12,21 +12,21 @@ finished, in this task run's retries.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from backstop.drivers.errors import is_transient
 from backstop.drivers.stop import check_stop
-from backstop.tasks.retry import forget, recall, remember
+from backstop.tasks.retry import forget_run, recall, remember
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class UnitFailed:
-    """A unit of a pack that failed: raised by the flow, in the units' order, once every
-    unit has finished (runtime.run_each)."""
+    """A unit of a pack that failed, remembered for the task run's retries."""
 
     error: BaseException
 
@@ -56,13 +56,16 @@ def _last_attempt() -> bool:
     return context.task_run.run_count > (context.task.retries or 0)
 
 
-def each_in_pack(step: str, names: Sequence[str], run_one: Callable[[int], T]) -> list[T | UnitFailed]:
-    """`run_one(i)` for each unit of the pack, in order: its result, or UnitFailed.
+def each_in_pack(step: str, names: Sequence[str], run_one: Callable[[int], T]) -> list[T]:
+    """`run_one(i)` for each unit of the pack, in order: their results.
 
-    A transient failure is raised once every unit has had its turn, so that Prefect
-    retries the task run; the retry runs only the units that failed transiently (what
-    finished, or failed for good, is remembered for the run's retries). On the last
-    attempt it is returned as UnitFailed like any other. A stop (SIGTERM) ends the pack."""
+    Every unit has its turn whatever the others do. Then a transient failure is raised,
+    so that Prefect retries the task run; the retry runs only the units that failed
+    transiently (what finished, or failed for good, is remembered for the run's
+    retries). With none left to retry, the first failure in the units' order is raised:
+    the task run fails, as a unit's own would, and the flow fails with it; a resumable
+    backup keeps every unit that was stored (its records are in the store). Each unit's
+    failure is logged as it happens. A stop (SIGTERM) ends the pack."""
     outcomes: list[Any] = []
     transient: BaseException | None = None
     for index, name in enumerate(names):
@@ -73,12 +76,31 @@ def each_in_pack(step: str, names: Sequence[str], run_one: Callable[[int], T]) -
                 outcome = run_one(index)
             except Exception as exc:  # the other units still run
                 outcome = UnitFailed(exc)
+                _say_failed(name, exc)
             if isinstance(outcome, UnitFailed) and is_transient(outcome.error):
                 transient = transient or outcome.error
             else:
                 remember(step, name, outcome)
         outcomes.append(outcome)
     if transient is not None and not _last_attempt():
-        raise transient
-    forget(step, names)
+        raise transient  # Prefect retries the run (retry_on_transient)
+    forget_run()
+    failed = [o for o in outcomes if isinstance(o, UnitFailed)]
+    if failed:  # the task run fails, as a unit's own would (each failure was logged)
+        raise failed[0].error
     return outcomes
+
+
+def _say_failed(name: str, error: BaseException) -> None:
+    """Every unit's failure is logged where it happens: the flow raises only the first
+    (in the units' order), and a pack's task run fails for none of them. The message
+    is the classified one (tasks/retry.py classified), no connection detail."""
+    try:
+        from prefect import get_run_logger
+
+        logger = get_run_logger()
+    except Exception:  # called outside a task run (a test, a script)
+        logger = logging.getLogger("backstop")
+    retried = is_transient(error) and not _last_attempt()
+    logger.error("%s failed%s: %s: %s", name, " (retried)" if retried else "",
+                 type(error).__name__, error)  # fmt: skip

@@ -19,7 +19,7 @@ from backstop.tasks.identity import identities
 from backstop.tasks.logs import log_figures
 from backstop.tasks.manifest import Manifest
 from backstop.tasks.packaging import StoreSource
-from backstop.tasks.packs import UnitFailed, each_in_pack, pack_run_name
+from backstop.tasks.packs import each_in_pack, pack_run_name
 from backstop.tasks.progress import reporter
 from backstop.tasks.retry import RETRYING, classified, two_steps
 from backstop.tasks.secrets import resolve_url, shown_url
@@ -106,7 +106,7 @@ def restore_and_verify_units(
     units: list[StoredUnit],
     targets: list[str],
     plan: RestorePlan,
-) -> list[Restored | UnitFailed]:
+) -> list[Restored]:
     """Each unit's load and then its target's verification, in one task run, where each
     unit has a target of its own (a shard): one task run per unit, or per pack of small
     units (tasks/packs.py), instead of two per unit (docs/scale.md). A transient failure

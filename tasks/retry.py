@@ -122,6 +122,20 @@ def forget(step: str, units: Sequence[str]) -> None:
             _KEPT.pop(key, None)
 
 
+def forget_run() -> None:
+    """This task run has ended for good (returned, or failed with no retry left): all
+    it remembered goes, the first steps of units whose second step failed included."""
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    if context is None:
+        return
+    run = str(context.task_run.id)
+    with _KEPT_LOCK:
+        for key in [k for k in _KEPT if k[0] == run]:
+            del _KEPT[key]
+
+
 def two_steps(
     step: str, unit: str, first: Callable[[], T], second: Callable[[T], U]
 ) -> tuple[T, float, U]:

@@ -7,6 +7,7 @@ number of units (issue 15: 1,024 shards on Dask held 1.7 GB more than one)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from prefect import flow, task, unmapped
@@ -14,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect_dask import DaskTaskRunner
 
 from backstop.drivers.errors import PermanentError, TransientError
-from backstop.flows.runtime import StoppableTaskRunner, run_each
+from backstop.drivers.stop import STOP, check_stop
+from backstop.flows.runtime import StoppableTaskRunner, in_flight, per_task, run_each
 from backstop.tasks.packs import each_in_pack
 from backstop.tasks.retry import retry_on_transient
 
@@ -88,7 +90,7 @@ def pack_of(units: list[int], transient: int, permanent: int) -> list[object]:
     return each_in_pack("test", [str(u) for u in units], run_one)
 
 
-def test_a_pack_runs_again_only_its_transient_failure_and_returns_it_when_retries_end():
+def test_a_pack_runs_again_only_its_transient_failure_and_returns_it_when_retries_end(caplog):
     _ran.clear()
 
     @flow(task_runner=StoppableTaskRunner(max_workers=2))
@@ -99,11 +101,84 @@ def test_a_pack_runs_again_only_its_transient_failure_and_returns_it_when_retrie
     assert fan_out(-1, -1) == [u * 10 for u in range(8)]
     _ran.clear()
     # Unit 6 fails transiently on all 3 attempts, unit 5 for good on the first: the
-    # retries run unit 6 alone, and the first failure in the units' order is raised.
+    # retries run unit 6 alone, and its pack's task run fails with the first failure in
+    # the units' order.
     with pytest.raises(PermanentError, match="unit 5"):
         fan_out(6, 5)
     assert sorted(_ran) == [0, 1, 2, 3, 4, 5, 6, 6, 6, 7], _ran
+    # Only the first failure is raised; each is logged where it happened.
+    failed = [r.getMessage() for r in caplog.records if " failed" in r.getMessage()]
+    assert sum(m.startswith("5 failed: PermanentError") for m in failed) == 1, failed
+    assert sum(m.startswith("6 failed (retried): TransientError") for m in failed) == 2, failed
+    assert sum(m.startswith("6 failed: TransientError") for m in failed) == 1, failed
     _ran.clear()
     with pytest.raises(TransientError, match="unit 6"):
         fan_out(6, -1)
     assert sorted(_ran) == [0, 1, 2, 3, 4, 5, 6, 6, 6, 7], _ran
+
+
+def test_units_are_sized_for_the_dask_cluster_from_the_first_units(monkeypatch):
+    """prefect-dask makes its client on the first submit: the first units of a flow
+    (nothing is submitted before them) were sized for BACKSTOP_WORKERS' 4 threads."""
+    monkeypatch.delenv("BACKSTOP_IN_FLIGHT", raising=False)
+    monkeypatch.delenv("BACKSTOP_UNITS_PER_TASK", raising=False)
+    runner = DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": 2, "threads_per_worker": 6, "processes": False},
+    )
+
+    @flow(task_runner=runner)
+    def sizes() -> tuple[int, int]:
+        return in_flight(), per_task(1024)
+
+    assert sizes() == (24, 10)  # 12 threads: 2 x 12 in flight; 1,024 // (8 x 12)
+
+
+def test_the_window_does_not_size_the_packs(monkeypatch):
+    monkeypatch.setenv("BACKSTOP_IN_FLIGHT", "1")
+    monkeypatch.delenv("BACKSTOP_UNITS_PER_TASK", raising=False)
+
+    @flow(task_runner=StoppableTaskRunner(max_workers=4))
+    def sizes() -> tuple[int, int, int]:
+        return in_flight(), per_task(1024), per_task(3)
+
+    assert sizes() == (1, 16, 1)
+
+
+@task(cache_policy=NO_CACHE)
+def blocks(index: int) -> int:
+    for _ in range(30):  # 3 s of blocks, stopping at the first after STOP
+        check_stop()
+        time.sleep(0.1)
+    return index
+
+
+def test_a_flow_timeout_stops_the_units_and_leaves_stop_clear_for_the_cleanup():
+    """The timeout of a flow inside another (the safety backup inside a restore, a drill's
+    backup) arrives from Prefect's watcher thread, when the flow's thread next runs
+    Python: it must not cost the flow a finished unit's record, which left STOP set
+    and stopped the rollback at its first block (issue 13's symptom)."""
+    seen: dict[str, object] = {}
+
+    @flow(task_runner=StoppableTaskRunner(max_workers=2), timeout_seconds=1)
+    def inner() -> None:
+        try:
+            run_each(blocks, [0, 1])
+        except BaseException as exc:
+            seen["raised"], seen["stop_set"] = type(exc).__name__, STOP.is_set()
+            raise
+
+    @flow(timeout_seconds=120)
+    def outer() -> None:  # holds the alarm: the inner timeout comes from a thread
+        try:
+            inner()
+        except BaseException as exc:
+            seen["outer_saw"] = type(exc).__name__
+
+    STOP.clear()
+    try:
+        outer()
+    finally:
+        STOP.clear()
+    assert seen["raised"] == "CancelledError", seen
+    assert seen["stop_set"] is False, "STOP left set: the cleanup would be stopped"
