@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import threading
 import time
@@ -12,10 +13,11 @@ from typing import Any
 
 from prefect import Task, unmapped
 from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.collections import isiterable
 
+from backstop.drivers.errors import PermanentError
 from backstop.drivers.stop import STOP, check_stop
 from backstop.flows.signals import STOP_GRACE_S
 from backstop.flows.startup import (
@@ -137,7 +139,31 @@ def run_each(task: Task[..., Any], *args: Any, packs_of: int | None = None) -> l
     pending: dict[int, PrefectFuture[Any]] = {}
     outcomes: list[tuple[bool, Any]] = [(False, None)] * len(calls)
     finishing = threading.Event()  # set by each run's done-callback
-    window, submitted = in_flight(), 0
+    lock = threading.Lock()
+    slots = threading.Semaphore(in_flight())
+    halt = threading.Event()  # the flow was interrupted: submit nothing more
+    submitted: list[int] = []
+    submit_failed: list[BaseException] = []
+
+    def submit_all() -> None:
+        """Submit every call, a window at a time. In a thread of its own: a signal or
+        Prefect's timeout interrupts the flow's thread only, never a submit halfway
+        (a unit queued but not yet recorded would run on unwaited-for)."""
+        for index, (start, end) in enumerate(calls):
+            while not slots.acquire(timeout=0.5):
+                if halt.is_set():
+                    return
+            if halt.is_set() or STOP.is_set():
+                return
+            try:
+                future = task.submit(*call(start, end))
+            except BaseException as exc:  # the flow's own error, raised once all finish
+                submit_failed.append(exc)
+                return
+            with lock:
+                pending[index] = future
+                submitted.append(index)
+            future.add_done_callback(lambda _: finishing.set())
 
     def take_finished() -> None:
         """Wait for a run to finish (a second at most), then record every finished one.
@@ -145,43 +171,44 @@ def run_each(task: Task[..., Any], *args: Any, packs_of: int | None = None) -> l
         arriving meanwhile (a signal, Prefect's timeout) leaves it there to wait for."""
         finishing.wait(timeout=1.0)
         finishing.clear()  # a run finishing after this is seen by this scan or the next
-        for index, future in list(pending.items()):
-            if _finished(future):
-                # A failed run's exception is returned, not raised: anything raised
-                # here is an interruption of this flow, not the unit's outcome.
-                value = future.result(raise_on_failure=False)
-                outcomes[index] = (not isinstance(value, BaseException), value)
+        with lock:
+            finished = [(i, f) for i, f in pending.items() if _finished(f)]
+        for index, future in finished:
+            outcomes[index] = _outcome(future)
+            with lock:
                 del pending[index]
+            slots.release()
 
+    def still_running() -> list[int]:
+        with lock:
+            return [i for i, future in pending.items() if not _finished(future)]
+
+    submitter = threading.Thread(
+        target=contextvars.copy_context().run, args=(submit_all,), name="backstop-submit"
+    )
+    submitter.start()
     try:
-        for index, (start, end) in enumerate(calls):
-            while len(pending) >= window:
-                take_finished()
-            if STOP.is_set():
-                break
-            future = task.submit(*call(start, end))
-            submitted += 1
-            pending[index] = future
-            future.add_done_callback(lambda _: finishing.set())
-        while pending:
+        while submitter.is_alive() or pending:
             take_finished()
     except BaseException as exc:
-        interrupted = STOP.is_set() or not isinstance(exc, Exception)
-        if not interrupted:  # the flow's own error: its running units finish first
-            wait(list(pending.values()))
-            raise
+        halt.set()
+        submitter.join()  # at most one submit away: it is never interrupted
         signalled = STOP.is_set()  # a signal sets STOP before it raises
         STOP.set()
-        wait(list(pending.values()), timeout=STOP_GRACE_S)
-        running = [i for i, future in pending.items() if not _finished(future)]
-        if isinstance(exc, asyncio.CancelledError) and not signalled and not running:
+        deadline = time.monotonic() + STOP_GRACE_S
+        while still_running() and time.monotonic() < deadline:
+            finishing.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            finishing.clear()
+        if isinstance(exc, asyncio.CancelledError) and not signalled and not still_running():
             # The flow's timeout (Prefect raises it as a cancellation in the flow):
             # these units have stopped, but the run's cleanup still has work to do (a
             # rollback restores the targets' safety backup), which a set STOP would
             # stop at its first block as if the process had been told to exit.
             STOP.clear()
         raise
-    if submitted < len(calls):
+    if submit_failed:  # every submitted unit has finished (the loop above)
+        raise submit_failed[0]
+    if len(submitted) < len(calls):
         check_stop()  # stopped before every unit started: the run fails as stopped
     results: list[Any] = []
     for ok, value in outcomes:
@@ -196,6 +223,21 @@ def _finished(future: PrefectFuture[Any]) -> bool:
     if wrapped is not None:
         return wrapped.done()
     return future.state.is_final()
+
+
+def _outcome(future: PrefectFuture[Any]) -> tuple[bool, Any]:
+    """(succeeded, result or exception) of a finished run. Whatever its future raises is
+    the run's own failure (the engine's, Dask's KilledWorker, a cancelled future), kept
+    as the unit's outcome; only an interruption of this flow (a BaseException that is
+    not a cancelled future) propagates."""
+    wrapped = getattr(future, "wrapped_future", None)
+    if wrapped is not None and wrapped.cancelled():
+        return False, PermanentError("the unit's task run was cancelled by its runner")
+    try:
+        value = future.result(raise_on_failure=False)
+    except Exception as exc:
+        return False, exc
+    return not isinstance(value, BaseException), value
 
 
 class Stopwatch:

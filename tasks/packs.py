@@ -92,9 +92,9 @@ def each_in_pack(step: str, names: Sequence[str], run_one: Callable[[int], T]) -
 
 
 def _say_failed(name: str, error: BaseException) -> None:
-    """Every unit's failure is logged where it happens: the flow raises only the first
-    (in the units' order), and a pack's task run fails for none of them. The message
-    is the classified one (tasks/retry.py classified), no connection detail."""
+    """Every unit's failure is logged where it happens, with the unit's name: the task
+    run fails with the first one only (in the units' order). The message is the
+    classified one (tasks/retry.py classified), no connection detail."""
     try:
         from prefect import get_run_logger
 

@@ -74,8 +74,9 @@ def classified(driver: Driver, what: str) -> Iterator[None]:
 # Running them again would be safe but not free: a snapshot writes its files again, a
 # load re-run after its commit counts its cells as skipped. Kept in this process only:
 # a task that Dask re-runs on another worker (its worker died) runs again in full.
-# Bounded: a task run that failed for good leaves its entries, evicted oldest first (a
-# retry that finds none runs the step again, which is idempotent).
+# A task run that ends for good drops its entries (forget_run); one stopped or re-run
+# elsewhere leaves them, evicted oldest first past _KEPT_MAX (a retry that finds none
+# runs the step again, which is idempotent).
 _KEPT: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
 _KEPT_MAX = 4096
 _KEPT_LOCK = threading.Lock()

@@ -182,3 +182,32 @@ def test_a_flow_timeout_stops_the_units_and_leaves_stop_clear_for_the_cleanup():
         STOP.clear()
     assert seen["raised"] == "CancelledError", seen
     assert seen["stop_set"] is False, "STOP left set: the cleanup would be stopped"
+
+
+def test_a_run_failing_outside_its_task_fails_that_unit_alone(monkeypatch):
+    """The engine itself can fail a run (the API down while it sets the run's state): its
+    future raises instead of holding a Failed state. That is the unit's outcome, not an
+    interruption of the flow: every other unit still runs, and the error is raised once
+    they all have."""
+    import prefect.task_engine as engine
+
+    original = engine.run_task_sync
+
+    def failing_for_unit_0(*args, **kwargs):
+        if kwargs["parameters"].get("index") == 0:
+            raise RuntimeError("engine: the API answered 503 while setting Running")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run_task_sync", failing_for_unit_0)
+    monkeypatch.setenv("BACKSTOP_IN_FLIGHT", "2")
+    _ran.clear()
+
+    @flow(task_runner=StoppableTaskRunner(max_workers=2))
+    def fan_out() -> list[int]:
+        return run_each(fails_on, list(range(6)), unmapped([]))
+
+    STOP.clear()
+    with pytest.raises(RuntimeError, match="503"):
+        fan_out()
+    assert sorted(_ran) == [1, 2, 3, 4, 5]  # every other unit ran to its end
+    assert not STOP.is_set()
